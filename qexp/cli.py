@@ -1,0 +1,184 @@
+"""The ``qexp`` command: ``run`` (the Hydra app), ``ls`` and ``tables``.
+
+The configs live in the checkout's ``conf/`` (qexp is installed from its repository with ``pip install -e .``, so
+results, caches and configs sit side by side); ``QEXP_CONF=/dir`` points at another config tree.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+HELP = """usage: qexp <command> [args]
+
+commands:
+  run [overrides]        run one experiment (Hydra app; -m for a sweep, --help / --info for Hydra's help)
+  ls <what> [overrides]  list models | tasks | recipes | calibrations | estimators | granularities | metrics,
+                         or `ls sites [model=...] [+recipe=...] [task=...]` for a model's quantization sites
+  tables [--runs DIR] [--out DIR] [--show NAME]
+                         rebuild every paper table as CSV (+ Markdown) from the run records
+
+examples:
+  qexp run                                          # label-free default: real MiniLM-L6, FP32
+  qexp run +recipe=w8a8_ptq                         # ... W8A8 PTQ: relative errors and outlier statistics
+  qexp run +recipe=w8a8_ptq task=rte model=minilm_l6 task.data_dir=../shared/data/glue/RTE
+  qexp run -m +recipe=fp32,w8a8_ptq,w32a8_ptq,w8a32_ptq task=rte seed=0,1,2 task.data_dir=...
+  qexp run -m hydra/launcher=local_parallel seed=0,1,2 +recipe=w8a8_ptq
+  qexp run +recipe=w8a8_ptq task=rte --info defaults   # show the config merge order
+  qexp ls sites model=bert_base
+  qexp tables
+"""
+
+
+def conf_dir() -> Path:
+    d = Path(os.environ.get("QEXP_CONF") or Path(__file__).resolve().parents[1] / "conf")
+    if not (d / "config.yaml").exists():
+        sys.exit(f"qexp: error: no config tree at {d} (qexp runs from its repository checkout: pip install -e .; "
+                 f"or set QEXP_CONF=/path/to/conf)")
+    return d
+
+
+def _run(argv: list[str]) -> None:
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import DictConfig
+
+    from .runner import run
+
+    @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
+    def app(cfg: DictConfig) -> None:
+        overrides = list(HydraConfig.get().overrides.task)
+        try:
+            run(cfg, overrides)
+        except USER_ERRORS as e:
+            logging.getLogger("qexp").error("%s", e)
+            raise SystemExit(f"qexp: error: {e}") from None
+
+    sys.argv = [f"{Path(sys.argv[0]).name} run", *argv]
+    app()
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir())):
+        return hcompose("config", overrides=overrides)
+
+
+def _group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def _ls(argv: list[str]) -> None:
+    what = argv[0] if argv else ""
+    groups = {"models": "model", "tasks": "task", "recipes": "recipe", "calibrations": "calibration"}
+    if what in groups:
+        for name in _group_options(groups[what]):
+            first = (conf_dir() / groups[what] / f"{name}.yaml").read_text().splitlines()[0]
+            print(f"{name:20s} {first.lstrip('# ') if first.startswith('#') else ''}")
+    elif what == "estimators":
+        from .quant.estimators import ESTIMATORS
+
+        print("\n".join(ESTIMATORS.names()))
+    elif what == "granularities":
+        from .quant.granularity import GRANULARITIES
+
+        print("\n".join(sorted(GRANULARITIES)))
+    elif what == "metrics":
+        from .tasks.metrics import METRICS
+
+        print("\n".join(METRICS.names()))
+    elif what == "sites":
+        _ls_sites(argv[1:])
+    else:
+        sys.exit(f"qexp: error: unknown listing {what!r}; valid: {', '.join([*groups, 'estimators', 'granularities', 'metrics', 'sites'])}")
+
+
+def _ls_sites(overrides: list[str]) -> None:
+    from omegaconf import OmegaConf
+
+    from .models.loading import load_model
+    from .models.quant_bert import QuantEncoder
+    from .quant.sites import configure, quantizers
+    from .runner import FP32, quant_config
+
+    cfg = compose(overrides)
+    labels = int(cfg.task.num_labels) if cfg.task.kind == "glue" else None
+    model = QuantEncoder(load_model(cfg.model, num_labels=labels).model)
+    recipe = OmegaConf.to_container(cfg.recipe, resolve=True) if cfg.get("recipe") else FP32
+    specs = configure(model, quant_config(recipe, cfg.calibration))
+    for kind in ("activation", "weight"):
+        qs = list(quantizers(model, kind))
+        print(f"# {len(qs)} {kind} sites ({sum(specs[q.name].enabled for q in qs)} quantized by recipe "
+              f"{recipe['name']})")
+        for q in qs:
+            print(f"{q.name:48s} {specs[q.name].describe()}")
+
+
+def _tables(argv: list[str]) -> None:
+    import argparse
+
+    from .report.tables import build_all
+
+    ap = argparse.ArgumentParser(prog="qexp tables")
+    ap.add_argument("--runs", default="results/runs")
+    ap.add_argument("--out", default="results/tables")
+    ap.add_argument("--show", default=None, help="print this table (by file stem) as Markdown")
+    a = ap.parse_args(argv)
+    written = build_all(Path(a.runs), Path(a.out))
+    for name, path in written.items():
+        print(f"wrote {path}")
+    if a.show:
+        md = Path(a.out) / f"{a.show}.md"
+        if not md.exists():
+            sys.exit(f"qexp: error: no table {a.show!r}; valid: {', '.join(sorted(p.stem for p in Path(a.out).glob('*.md')))}")
+        print(md.read_text())
+
+
+def _user_errors():
+    from omegaconf.errors import OmegaConfBaseException
+
+    from .hub import HubUnavailableError
+    from .models.loading import ModelLoadError
+    from .quant.affine import BitWidthError
+    from .quant.estimators import CalibrationError
+    from .quant.granularity import GranularityError
+    from .quant.sites import SiteError
+    from .registry import UnknownChoiceError
+    from .tasks.glue import DataError
+
+    return (HubUnavailableError, ModelLoadError, BitWidthError, CalibrationError, GranularityError, SiteError,
+            UnknownChoiceError, DataError, FloatingPointError, OmegaConfBaseException, ValueError)
+
+
+USER_ERRORS: tuple = ()
+
+
+def main(argv: list[str] | None = None) -> None:
+    global USER_ERRORS
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(HELP)
+        return
+    from .models.loading import default_offline_env
+
+    default_offline_env()
+    USER_ERRORS = _user_errors()
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "run":
+        _run(rest)
+    elif cmd == "ls":
+        try:
+            _ls(rest)
+        except USER_ERRORS as e:
+            sys.exit(f"qexp: error: {e}")
+    elif cmd == "tables":
+        _tables(rest)
+    else:
+        sys.exit(f"qexp: error: unknown command {cmd!r}; valid: run, ls, tables (qexp --help)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""FP32 fine-tuning with the HF Trainer, cached per (model, task data, seed, hyper-parameters).
+
+The checkpoint is trained into a temporary folder and renamed into place when complete, so the cache never holds a
+half-written checkpoint; when two jobs race for the same key, the first rename wins and the other's copy is dropped.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import transformers
+from transformers import (AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer,
+                          TrainingArguments)
+
+META = "qexp_finetune.json"
+
+
+def cache_key(model_identity: str, task, data_source: str, seed: int) -> dict:
+    ft = dict(task.finetune)
+    ft.pop("eval_batch_size", None)
+    return {"model": model_identity, "task": task.name, "task_version": task.version, "data": data_source,
+            "limit_train": task.limit.train, "max_length": task.max_length,
+            "pad_to_max_length": task.pad_to_max_length, "seed": int(seed), "finetune": ft}
+
+
+def cache_dir_for(cache_root: Path, model_name: str, key: dict) -> Path:
+    h = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return Path(cache_root) / "finetune" / f"{model_name}__{key['task']}__seed{key['seed']}__{h}"
+
+
+def load_cached(folder: Path):
+    if not (folder / META).exists():
+        return None
+    model = AutoModelForSequenceClassification.from_pretrained(str(folder))
+    with open(folder / META) as f:
+        return model, json.load(f)
+
+
+def finetune(model, tokenizer, train_ds, task, seed: int, folder: Path, device: str, progress: bool):
+    """Fine-tune ``model`` in place and save it (atomically) to ``folder``; returns the metadata written."""
+    ft = task.finetune
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".tmp-{folder.name}-"))
+    try:
+        args = TrainingArguments(
+            output_dir=str(tmp / "trainer"), learning_rate=float(ft.learning_rate),
+            per_device_train_batch_size=int(ft.batch_size), num_train_epochs=float(ft.epochs),
+            max_steps=int(ft.max_steps), lr_scheduler_type="linear", warmup_ratio=float(ft.warmup_ratio),
+            weight_decay=float(ft.weight_decay), seed=int(seed), data_seed=int(seed), save_strategy="no",
+            report_to=[], logging_steps=50, disable_tqdm=not progress, use_cpu=(device == "cpu"),
+            dataloader_num_workers=0)
+        trainer = Trainer(model=model, args=args, train_dataset=train_ds,
+                          data_collator=DataCollatorWithPadding(tokenizer))
+        t0 = time.time()
+        out = trainer.train()
+        meta = {"train_loss": out.training_loss, "steps": out.global_step, "seconds": time.time() - t0,
+                "transformers": transformers.__version__}
+        final = tmp / "model"
+        trainer.save_model(str(final))
+        tokenizer.save_pretrained(str(final))
+        with open(final / META, "w") as f:
+            json.dump(meta, f, indent=1)
+        try:
+            os.rename(final, folder)
+        except OSError:  # another job finished first: keep its checkpoint
+            pass
+        return meta
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

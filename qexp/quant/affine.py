@@ -1,0 +1,73 @@
+"""Uniform affine quantization (Bondarenko et al. 2021, Eq. 1-2) and the straight-through estimator.
+
+    x_int = clamp(round(x / s) + z, q_min, q_max)        x_q = s * (x_int - z)
+
+Asymmetric: integer grid [0, 2^b - 1], s = (x_max - x_min) / (2^b - 1), z = clamp(round(-x_min / s), 0, 2^b - 1).
+Symmetric: z = 0; signed grid [-2^(b-1), 2^(b-1) - 1] with s = max(|x_min|, x_max) / (2^(b-1) - 1) when the range
+holds negative values, else the unsigned grid [0, 2^b - 1] with s = x_max / (2^b - 1).
+Before any scale is computed the range is widened to contain 0 (x_min <= 0 <= x_max), so 0 is always exact.
+Rounding is round-half-to-even (torch.round), as in the authors' code.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+MIN_BITS, MAX_BITS = 2, 16
+EPS = 1e-8
+
+
+class BitWidthError(ValueError):
+    pass
+
+
+def check_bits(n_bits) -> int:
+    if isinstance(n_bits, bool) or int(n_bits) != n_bits or not MIN_BITS <= int(n_bits) <= MAX_BITS:
+        raise BitWidthError(f"bit-width {n_bits!r} is not supported; valid bit-widths are the integers "
+                            f"{MIN_BITS} to {MAX_BITS}")
+    return int(n_bits)
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """Round to nearest (half to even) with an identity gradient: the one place the STE lives."""
+    return x + (torch.round(x) - x).detach()
+
+
+@dataclass
+class QParams:
+    scale: torch.Tensor
+    zero_point: torch.Tensor
+    q_min: int
+    q_max: int
+
+
+def qparams(x_min: torch.Tensor, x_max: torch.Tensor, n_bits: int, symmetric: bool) -> QParams:
+    """Scale and zero point from a range; differentiable in (x_min, x_max) for learned ranges."""
+    n_bits = check_bits(n_bits)
+    x_min = torch.clamp(x_min, max=0.0)
+    x_max = torch.clamp(x_max, min=EPS)
+    if symmetric:
+        signed = bool((x_min < 0).any())
+        if signed:
+            q_min, q_max = -(2 ** (n_bits - 1)), 2 ** (n_bits - 1) - 1
+        else:
+            q_min, q_max = 0, 2 ** n_bits - 1
+        scale = torch.maximum(-x_min, x_max) / q_max
+        zero_point = torch.zeros_like(scale)
+    else:
+        q_min, q_max = 0, 2 ** n_bits - 1
+        scale = (x_max - x_min) / q_max
+        zero_point = torch.clamp(round_ste(-x_min / scale.clamp(min=EPS)), q_min, q_max)
+    return QParams(scale.clamp(min=EPS), zero_point, q_min, q_max)
+
+
+def fake_quantize(x: torch.Tensor, p: QParams) -> torch.Tensor:
+    """Quantize then dequantize; the gradient w.r.t. x is 1 inside the grid and 0 where clipped."""
+    x_int = torch.clamp(round_ste(x / p.scale) + p.zero_point, p.q_min, p.q_max)
+    return (x_int - p.zero_point) * p.scale
+
+
+def quantize_int(x: torch.Tensor, p: QParams) -> torch.Tensor:
+    """The integer codes (for integer backends and tests), as int32."""
+    return torch.clamp(torch.round(x / p.scale) + p.zero_point, p.q_min, p.q_max).to(torch.int32)

@@ -1,0 +1,78 @@
+"""Post-training calibration: weights from themselves, activations from data (STYLE 4).
+
+``calibrate(model, batches)`` runs in three steps:
+1. weight ranges: each weight quantizer observes its weight once and solves;
+2. (only when a PEG quantizer permutes) a pass that measures per-dimension ranges and fixes the permutation;
+3. activation ranges: the estimators observe the calibration batches in an FP forward, then solve.
+Activation statistics are taken on the full-precision forward (every quantizer passes its input through while
+estimating); see README "Deviations" for how this differs from the authors' code.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .sites import quantizers
+
+
+@contextmanager
+def estimating(model: nn.Module):
+    """Activation quantizers observe (and pass through) inside the block; their ranges are fixed on exit."""
+    acts = list(quantizers(model, "activation"))
+    for q in acts:
+        q.set_state("estimating")
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        for q in acts:
+            if ok:
+                q.compute_encodings()
+                q.set_state("fixed")
+            else:
+                q.estimator.reset()
+                q.set_state("off")
+
+
+def calibrate_weights(model: nn.Module) -> None:
+    owners = [m for m in model.modules() if hasattr(m, "weight_quantizer") and hasattr(m, "inner")]
+    for m in owners:
+        q = m.weight_quantizer
+        if q.spec.enabled and not q.spec.granularity.dynamic:
+            q.estimator.observe(q._slots(m.inner.weight.detach()))
+            q.compute_encodings()
+        q.set_state("fixed" if q.spec.enabled else "off")
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, batches: Callable[[], Iterable[dict]], n_batches: int | None = None,
+              progress: bool = True) -> None:
+    """``batches()`` returns a fresh iterable of model inputs (dicts) each time it is called."""
+    was_training = model.training
+    model.eval()
+    calibrate_weights(model)
+    acts = list(quantizers(model, "activation"))
+
+    def run(desc: str) -> None:
+        for batch in tqdm(batches(), total=n_batches, desc=desc, disable=not progress, leave=False):
+            model(**batch)
+
+    if any(q.needs_permutation for q in acts):
+        for q in acts:
+            q.set_state("measuring" if q.needs_permutation else "off")
+        run("calibration: PEG permutation")
+        for q in acts:
+            if q.needs_permutation:
+                q.finish_measuring()
+    if any(q.spec.enabled for q in acts):
+        with estimating(model):
+            run("calibration")
+    else:
+        for q in acts:
+            q.set_state("off")
+    model.train(was_training)

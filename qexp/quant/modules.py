@@ -1,0 +1,82 @@
+"""Quantized building blocks that wrap the original HF modules' parameters (no copies).
+
+Each block owns one weight quantizer (``<site>.weight``) and, where the site has one, one activation quantizer on
+its output (``<site>``).  Fake-quantized weights are cached (outside autograd) while the weight quantizer is ``fixed`` and
+the weight is unchanged, so evaluation does not re-quantize a 30k-row embedding table in every batch."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .quantizer import QuantSpec, Quantizer
+
+_OFF = QuantSpec(enabled=False)
+
+
+def act_quantizer(name: str) -> Quantizer:
+    q = Quantizer(name, _OFF)
+    q.kind = "activation"
+    return q
+
+
+def weight_quantizer(name: str) -> Quantizer:
+    q = Quantizer(name, _OFF)
+    q.kind = "weight"
+    return q
+
+
+class _WeightQuantMixin:
+    def quantized_weight(self) -> torch.Tensor:
+        w, q = self.inner.weight, self.weight_quantizer
+        if q.state != "fixed" or torch.is_grad_enabled():
+            return q(w)
+        key = (w._version, w.data_ptr(), id(q.x_min))
+        if getattr(self, "_wq_key", None) != key:
+            with torch.no_grad():
+                self._wq_cache, self._wq_key = q(w), key
+        return self._wq_cache
+
+
+class QLinear(_WeightQuantMixin, nn.Module):
+    """``act(x W^T + b)`` with a quantized weight and (optionally) a quantized output."""
+
+    def __init__(self, inner: nn.Linear, name: str, act: Callable | None = None, quantize_output: bool = True):
+        super().__init__()
+        self.inner, self.act = inner, act
+        self.weight_quantizer = weight_quantizer(f"{name}.weight")
+        self.output_quantizer = act_quantizer(name) if quantize_output else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, self.quantized_weight(), self.inner.bias)
+        if self.act is not None:
+            y = self.act(y)
+        return self.output_quantizer(y) if self.output_quantizer is not None else y
+
+
+class QLayerNorm(_WeightQuantMixin, nn.Module):
+    """LayerNorm with a quantized gain (the authors' code quantizes it; the bias is never quantized)."""
+
+    def __init__(self, inner: nn.LayerNorm, name: str, weight_name: str):
+        super().__init__()
+        self.inner = inner
+        self.weight_quantizer = weight_quantizer(f"{weight_name}.weight")
+        self.output_quantizer = act_quantizer(name)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ln = self.inner
+        return self.output_quantizer(F.layer_norm(x, ln.normalized_shape, self.quantized_weight(), ln.bias, ln.eps))
+
+
+class QEmbedding(_WeightQuantMixin, nn.Module):
+    """An embedding table with quantized weights; its lookup has no activation quantizer of its own."""
+
+    def __init__(self, inner: nn.Embedding, name: str):
+        super().__init__()
+        self.inner = inner
+        self.weight_quantizer = weight_quantizer(f"{name}.weight")
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.quantized_weight(), self.inner.padding_idx)

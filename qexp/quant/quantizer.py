@@ -1,0 +1,153 @@
+"""The quantizer: holds a site's spec and ranges and does the quantize-dequantize math (STYLE 4).
+
+States:
+- ``off``: identity (the FP32 model);
+- ``estimating``: the estimator observes the input, the forward passes it through unchanged;
+- ``measuring``: the PEG permutation pass records per-dimension ranges, the forward passes through;
+- ``fixed``: static ranges from calibration are applied;
+- ``learned``: like ``fixed`` but the ranges are trainable parameters (QAT).
+Dynamic granularities (per-token) ignore the states except ``off`` and compute the range in every forward.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from .affine import check_bits, fake_quantize, qparams
+from .estimators import CalibrationError, make_estimator
+from .granularity import Granularity, GranularityError, PerEmbeddingGroup, PerTensor, make_granularity, range_permutation
+
+STATES = ("off", "estimating", "measuring", "fixed", "learned")
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """What to do at one quantization site.  Built from config by :func:`QuantSpec.from_config`."""
+
+    bits: int = 8
+    symmetric: bool = False
+    granularity: Granularity = field(default_factory=PerTensor)
+    estimator: Any = "current_minmax"  # registry name or {name: ..., **kwargs}
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        check_bits(self.bits)
+        object.__setattr__(self, "granularity", make_granularity(self.granularity))
+        est = make_estimator(self.estimator)  # validates the name and arguments
+        if self.granularity.dynamic and not est.supports_dynamic:
+            raise GranularityError(
+                f"estimator {est.name!r} does not fit granularity {self.granularity}: its ranges are recomputed in "
+                f"every forward, which only 'current_minmax' supports")
+
+    @classmethod
+    def from_config(cls, cfg) -> "QuantSpec":
+        cfg = dict(cfg)
+        unknown = set(cfg) - {"bits", "symmetric", "granularity", "estimator", "enabled"}
+        if unknown:
+            raise ValueError(f"unknown quantizer option(s) {sorted(unknown)}; valid: bits, symmetric, granularity, "
+                             f"estimator, enabled")
+        if "estimator" in cfg and not isinstance(cfg["estimator"], str):
+            cfg["estimator"] = dict(cfg["estimator"])
+        if "granularity" in cfg and not isinstance(cfg["granularity"], str):
+            cfg["granularity"] = dict(cfg["granularity"])
+        return cls(**cfg)
+
+    def updated(self, **changes) -> "QuantSpec":
+        return replace(self, **changes)
+
+    def describe(self) -> str:
+        if not self.enabled:
+            return "fp"
+        est = make_estimator(self.estimator)
+        return f"{self.bits}b {'sym' if self.symmetric else 'asym'} {self.granularity} {est!r}"
+
+
+class Quantizer(nn.Module):
+    def __init__(self, name: str, spec: QuantSpec):
+        super().__init__()
+        self.name = name
+        self.spec = spec
+        self.state = "off"
+        self.estimator = make_estimator(spec.estimator)
+        self.estimator.expect(spec.bits, spec.symmetric)
+        self.register_buffer("x_min", None)
+        self.register_buffer("x_max", None)
+        self.register_buffer("perm", None)
+        self._dim_min = self._dim_max = None
+
+    # -- state ------------------------------------------------------------------------------------------------
+    def set_state(self, state: str) -> None:
+        if state not in STATES:
+            raise ValueError(f"unknown quantizer state {state!r}; valid: {STATES}")
+        if not self.spec.enabled:
+            state = "off"
+        if state in ("fixed", "learned") and self.x_min is None and not self.spec.granularity.dynamic:
+            raise CalibrationError(f"quantizer {self.name!r} has no range: calibrate before enabling it")
+        if state == "learned":
+            self.x_min = nn.Parameter(self.x_min.detach().clone())
+            self.x_max = nn.Parameter(self.x_max.detach().clone())
+        self.state = state
+
+    @property
+    def needs_permutation(self) -> bool:
+        g = self.spec.granularity
+        return self.spec.enabled and isinstance(g, PerEmbeddingGroup) and g.permute
+
+    # -- layout -----------------------------------------------------------------------------------------------
+    def _slots(self, x: torch.Tensor) -> torch.Tensor:
+        g = self.spec.granularity
+        return g.slots(x, self.perm) if isinstance(g, PerEmbeddingGroup) else g.slots(x)
+
+    def _expand(self, p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        g = self.spec.granularity
+        return g.expand(p, x, self.perm) if isinstance(g, PerEmbeddingGroup) else g.expand(p, x)
+
+    # -- calibration ------------------------------------------------------------------------------------------
+    def finish_measuring(self) -> None:
+        if self._dim_min is None:
+            raise CalibrationError(f"quantizer {self.name!r}: no data reached it in the permutation pass")
+        self.perm = range_permutation(self._dim_max - self._dim_min)
+        self._dim_min = self._dim_max = None
+
+    def compute_encodings(self) -> None:
+        """Solve the estimator for this site's range and store it."""
+        if not self.spec.enabled or self.spec.granularity.dynamic:
+            return
+        if self.estimator.n_observed == 0:
+            raise CalibrationError(f"quantizer {self.name!r}: no calibration data reached this site")
+        x_min, x_max = self.estimator.compute_range(self.spec.bits, self.spec.symmetric)
+        self.x_min, self.x_max = x_min.to(torch.float32), x_max.to(torch.float32)
+        self.estimator.reset()
+
+    # -- forward ----------------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        state = self.state
+        if state == "off":
+            return x
+        if self.spec.granularity.dynamic:
+            slots = self._slots(x)
+            return self._quantize(x, slots.amin(dim=1), slots.amax(dim=1))
+        if state == "estimating":
+            try:
+                self.estimator.observe(self._slots(x))
+            except CalibrationError as e:
+                raise CalibrationError(f"quantizer {self.name!r}: {e}") from None
+            return x
+        if state == "measuring":
+            flat = x.detach().reshape(-1, x.shape[-1])
+            lo, hi = flat.amin(0), flat.amax(0)
+            # the range of each embedding dimension over all permutation-pass batches
+            self._dim_min = lo if self._dim_min is None else torch.minimum(self._dim_min, lo)
+            self._dim_max = hi if self._dim_max is None else torch.maximum(self._dim_max, hi)
+            return x
+        return self._quantize(x, self.x_min, self.x_max)
+
+    def _quantize(self, x: torch.Tensor, x_min: torch.Tensor, x_max: torch.Tensor) -> torch.Tensor:
+        p = qparams(self._expand(x_min, x), self._expand(x_max, x), self.spec.bits, self.spec.symmetric)
+        return fake_quantize(x, p).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.name}: {self.spec.describe()}, state={self.state}"

@@ -1,0 +1,82 @@
+"""Quantization sites: enumerate a model's quantizers by stable dotted name and configure them from config.
+
+A quant config has a default spec per kind and an ordered list of site rules (STYLE 7)::
+
+    weights:     {bits: 8, symmetric: true,  granularity: per_tensor, estimator: current_minmax}
+    activations: {bits: 8, symmetric: false, granularity: per_tensor, estimator: current_minmax}
+    sites:
+      - {match: "encoder.layer.*.ffn.residual_sum", bits: 16}
+      - {match: "classifier", enabled: false}
+
+Precedence: the kind's default, then every glob rule that matches, in list order (later wins), then rules that name
+the site exactly.  A rule that matches no site is an error (it is almost always a typo).
+"""
+from __future__ import annotations
+
+from fnmatch import fnmatchcase
+from typing import Iterable, Iterator
+
+from torch import nn
+
+from .quantizer import QuantSpec, Quantizer
+
+KINDS = {"weight": "weights", "activation": "activations"}
+
+
+class SiteError(ValueError):
+    pass
+
+
+def quantizers(model: nn.Module, kind: str | None = None) -> Iterator[Quantizer]:
+    for m in model.modules():
+        if isinstance(m, Quantizer) and (kind is None or m.kind == kind):
+            yield m
+
+
+def site_names(model: nn.Module, kind: str | None = None) -> list[str]:
+    return [q.name for q in quantizers(model, kind)]
+
+
+def _is_glob(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
+
+
+def resolve_specs(names_kinds: Iterable[tuple[str, str]], quant_cfg) -> dict[str, QuantSpec]:
+    """Site name -> spec, by the precedence above."""
+    names_kinds = list(names_kinds)
+    rules = [dict(r) for r in (quant_cfg.get("sites") or [])]
+    for r in rules:
+        if "match" not in r:
+            raise SiteError(f"site rule {r} has no 'match' key (a site name or glob)")
+        pattern = r["match"]
+        if not any(fnmatchcase(n, pattern) for n, _ in names_kinds):
+            raise SiteError(f"site rule match={pattern!r} matches no quantization site of this model; "
+                            f"list the sites with `qexp ls sites model=...`")
+    out = {}
+    for name, kind in names_kinds:
+        spec = dict(quant_cfg.get(KINDS[kind]) or {"enabled": False})
+        globs = [r for r in rules if _is_glob(r["match"]) and fnmatchcase(name, r["match"])]
+        exact = [r for r in rules if r["match"] == name]
+        for r in globs + exact:
+            spec.update({k: v for k, v in r.items() if k != "match"})
+        try:
+            out[name] = QuantSpec.from_config(spec)
+        except ValueError as e:
+            raise type(e)(f"site {name!r}: {e}") from None
+    return out
+
+
+def configure(model: nn.Module, quant_cfg) -> dict[str, QuantSpec]:
+    """Give every quantizer of ``model`` its spec; quantizers are left ``off`` until calibration."""
+    qs = list(quantizers(model))
+    specs = resolve_specs(((q.name, q.kind) for q in qs), quant_cfg)
+    for q in qs:
+        fresh = Quantizer(q.name, specs[q.name])
+        q.spec, q.estimator, q.state = fresh.spec, fresh.estimator, "off"
+        q.x_min = q.x_max = q.perm = None
+    return specs
+
+
+def set_state(model: nn.Module, state: str, kind: str | None = None) -> None:
+    for q in quantizers(model, kind):
+        q.set_state(state)

@@ -1,0 +1,218 @@
+"""``qexp run``: load model and task -> fine-tune FP32 (cached) -> calibrate -> evaluate -> write one record."""
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+from transformers import set_seed
+
+from . import records
+from .finetune import cache_dir_for, cache_key, finetune, load_cached
+from .models.loading import load_model
+from .models.quant_bert import QuantEncoder
+from .quant.calibrate import calibrate
+from .quant.quantizer import QuantSpec
+from .quant.sites import configure, quantizers
+from .tasks import text_outliers
+from .tasks.encode import encode, limit, loader
+from .tasks.glue import load_split
+from .tasks.metrics import compute, task_score
+
+log = logging.getLogger("qexp")
+
+FP32 = {"name": "fp32", "quant": {"weights": {"enabled": False}, "activations": {"enabled": False}, "sites": []}}
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.stages: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str):
+        t0 = time.perf_counter()
+        yield
+        self.stages[name] = round(self.stages.get(name, 0.0) + time.perf_counter() - t0, 3)
+
+
+def pick_device(spec: str) -> str:
+    if spec == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={spec!r} but CUDA is not available; valid here: auto, cpu")
+    return spec
+
+
+def _estimator(est_cfg, momentum) -> dict:
+    est = dict(est_cfg) if not isinstance(est_cfg, str) else {"name": est_cfg}
+    if est.get("name") == "running_minmax":
+        est.setdefault("momentum", momentum)
+    return est
+
+
+def quant_config(recipe: dict, calibration) -> dict:
+    """The recipe says what to quantize; the calibration group gives the default range estimators."""
+    q = recipe.get("quant") or {}
+    out = {"sites": list(q.get("sites") or [])}
+    for kind in ("weights", "activations"):
+        spec = dict(q.get(kind) or {"enabled": False})
+        spec.setdefault("estimator", _estimator(calibration[kind], calibration.momentum))
+        QuantSpec.from_config(spec)  # fail before any expensive work
+        out[kind] = spec
+    return out
+
+
+def site_summary(model) -> dict:
+    out = {}
+    for kind in ("activation", "weight"):
+        qs = list(quantizers(model, kind))
+        bits = Counter(str(q.spec.bits) for q in qs if q.spec.enabled)
+        out[kind] = {"sites": len(qs), "quantized": sum(bits.values()), "bits": dict(sorted(bits.items()))}
+    return out
+
+
+def _progress(enabled: bool):
+    def wrap(it, desc, total=None):
+        return tqdm(it, desc=desc, total=total, disable=not enabled, leave=False)
+
+    return wrap
+
+
+def _to(batch: dict, device: str) -> dict:
+    return {k: v.to(device) for k, v in batch.items() if k != "labels"}
+
+
+@torch.no_grad()
+def predict(model, dl, device, progress):
+    model.eval()
+    logits, labels = [], []
+    for batch in progress(dl, desc="evaluation"):
+        logits.append(model(**_to(batch, device)).logits.float().cpu())
+        labels.append(batch["labels"])
+    return torch.cat(logits).numpy(), torch.cat(labels).numpy()
+
+
+def _abs(path: str | None, cwd: Path) -> str | None:
+    if not path:
+        return None
+    p = Path(path).expanduser()
+    return str(p if p.is_absolute() else (cwd / p).resolve())
+
+
+def run_glue(cfg, qcfg, device, timer, progress) -> dict:
+    task, seed = cfg.task, int(cfg.seed)
+    data_dir = task.data_dir
+    with timer.stage("load"):
+        set_seed(seed)  # the new classification head's init depends on the seed
+        loaded = load_model(cfg.model, num_labels=int(task.num_labels), seed=seed)
+        configure(QuantEncoder(loaded.model), qcfg)  # site rules are checked before any training
+        train_raw = limit(load_split(task, "train", data_dir), task.limit.train)
+    tok = loaded.tokenizer
+    source = f"tsv:{data_dir}" if data_dir else f"hub:{task.hub.path}/{task.hub.name}"
+    key = cache_key(loaded.identity, task, source, seed)
+    folder = cache_dir_for(Path(cfg.cache_dir), cfg.model.name, key)
+    cached = load_cached(folder)
+    if cached is not None:
+        model, ft_meta = cached
+        ft_meta = {**ft_meta, "cached": True}
+        log.info("fine-tuned checkpoint found in cache: %s", folder)
+    else:
+        with timer.stage("finetune"):
+            train = encode(train_raw, tok, int(task.max_length), bool(task.pad_to_max_length))
+            ft_meta = {**finetune(loaded.model, tok, train, task, seed, folder, device, cfg.progress), "cached": False}
+        model = loaded.model
+    ft_meta["checkpoint"] = str(folder)
+    qmodel = QuantEncoder(model).to(device).eval()
+    configure(qmodel, qcfg)
+    cal = cfg.calibration
+    with timer.stage("calibrate"):
+        cal_ds = encode(train_raw, tok, int(task.max_length), bool(cal.pad_to_max_length))
+        n = int(cal.batch_size) * int(cal.num_batches)
+        batches = lambda: (_to(b, device) for b in loader(cal_ds, tok, int(cal.batch_size), shuffle_seed=seed,  # noqa: E731
+                                                           num_samples=n))
+        calibrate(qmodel, batches, int(cal.num_batches), progress=cfg.progress)
+    metrics = {}
+    with timer.stage("evaluate"):
+        for split in task.eval_splits:
+            ds = encode(limit(load_split(task, split.name, data_dir), task.limit.eval), tok, int(task.max_length),
+                        bool(task.pad_to_max_length))
+            logits, labels = predict(qmodel, loader(ds, tok, int(task.finetune.eval_batch_size)), device,
+                                     _progress(cfg.progress))
+            if not np.isfinite(logits).all():
+                raise FloatingPointError(f"non-finite logits on {task.name}/{split.name}")
+            metrics[split.name] = compute(list(task.metrics), logits, labels, bool(task.regression))
+            metrics[split.name]["n"] = int(len(labels))
+    score = task_score({k: v for k, v in metrics.items()}, list(task.score))
+    return {"metrics": metrics, "score": score, "finetune": ft_meta, "model_identity": loaded.identity,
+            "data_source": source, "sites": site_summary(qmodel)}
+
+
+def run_label_free(cfg, qcfg, device, timer, progress) -> dict:
+    task, seed = cfg.task, int(cfg.seed)
+    with timer.stage("load"):
+        set_seed(seed)
+        loaded = load_model(cfg.model, num_labels=None, seed=seed)
+        qmodel = QuantEncoder(loaded.model).to(device).eval()
+        configure(qmodel, qcfg)
+        cal_ids, eval_ids = text_outliers.split_windows(loaded.tokenizer, task)
+    cal = cfg.calibration
+    with timer.stage("calibrate"):
+        g = torch.Generator().manual_seed(seed)
+        n = int(cal.batch_size) * int(cal.num_batches)
+
+        def batches():
+            order = torch.randint(len(cal_ids), (n,), generator=g.manual_seed(seed))
+            for i in range(0, n, int(cal.batch_size)):
+                yield {"input_ids": cal_ids[order[i:i + int(cal.batch_size)]].to(device)}
+
+        calibrate(qmodel, batches, int(cal.num_batches), progress=cfg.progress)
+    with timer.stage("evaluate"):
+        metrics = text_outliers.evaluate(qmodel, eval_ids.to(device), int(task.eval_batch_size), progress)
+    return {"metrics": metrics, "score": 100.0 * metrics["final_rel_error"], "model_identity": loaded.identity,
+            "data_source": f"text:{task.source}", "sites": site_summary(qmodel)}
+
+
+KINDS = {"glue": run_glue, "label_free": run_label_free}
+
+
+def run(cfg: DictConfig, overrides: list[str] | None = None, cwd: Path | None = None) -> dict:
+    cwd = Path(cwd or Path.cwd())
+    if cfg.get("recipe") is None:
+        OmegaConf.set_struct(cfg, False)
+        cfg.recipe = FP32
+    cfg.results_dir = _abs(cfg.results_dir, cwd)
+    cfg.cache_dir = _abs(cfg.cache_dir, cwd)
+    if cfg.task.get("data_dir"):
+        cfg.task.data_dir = _abs(cfg.task.data_dir, cwd)
+    if cfg.model.get("path"):
+        cfg.model.path = _abs(cfg.model.path, cwd)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    path = records.record_path(Path(cfg.results_dir), resolved)
+    if path.exists() and not cfg.force:
+        log.info("skip: a record for this config and seed exists: %s (force=true re-runs it)", path)
+        return {"skipped": True, "path": str(path)}
+    if cfg.task.kind not in KINDS:
+        raise ValueError(f"unknown task kind {cfg.task.kind!r}; valid: {sorted(KINDS)}")
+    qcfg = quant_config(resolved["recipe"], cfg.calibration)
+    device = pick_device(str(cfg.device))
+    timer = Timer()
+    started, git = records.now(), records.git_state()  # the code that runs, before anything can change it
+    with timer.stage("total"):
+        result = KINDS[cfg.task.kind](cfg, qcfg, device, timer, _progress(bool(cfg.progress)))
+    record = {
+        "schema": records.SCHEMA, "run_id": records.run_id(resolved), "started": started, "finished": records.now(),
+        "model": cfg.model.name, "task": cfg.task.name, "task_version": cfg.task.version,
+        "recipe": cfg.recipe.name, "seed": int(cfg.seed), **result,
+        "config": resolved, "overrides": list(overrides or []), "git": git,
+        "versions": records.versions(), "device": records.device_info(device), "timings": timer.stages,
+    }
+    records.write_atomic(path, record)
+    log.info("%s / %s / %s / seed %s: score %.2f -> %s", cfg.model.name, cfg.task.name, cfg.recipe.name, cfg.seed,
+             record["score"], path)
+    return record

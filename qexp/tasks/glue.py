@@ -1,0 +1,76 @@
+"""GLUE tasks as data: each conf/task/<name>.yaml says where the data is and what the fields are (STYLE 8).
+
+Two sources give the same ``datasets.Dataset`` with columns ``text_a``, ``text_b`` (pair tasks) and ``label``:
+- the hub: ``datasets.load_dataset(task.hub.path, task.hub.name)`` (cache first; fail fast offline);
+- ``task.data_dir=DIR``: the original GLUE TSV layout (what GLUE's download script writes).
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import datasets
+import pandas as pd
+
+from ..hub import from_hub
+
+
+class DataError(RuntimeError):
+    pass
+
+
+def _standardise(ds: datasets.Dataset, text_fields, label_field) -> datasets.Dataset:
+    cols = {text_fields[0]: "text_a", label_field: "label"}
+    if len(text_fields) > 1:
+        cols[text_fields[1]] = "text_b"
+    missing = [c for c in cols if c not in ds.column_names]
+    if missing:
+        raise DataError(f"columns {missing} not found; the data has {ds.column_names}")
+    ds = ds.select_columns(list(cols)).rename_columns(cols)
+    return ds
+
+
+def _read_tsv(path: Path, tsv, regression: bool) -> datasets.Dataset:
+    if not path.exists():
+        raise DataError(f"GLUE file {str(path)!r} does not exist (task.data_dir should hold the task's "
+                        f"original GLUE TSV files, e.g. {tsv.get('train', 'train.tsv')} and dev.tsv)")
+    header = 0 if tsv.get("header", True) else None
+    df = pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, header=header, dtype=str, keep_default_na=False,
+                     names=list(tsv.columns) if tsv.get("columns") else None, encoding="utf-8-sig")
+    label = tsv.label
+    if label not in df.columns:
+        raise DataError(f"{path}: no column {label!r}; columns are {list(df.columns)}")
+    if tsv.get("labels"):
+        names = list(tsv.labels)
+        bad = sorted(set(df[label]) - set(names))
+        if bad:
+            raise DataError(f"{path}: unknown labels {bad[:5]}; expected {names}")
+        df[label] = df[label].map({n: i for i, n in enumerate(names)})
+    elif regression:
+        df[label] = df[label].astype(float)
+    else:
+        df[label] = df[label].astype(int)
+    return datasets.Dataset.from_pandas(df, preserve_index=False)
+
+
+def load_split(task, split: str, data_dir: str | None) -> datasets.Dataset:
+    """``split`` is ``train`` or the name of one of ``task.eval_splits``."""
+    if split == "train":
+        hub_split, tsv_file = task.hub.get("train_split", "train"), task.tsv.get("train", "train.tsv")
+    else:
+        matches = [s for s in task.eval_splits if s.name == split]
+        if not matches:
+            raise DataError(f"task {task.name!r} has no split {split!r}; eval splits: "
+                            f"{[s.name for s in task.eval_splits]}")
+        hub_split, tsv_file = matches[0].hub, matches[0].tsv
+    if data_dir:
+        ds = _read_tsv(Path(data_dir) / tsv_file, task.tsv, bool(task.regression))
+        return _standardise(ds, list(task.tsv.text), task.tsv.label)
+
+    def load(local_only: bool):
+        return datasets.load_dataset(task.hub.path, task.hub.name, split=hub_split)
+
+    ds = from_hub(load, f"dataset {task.hub.path}/{task.hub.name} (split {hub_split})",
+                  f"task.data_dir=/path/to/glue/{task.tsv.get('dir_name', task.name)} (the original GLUE TSV files)",
+                  datasets_lib=True)
+    return _standardise(ds, list(task.hub.text), task.hub.get("label", "label"))
