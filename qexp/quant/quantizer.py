@@ -6,7 +6,8 @@ States:
 - ``measuring``: the PEG permutation pass records per-dimension ranges, the forward passes through;
 - ``fixed``: static ranges from calibration are applied;
 - ``learned``: like ``fixed`` but the ranges are trainable parameters (QAT).
-Dynamic granularities (per-token) ignore the states except ``off`` and compute the range in every forward.
+Dynamic granularities (per-token) need no calibration: in ``fixed`` and ``learned`` they compute the range from
+the current tensor in every forward; while estimating or measuring they pass through like every other site.
 """
 from __future__ import annotations
 
@@ -127,9 +128,6 @@ class Quantizer(nn.Module):
         state = self.state
         if state == "off":
             return x
-        if self.spec.granularity.dynamic:
-            slots = self._slots(x)
-            return self._quantize(x, slots.amin(dim=1), slots.amax(dim=1))
         if state == "estimating":
             try:
                 self.estimator.observe(self._slots(x))
@@ -143,10 +141,14 @@ class Quantizer(nn.Module):
             self._dim_min = lo if self._dim_min is None else torch.minimum(self._dim_min, lo)
             self._dim_max = hi if self._dim_max is None else torch.maximum(self._dim_max, hi)
             return x
+        if self.spec.granularity.dynamic:
+            slots = self._slots(x)
+            return self._quantize(x, slots.amin(dim=1), slots.amax(dim=1))
         return self._quantize(x, self.x_min, self.x_max)
 
     def _quantize(self, x: torch.Tensor, x_min: torch.Tensor, x_max: torch.Tensor) -> torch.Tensor:
-        p = qparams(self._expand(x_min, x), self._expand(x_max, x), self.spec.bits, self.spec.symmetric)
+        lo, hi = self._expand(x_min, x).to(x.dtype), self._expand(x_max, x).to(x.dtype)
+        p = qparams(lo, hi, self.spec.bits, self.spec.symmetric)
         return fake_quantize(x, p).to(x.dtype)
 
     def extra_repr(self) -> str:

@@ -1,0 +1,65 @@
+import numpy as np
+import pytest
+import torch
+
+from qexp.quant.affine import BitWidthError, check_bits, fake_quantize, qparams, quantize_int
+
+from .reference import np_quantize
+
+
+@pytest.mark.parametrize("bits", range(2, 17))
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_matches_float64_reference(bits, symmetric):
+    g = torch.Generator().manual_seed(bits)
+    x = torch.randn(4000, generator=g, dtype=torch.float64) * 3 + 0.5
+    x_min, x_max = torch.tensor(-2.7, dtype=torch.float64), torch.tensor(4.1, dtype=torch.float64)
+    ours = fake_quantize(x, qparams(x_min, x_max, bits, symmetric)).numpy()
+    ref = np_quantize(x.numpy(), -2.7, 4.1, bits, symmetric)
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-12)
+
+
+def test_hand_computed_asymmetric_2bit():
+    # range [-1, 2] at 2 bits: scale = 3/3 = 1, zero point = round(1/1) = 1, grid {-1, 0, 1, 2}
+    p = qparams(torch.tensor(-1.0), torch.tensor(2.0), 2, symmetric=False)
+    assert float(p.scale) == 1.0 and float(p.zero_point) == 1.0
+    x = torch.tensor([-1.6, -0.5, 0.4, 0.5, 1.5, 2.6])
+    # -0.5 and 0.5 round half to even: -0, 0; 1.5 -> 2
+    assert fake_quantize(x, p).tolist() == [-1.0, 0.0, 0.0, 0.0, 2.0, 2.0]
+    assert quantize_int(x, p).tolist() == [0, 1, 1, 1, 3, 3]
+
+
+def test_hand_computed_symmetric_signed_and_unsigned():
+    # signed 4-bit, range +-7: scale 1, grid -8..7
+    p = qparams(torch.tensor(-7.0), torch.tensor(3.0), 4, symmetric=True)
+    assert (p.q_min, p.q_max, float(p.scale)) == (-8, 7, 1.0)
+    assert fake_quantize(torch.tensor([-9.0, -7.4, 2.5, 8.0]), p).tolist() == [-8.0, -7.0, 2.0, 7.0]
+    # non-negative data uses the unsigned grid 0..15: scale = 15/15
+    p = qparams(torch.tensor(0.0), torch.tensor(15.0), 4, symmetric=True)
+    assert (p.q_min, p.q_max, float(p.scale)) == (0, 15, 1.0)
+
+
+def test_range_always_contains_zero():
+    p = qparams(torch.tensor(2.0), torch.tensor(6.0), 8, symmetric=False)  # widened to [0, 6]
+    assert float(p.zero_point) == 0.0
+    assert float(fake_quantize(torch.tensor(0.0), p)) == 0.0
+
+
+def test_straight_through_gradient():
+    p = qparams(torch.tensor(-1.0), torch.tensor(1.0), 8, symmetric=False)
+    x = torch.tensor([-3.0, -0.3, 0.2, 0.77, 5.0], requires_grad=True)
+    fake_quantize(x, p).sum().backward()
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0]  # identity inside the grid, zero where clipped
+
+
+def test_learned_range_gets_gradient():
+    lo = torch.tensor(-1.0, requires_grad=True)
+    hi = torch.tensor(1.0, requires_grad=True)
+    x = torch.tensor([-2.0, 0.3, 3.0])
+    fake_quantize(x, qparams(lo, hi, 4, symmetric=False)).sum().backward()
+    assert hi.grad is not None and hi.grad != 0
+
+
+@pytest.mark.parametrize("bad", [0, 1, 17, 32, 8.5, "8", True, -4])
+def test_bad_bit_widths_are_rejected_with_the_valid_range(bad):
+    with pytest.raises((BitWidthError, TypeError, ValueError), match="2 to 16|bit-width"):
+        check_bits(bad)

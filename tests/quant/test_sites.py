@@ -1,0 +1,45 @@
+import pytest
+
+from qexp.quant.sites import SiteError, resolve_specs
+
+SITES = [("encoder.layer.0.ffn.output", "activation"), ("encoder.layer.1.ffn.output", "activation"),
+         ("encoder.layer.1.ffn.residual_sum", "activation"), ("encoder.layer.1.ffn.output.weight", "weight"),
+         ("classifier", "activation")]
+BASE = {"weights": {"bits": 8, "symmetric": True}, "activations": {"bits": 8}}
+
+
+def test_defaults_per_kind():
+    specs = resolve_specs(SITES, BASE)
+    assert specs["encoder.layer.1.ffn.output.weight"].symmetric
+    assert not specs["classifier"].symmetric
+
+
+def test_precedence_default_then_globs_in_order_then_exact():
+    cfg = {**BASE, "sites": [
+        {"match": "encoder.layer.1.ffn.output", "bits": 4},      # exact: wins although listed first
+        {"match": "encoder.layer.*.ffn.*", "bits": 16},
+        {"match": "*.ffn.output", "bits": 6},                      # later glob wins over the earlier one
+    ]}
+    s = resolve_specs(SITES, cfg)
+    assert s["encoder.layer.1.ffn.output"].bits == 4
+    assert s["encoder.layer.0.ffn.output"].bits == 6
+    assert s["encoder.layer.1.ffn.residual_sum"].bits == 16
+    assert s["classifier"].bits == 8
+
+
+def test_disabled_kind_and_site():
+    s = resolve_specs(SITES, {"weights": {"enabled": False}, "activations": {"bits": 8},
+                              "sites": [{"match": "classifier", "enabled": False}]})
+    assert not s["encoder.layer.1.ffn.output.weight"].enabled and not s["classifier"].enabled
+
+
+def test_a_rule_that_matches_nothing_is_an_error():
+    with pytest.raises(SiteError, match="ffn.ouput.*matches no quantization site.*qexp ls sites"):
+        resolve_specs(SITES, {**BASE, "sites": [{"match": "*.ffn.ouput", "bits": 16}]})
+    with pytest.raises(SiteError, match="no 'match'"):
+        resolve_specs(SITES, {**BASE, "sites": [{"bits": 16}]})
+
+
+def test_bad_value_names_the_site():
+    with pytest.raises(ValueError, match="site 'classifier'.*2 to 16"):
+        resolve_specs(SITES, {**BASE, "sites": [{"match": "classifier", "bits": 32}]})
