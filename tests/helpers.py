@@ -1,0 +1,21 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from qexp.cli import compose
+from qexp.runner import run
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cfg(tmp_path, *overrides):
+    cfg = compose(["model=tiny_bert", "debug=smoke", f"results_dir={tmp_path / 'runs'}",
+                   f"cache_dir={tmp_path / 'cache'}", *overrides])
+    return run(cfg, list(overrides))
+
+
+def qexp(*args, cwd=REPO, timeout=300):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "qexp.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout, env=env)

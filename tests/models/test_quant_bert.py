@@ -1,0 +1,90 @@
+import pytest
+import torch
+from transformers import (BertConfig, BertForSequenceClassification, BertModel, RobertaConfig,
+                          RobertaForSequenceClassification)
+
+from qexp.models.quant_bert import QuantEncoder
+from qexp.quant.calibrate import calibrate
+from qexp.quant.sites import configure, quantizers, site_names
+
+SMALL = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+             attn_implementation="eager")
+
+
+def _inputs(pad_id=0):
+    ids = torch.randint(3, 99, (3, 11), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    ids[0, 7:], mask[0, 7:] = pad_id, 0
+    return ids, mask
+
+
+@pytest.mark.parametrize("cls,config_cls,pad", [(BertForSequenceClassification, BertConfig, 0),
+                                                (RobertaForSequenceClassification, RobertaConfig, 1)])
+def test_all_quantizers_off_equals_hf_eager(cls, config_cls, pad):
+    torch.manual_seed(0)
+    hf = cls(config_cls(num_labels=3, pad_token_id=pad, **SMALL)).eval()
+    q = QuantEncoder(hf).eval()
+    ids, mask = _inputs(pad)
+    tt = torch.zeros_like(ids)
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask, token_type_ids=tt).logits
+        ours = q(ids, mask, tt).logits
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)
+
+
+def test_bert_base_has_161_activation_sites():
+    """The paper's count: 13 per layer x 12 + 3 embedding sites + pooler + classifier (Bondarenko et al. 2021)."""
+    cfg = BertConfig(num_labels=2)  # BERT-base sizes, random weights
+    with torch.device("meta"):
+        hf = BertForSequenceClassification(cfg)
+    q = QuantEncoder(hf)
+    acts = site_names(q, "activation")
+    assert len(acts) == 161
+    assert len(set(acts)) == 161
+    layer = [n.removeprefix("encoder.layer.11.") for n in acts if n.startswith("encoder.layer.11.")]
+    assert layer == ["attn.query", "attn.key", "attn.value", "attn.softmax_input", "attn.softmax_output",
+                     "attn.context", "attn.output", "attn.residual_sum", "ffn.input", "ffn.intermediate",
+                     "ffn.output", "ffn.residual_sum", "output"]
+    assert acts[:3] == ["embeddings.sum_token_type", "embeddings.sum", "embeddings.ln"]
+    assert acts[-2:] == ["pooler", "classifier"]
+    weights = site_names(q, "weight")
+    # 4 embedding tables/LN + 8 per layer (q, k, v, o, 2 LN, 2 FFN) + pooler + classifier
+    assert len(weights) == 4 + 8 * 12 + 2
+    assert "encoder.layer.3.ffn.intermediate.weight" in weights
+
+
+def test_depth_comes_from_the_config():
+    hf = BertModel(BertConfig(**{**SMALL, "num_hidden_layers": 3}))
+    acts = site_names(QuantEncoder(hf), "activation")
+    assert len(acts) == 3 + 13 * 3  # a bare encoder has no pooler/classifier sites
+
+
+def test_glob_selects_sites_and_calibration_fixes_ranges():
+    torch.manual_seed(0)
+    hf = BertForSequenceClassification(BertConfig(num_labels=2, **SMALL)).eval()
+    q = QuantEncoder(hf)
+    configure(q, {"weights": {"bits": 8, "symmetric": True}, "activations": {"bits": 8},
+                  "sites": [{"match": "encoder.layer.*.ffn.residual_sum", "bits": 16}]})
+    ids, mask = _inputs()
+    calibrate(q, lambda: [{"input_ids": ids, "attention_mask": mask}], 1, progress=False)
+    bits = {x.name: x.spec.bits for x in quantizers(q, "activation")}
+    assert bits["encoder.layer.1.ffn.residual_sum"] == 16 and bits["encoder.layer.1.ffn.output"] == 8
+    assert all(x.state == "fixed" for x in quantizers(q))
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask).logits
+        out = q(ids, mask).logits
+    assert not torch.equal(out, ref) and torch.allclose(out, ref, atol=0.05)
+
+
+def test_cached_quantized_weights_follow_weight_changes():
+    torch.manual_seed(0)
+    hf = BertForSequenceClassification(BertConfig(num_labels=2, **SMALL)).eval()
+    q = QuantEncoder(hf)
+    configure(q, {"weights": {"bits": 8, "symmetric": True}, "activations": {"enabled": False}})
+    ids, mask = _inputs()
+    calibrate(q, lambda: [{"input_ids": ids}], 1, progress=False)
+    with torch.no_grad():
+        a = q(ids, mask).logits
+        hf.classifier.weight.mul_(2.0)
+        b = q(ids, mask).logits
+    assert not torch.allclose(a, b)

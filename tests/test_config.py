@@ -1,0 +1,67 @@
+"""Config composition: the users' `+recipe=` spelling, merge order, and every config of every group."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException, MissingConfigException
+
+from qexp.cli import compose, conf_dir
+
+RECIPES = sorted(p.stem for p in (conf_dir() / "recipe").glob("*.yaml"))
+TASKS = sorted(p.stem for p in (conf_dir() / "task").glob("*.yaml") if not p.stem.startswith("_"))
+MODELS = sorted(p.stem for p in (conf_dir() / "model").glob("*.yaml"))
+
+
+def test_users_spelling_composes_and_keeps_per_task_settings():
+    cfg = compose(["+recipe=w8a8_ptq", "task=mnli"])
+    assert cfg.recipe.name == "w8a8_ptq"
+    assert cfg.task.name == "mnli"
+    assert cfg.task.finetune.learning_rate == 2e-5 and cfg.task.finetune.batch_size == 16  # Table 8, not defaults
+    assert [s.name for s in cfg.task.eval_splits] == ["matched", "mismatched"]
+    rte = compose(["+recipe=w8a8_ptq", "task=rte"])
+    assert rte.task.finetune.learning_rate == 3e-5 and rte.task.finetune.batch_size == 8
+
+
+def test_info_defaults_puts_the_recipe_last():
+    out = subprocess.run([sys.executable, "-m", "qexp.cli", "run", "+recipe=w8a8_ptq", "task=mnli", "--info",
+                          "defaults"], capture_output=True, text=True, timeout=120, check=True).stdout
+    rows = [line.strip("| ").split("|")[0].strip() for line in out.splitlines() if line.startswith("| ")]
+    order = [r for r in rows if not r.startswith("hydra")]
+    assert order.index("recipe/w8a8_ptq") > order.index("task/mnli") > order.index("model/minilm_l6")
+    assert order.index("recipe/w8a8_ptq") > order.index("calibration/default")
+    assert order[-1] == "recipe/w8a8_ptq"  # appended after the primary config: nothing can override it silently
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+@pytest.mark.parametrize("task", TASKS)
+def test_every_recipe_composes_with_every_task(recipe, task):
+    cfg = compose([f"+recipe={recipe}", f"task={task}"])
+    assert cfg.recipe.name == recipe
+    plain = compose([f"task={task}"])
+    assert cfg.task == plain.task and cfg.calibration == plain.calibration  # a recipe never rewrites task settings
+    first = (conf_dir() / "recipe" / f"{recipe}.yaml").read_text().splitlines()[0]
+    assert first.startswith("# ") and "Table" in first  # the header names its paper table and row
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_model_config(model):
+    cfg = compose([f"model={model}"])
+    assert cfg.model.name == model and cfg.model.source in ("hub", "package", "random")
+
+
+def test_unknown_group_options_list_the_choices():
+    with pytest.raises(MissingConfigException, match=r"recipe/w9a9[\s\S]*fp32[\s\S]*w8a8_ptq"):
+        compose(["+recipe=w9a9"])
+    with pytest.raises(MissingConfigException, match=r"Available options in 'model'[\s\S]*minilm_l6"):
+        compose(["model=gpt5"])
+
+
+def test_smoke_debug_and_seed_override():
+    cfg = compose(["debug=smoke", "seed=3", "task=rte"])
+    assert cfg.seed == 3 and cfg.task.limit.train == 16 and cfg.calibration.num_batches == 1
+
+
+def test_launcher_configs_exist():
+    for name in ("local_parallel", "slurm"):
+        assert (Path(conf_dir()) / "hydra" / "launcher" / f"{name}.yaml").exists()
