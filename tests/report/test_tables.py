@@ -1,0 +1,71 @@
+"""Tables are a pure function of the records: synthetic records in, the paper's layout out."""
+import json
+
+import pandas as pd
+import pytest
+
+from qexp.records import SCHEMA
+from qexp.report.tables import build_all
+
+ROWS = {"fp32": "FP32", "w8a8_ptq": "W8A8", "w32a8_ptq": "W32A8", "w8a32_ptq": "W8A32"}
+
+
+def write(runs, model, task, recipe, seed, score, **metrics):
+    rec = {"schema": SCHEMA, "model": model, "task": task, "recipe": recipe, "seed": seed, "score": score,
+           "metrics": metrics, "config": {"recipe": {"name": recipe, "table_row": {
+               "table": "bondarenko2021_table1", "row": ROWS[recipe]}}}}
+    (runs / f"{model}_{task}_{recipe}_{seed}.json").write_text(json.dumps(rec))
+
+
+def test_table1_layout_median_and_paper_deltas(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for seed, s in enumerate([60.0, 70.0, 65.0]):  # median 65
+        write(runs, "minilm_l6", "rte", "fp32", seed, s)
+    write(runs, "minilm_l6", "rte", "w8a8_ptq", 0, 50.0)
+    write(runs, "minilm_l6", "rte", "w8a8_ptq", 1, 54.0)  # median of two: 52
+    write(runs, "minilm_l6", "mrpc", "fp32", 0, 80.0)
+    (runs / "not_a_record.json").write_text(json.dumps({"schema": 999}))
+    build_all(runs, tmp_path / "tables")
+    wide = pd.read_csv(tmp_path / "tables" / "bondarenko2021_table1.csv")
+    assert list(wide.columns) == ["model", "configuration", "CoLA", "SST-2", "MRPC", "STS-B", "QQP", "MNLI", "QNLI",
+                                  "RTE", "GLUE", "seeds"]
+    assert list(wide.configuration) == ["FP32", "W8A8", "W32A8", "W8A32"]
+    fp = wide.set_index("configuration").loc["FP32"]
+    assert fp.RTE == 65.0 and fp.MRPC == 80.0 and pd.isna(fp.CoLA) and pd.isna(fp.GLUE)  # missing cells stay empty
+    assert wide.set_index("configuration").loc["W8A8"].RTE == 52.0
+    assert wide.set_index("configuration").loc["W32A8"].isna()[["RTE", "GLUE"]].all()
+    long = pd.read_csv(tmp_path / "tables" / "bondarenko2021_table1_vs_paper.csv")
+    cell = long[(long.configuration == "FP32") & (long.column == "RTE")].iloc[0]
+    assert cell.paper == 70.40 and cell.delta == pytest.approx(65.0 - 70.40) and cell.seeds == 3
+    md = (tmp_path / "tables" / "bondarenko2021_table1.md").read_text()
+    assert "| FP32 |" in md and "65.00 (70.40)" in md
+
+
+def test_glue_score_only_when_all_eight_tasks_exist(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    tasks = ["cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte"]
+    for i, t in enumerate(tasks):
+        write(runs, "bert_base", t, "w8a32_ptq", 0, 80.0 + i)
+    build_all(runs, tmp_path / "tables")
+    wide = pd.read_csv(tmp_path / "tables" / "bondarenko2021_table1.csv").set_index("configuration")
+    assert wide.loc["W8A32"].GLUE == pytest.approx(sum(80.0 + i for i in range(8)) / 8)
+
+
+def test_empty_results_give_empty_tables(tmp_path):
+    build_all(tmp_path / "none", tmp_path / "tables")
+    wide = pd.read_csv(tmp_path / "tables" / "bondarenko2021_table1.csv")
+    assert len(wide) == 0
+
+
+def test_label_free_table(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for rec, err in [("w8a8_ptq", 0.5), ("fp32", 0.0)]:
+        write(runs, "minilm_l6", "text_outliers", rec, 0, 100 * err, final_rel_error=err, mean_site_rel_error=err / 2,
+              max_site_rel_error=err, max_site_rel_error_site="encoder.layer.5.output", max_inf_norm=200.0,
+              avg_kurtosis=8000.0)
+    build_all(runs, tmp_path / "tables")
+    t = pd.read_csv(tmp_path / "tables" / "text_outliers.csv")
+    assert list(t.recipe) == ["fp32", "w8a8_ptq"] and t["final rel. error %"].tolist() == [0.0, 50.0]

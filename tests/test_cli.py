@@ -1,0 +1,82 @@
+"""The installed command as a user types it: listings, sweeps, and clear errors for bad input."""
+import json
+
+import pytest
+
+from .helpers import qexp
+
+SMOKE = ["model=tiny_bert", "debug=smoke"]
+
+
+def test_help_has_worked_examples():
+    r = qexp("--help")
+    assert r.returncode == 0 and "examples:" in r.stdout and "+recipe=w8a8_ptq" in r.stdout
+
+
+def test_ls_sites_of_a_classification_model():
+    r = qexp("ls", "sites", "model=tiny_bert", "task=rte", "+recipe=w8a8_ptq")
+    assert r.returncode == 0, r.stderr
+    assert "# 31 activation sites (31 quantized by recipe w8a8_ptq)" in r.stdout
+    assert "encoder.layer.1.ffn.residual_sum" in r.stdout and "8b asym per_tensor current_minmax()" in r.stdout
+
+
+@pytest.mark.parametrize("what,expect", [("recipes", "w8a8_ptq"), ("estimators", "running_minmax"),
+                                         ("tasks", "text_outliers"), ("models", "minilm_l6"),
+                                         ("granularities", "per_embedding_group")])
+def test_ls(what, expect):
+    r = qexp("ls", what)
+    assert r.returncode == 0 and expect in r.stdout
+
+
+@pytest.mark.parametrize("override,message", [
+    ("recipe.quant.activations.bits=1", "bit-width 1 is not supported; valid bit-widths are the integers 2 to 16"),
+    ("recipe.quant.weights.bits=17", "bit-width 17 is not supported"),
+    ("calibration.activations.name=kl", "unknown range estimator 'kl'; valid choices: current_minmax, mse"),
+    ("recipe.quant.activations.granularity=per_token calibration.activations.name=running_minmax",
+     "does not fit granularity per_token"),
+    ("recipe.quant.activations.granularity=per_row", "unknown granularity 'per_row'; valid choices"),
+    ("device=cuda", "CUDA is not available"),
+])
+def test_bad_input_gets_a_clear_error(tmp_path, override, message):
+    r = qexp("run", *SMOKE, "+recipe=w8a8_ptq", *override.split(), f"results_dir={tmp_path}")
+    assert r.returncode != 0
+    assert message in r.stderr + r.stdout
+    assert not list(tmp_path.glob("*.json"))
+
+
+def test_unknown_recipe_lists_the_choices():
+    r = qexp("run", "+recipe=w9a9")
+    assert r.returncode != 0 and "Could not find 'recipe/w9a9'" in r.stderr and "w8a8_ptq" in r.stderr
+
+
+def test_missing_hub_model_names_the_local_override(tmp_path):
+    r = qexp("run", "model=bert_base", "task=rte", f"results_dir={tmp_path}", timeout=120)
+    assert r.returncode != 0 and "model.path=/dir" in r.stderr
+
+
+def test_missing_data_names_the_override(tmp_path):
+    r = qexp("run", *SMOKE, "task=mnli", f"results_dir={tmp_path}", timeout=120)
+    assert r.returncode != 0 and "task.data_dir=/path/to/glue/MNLI" in r.stderr
+
+
+def test_multirun_over_seeds_and_recipes_writes_one_record_each(tmp_path):
+    r = qexp("run", "-m", *SMOKE, "+recipe=fp32,w8a8_ptq", "seed=0,1", f"results_dir={tmp_path / 'runs'}",
+             f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    recs = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")]
+    assert sorted((x["recipe"], x["seed"]) for x in recs) == [("fp32", 0), ("fp32", 1), ("w8a8_ptq", 0),
+                                                               ("w8a8_ptq", 1)]
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()) == \
+        ["0_seed0", "1_seed1", "2_seed0", "3_seed1"]
+    # an interrupted sweep resumes: a second identical sweep skips every finished job
+    r = qexp("run", "-m", *SMOKE, "+recipe=fp32,w8a8_ptq", "seed=0,1", f"results_dir={tmp_path / 'runs'}",
+             f"hydra.sweep.dir={tmp_path / 'sweep2'}")
+    assert r.returncode == 0 and r.stderr.count("skip: a record for this config and seed exists") == 4
+
+
+def test_parallel_launcher_writes_separate_records(tmp_path):
+    r = qexp("run", "-m", "hydra/launcher=local_parallel", *SMOKE, "+recipe=w8a8_ptq", "seed=0,1,2",
+             f"results_dir={tmp_path / 'runs'}", f"hydra.sweep.dir={tmp_path / 'sweep'}", timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    recs = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")]
+    assert sorted(x["seed"] for x in recs) == [0, 1, 2]
