@@ -5,7 +5,6 @@ results, caches and configs sit side by side); ``QEXP_CONF=/dir`` points at anot
 """
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from pathlib import Path
@@ -51,8 +50,7 @@ def _run(argv: list[str]) -> None:
         overrides = list(HydraConfig.get().overrides.task)
         try:
             run(cfg, overrides)
-        except USER_ERRORS as e:
-            logging.getLogger("qexp").error("%s", e)
+        except _user_errors() as e:
             raise SystemExit(f"qexp: error: {e}") from None
 
     sys.argv = [f"{Path(sys.argv[0]).name} run", *argv]
@@ -153,27 +151,24 @@ def _user_errors():
             UnknownChoiceError, DataError, FloatingPointError, OmegaConfBaseException, ValueError)
 
 
-USER_ERRORS: tuple = ()
-
-
 def main(argv: list[str] | None = None) -> None:
-    global USER_ERRORS
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(HELP)
         return
-    from .models.loading import default_offline_env
-
-    default_offline_env()
-    USER_ERRORS = _user_errors()
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     cmd, rest = argv[0], argv[1:]
     if cmd == "run":
         _run(rest)
     elif cmd == "ls":
-        try:
+        if rest[:1] == ["sites"]:
+            try:
+                _ls_sites(rest[1:])
+            except _user_errors() as e:
+                sys.exit(f"qexp: error: {e}")
+        else:
             _ls(rest)
-        except USER_ERRORS as e:
-            sys.exit(f"qexp: error: {e}")
     elif cmd == "tables":
         _tables(rest)
     else:

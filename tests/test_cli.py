@@ -71,7 +71,7 @@ def test_multirun_over_seeds_and_recipes_writes_one_record_each(tmp_path):
     # an interrupted sweep resumes: a second identical sweep skips every finished job
     r = qexp("run", "-m", *SMOKE, "+recipe=fp32,w8a8_ptq", "seed=0,1", f"results_dir={tmp_path / 'runs'}",
              f"hydra.sweep.dir={tmp_path / 'sweep2'}")
-    assert r.returncode == 0 and r.stderr.count("skip: a record for this config and seed exists") == 4
+    assert r.returncode == 0 and (r.stdout + r.stderr).count("skip: a record for this config and seed exists") == 4
 
 
 def test_parallel_launcher_writes_separate_records(tmp_path):
@@ -80,3 +80,9 @@ def test_parallel_launcher_writes_separate_records(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     recs = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")]
     assert sorted(x["seed"] for x in recs) == [0, 1, 2]
+
+
+def test_slurm_launcher_config_composes():
+    r = qexp("run", "hydra/launcher=slurm", "--cfg", "hydra", "-p", "hydra.launcher")
+    assert r.returncode == 0, r.stderr
+    assert "submitit" in r.stdout and "gpus_per_node: 1" in r.stdout

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,9 +84,3 @@ def load_model(cfg, num_labels: int | None, seed: int = 0) -> LoadedModel:
         model = (AutoModel if num_labels is None else AutoModelForSequenceClassification).from_config(config)
         return LoadedModel(model, tok, f"random:{sorted(arch.items())}@{cfg.get('init_seed', seed)}")
     raise ModelLoadError(f"unknown model source {source!r}; valid choices: {', '.join(SOURCES)} (or model.path=/dir)")
-
-
-def default_offline_env() -> None:
-    """Keep HF libraries quiet about telemetry and never prompt (runs are non-interactive)."""
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
