@@ -27,7 +27,9 @@ from .tasks.metrics import compute, task_score
 
 log = logging.getLogger("qexp")
 
-FP32 = {"name": "fp32", "quant": {"weights": {"enabled": False}, "activations": {"enabled": False}, "sites": []}}
+# no recipe = this, which equals conf/recipe/fp32.yaml (tested), so both spellings give the same run id
+FP32 = {"name": "fp32", "table_row": {"table": "bondarenko2021_table1", "row": "FP32"},
+        "quant": {"weights": {"enabled": False}, "activations": {"enabled": False}, "sites": []}}
 
 
 class Timer:
@@ -186,6 +188,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, cwd: Path | None = 
     if cfg.get("recipe") is None:
         OmegaConf.set_struct(cfg, False)
         cfg.recipe = FP32
+        OmegaConf.set_struct(cfg, True)
     cfg.results_dir = _abs(cfg.results_dir, cwd)
     cfg.cache_dir = _abs(cfg.cache_dir, cwd)
     if cfg.task.get("data_dir"):

@@ -65,3 +65,11 @@ def test_smoke_debug_and_seed_override():
 def test_launcher_configs_exist():
     for name in ("local_parallel", "slurm"):
         assert (Path(conf_dir()) / "hydra" / "launcher" / f"{name}.yaml").exists()
+
+
+def test_no_recipe_is_the_fp32_recipe():
+    from omegaconf import OmegaConf
+
+    from qexp.runner import FP32
+
+    assert OmegaConf.to_container(compose(["+recipe=fp32"]).recipe) == FP32

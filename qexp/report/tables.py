@@ -90,7 +90,7 @@ def text_outliers(df: pd.DataFrame) -> pd.DataFrame:
         rows.append({"model": m, "recipe": rec,
                      "final rel. error %": 100 * ms.final_rel_error.median(),
                      "mean site rel. error %": 100 * ms.mean_site_rel_error.median(),
-                     "worst site": ms.max_site_rel_error_site.mode().iloc[0],
+                     "worst site": ms.max_site_rel_error_site.mode().iloc[0] if ms.max_site_rel_error.max() > 0 else "",
                      "worst site rel. error %": 100 * ms.max_site_rel_error.median(),
                      "max inf-norm": ms.max_inf_norm.median(), "avg kurtosis": ms.avg_kurtosis.median(),
                      "seeds": g.seed.nunique()})
