@@ -40,3 +40,13 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return sorted(self._items)
+
+
+def name_and_kwargs(spec, kind: str) -> tuple[str, dict]:
+    """A config value naming a registry entry: ``"name"`` or ``{name: ..., **kwargs}`` (None kwargs dropped)."""
+    if isinstance(spec, str):
+        return spec, {}
+    kwargs = {k: v for k, v in dict(spec).items() if v is not None}
+    if "name" not in kwargs:
+        raise UnknownChoiceError(f"{kind} {dict(spec)} has no 'name'")
+    return kwargs.pop("name"), kwargs

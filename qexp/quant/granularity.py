@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..registry import name_and_kwargs
+
 
 class GranularityError(ValueError):
     """A granularity that does not fit a tensor shape or an estimator."""
@@ -159,11 +161,7 @@ def make_granularity(spec) -> Granularity:
     """Build a granularity from a config value: a name, or a mapping ``{name: ..., **kwargs}``."""
     if isinstance(spec, Granularity):
         return spec
-    if isinstance(spec, str):
-        name, kwargs = spec, {}
-    else:
-        kwargs = dict(spec)
-        name = kwargs.pop("name", None)
+    name, kwargs = name_and_kwargs(spec, "granularity")
     if name not in GRANULARITIES:
         raise GranularityError(f"unknown granularity {name!r}; valid choices: {sorted(GRANULARITIES)}")
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from qexp.registry import Registry
+from qexp.registry import Registry, name_and_kwargs
 
 ESTIMATORS: Registry[type["RangeEstimator"]] = Registry("range estimator")
 
@@ -66,11 +66,7 @@ def make_estimator(spec) -> RangeEstimator:
     """Build an estimator from a name or a mapping ``{name: ..., **kwargs}``."""
     if isinstance(spec, RangeEstimator):
         return spec
-    if isinstance(spec, str):
-        name, kwargs = spec, {}
-    else:
-        kwargs = {k: v for k, v in dict(spec).items() if v is not None}
-        name = kwargs.pop("name", None)
+    name, kwargs = name_and_kwargs(spec, "range estimator")
     cls = ESTIMATORS.get(name)
     try:
         return cls(**kwargs)
