@@ -27,3 +27,39 @@ def test_recipe_runs_on_the_label_free_task(recipe, tmp_path):
     else:
         assert 0.0 < m["final_rel_error"] < 1.0
     assert m["max_inf_norm"] > 0 and m["avg_kurtosis"] > 0
+
+
+def _bert_base_specs(recipe):
+    import torch
+    from omegaconf import OmegaConf
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from qexp.cli import compose
+    from qexp.models.quant_bert import QuantEncoder
+    from qexp.quant.sites import configure, quantizers
+    from qexp.runner import quant_config
+
+    cfg = compose([f"+recipe={recipe}", "task=rte"])
+    with torch.device("meta"):
+        model = QuantEncoder(BertForSequenceClassification(BertConfig(num_labels=2)))  # BERT-base sizes
+    configure(model, quant_config(OmegaConf.to_container(cfg.recipe), cfg.calibration))
+    return list(quantizers(model, "activation"))
+
+
+def test_mixed_precision_keeps_36_of_161_activation_quantizers_in_16_bit():
+    """Bondarenko et al. 2021, footnote 1: '36 out of 161 activation quantizers for BERT-base' (the * and † row)."""
+    acts = _bert_base_specs("mp_ptq_r16_io16")
+    assert len(acts) == 161 and sum(q.spec.bits == 16 for q in acts) == 36
+    assert sum(q.spec.bits == 16 for q in _bert_base_specs("mp_ptq_r16")) == 12
+    out = {q.name: q.spec for q in _bert_base_specs("mp_ptq_r16_io16_out16")}
+    assert sum(s.bits == 16 for s in out.values()) == 38 and out["classifier"].estimator["name"] == "mse"
+
+
+def test_peg_ptq_groups_only_the_ffn_sites():
+    from qexp.quant.granularity import PerEmbeddingGroup, PerTensor
+
+    acts = {q.name: q.spec.granularity for q in _bert_base_specs("peg_ptq")}
+    peg = [n for n, g in acts.items() if isinstance(g, PerEmbeddingGroup)]
+    assert len(peg) == 36 and all(acts[n] == PerEmbeddingGroup(6, permute=True) for n in peg)
+    assert all(n.rsplit(".", 1)[0].endswith("ffn") for n in peg)
+    assert sum(isinstance(g, PerTensor) for g in acts.values()) == 161 - 36

@@ -9,7 +9,8 @@ A quant config has a default spec per kind and an ordered list of site rules (ST
       - {match: "classifier", enabled: false}
 
 Precedence: the kind's default, then every glob rule that matches, in list order (later wins), then rules that name
-the site exactly.  A rule that matches no site is an error (it is almost always a typo).
+the site exactly.  A rule that matches no site is an error (it is almost always a typo), unless it says
+``optional: true`` (e.g. classifier rules in a recipe that also runs on bare encoders).
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ def resolve_specs(names_kinds: Iterable[tuple[str, str]], quant_cfg) -> dict[str
         if "match" not in r:
             raise SiteError(f"site rule {r} has no 'match' key (a site name or glob)")
         pattern = r["match"]
-        if not any(fnmatchcase(n, pattern) for n, _ in names_kinds):
+        if not r.get("optional") and not any(fnmatchcase(n, pattern) for n, _ in names_kinds):
             raise SiteError(f"site rule match={pattern!r} matches no quantization site of this model; "
                             f"list the sites with `qexp ls sites model=...`")
     out = {}
@@ -58,7 +59,7 @@ def resolve_specs(names_kinds: Iterable[tuple[str, str]], quant_cfg) -> dict[str
         globs = [r for r in rules if _is_glob(r["match"]) and fnmatchcase(name, r["match"])]
         exact = [r for r in rules if r["match"] == name]
         for r in globs + exact:
-            spec.update({k: v for k, v in r.items() if k != "match"})
+            spec.update({k: v for k, v in r.items() if k not in ("match", "optional")})
         try:
             out[name] = QuantSpec.from_config(spec)
         except ValueError as e:

@@ -43,3 +43,8 @@ def test_a_rule_that_matches_nothing_is_an_error():
 def test_bad_value_names_the_site():
     with pytest.raises(ValueError, match="site 'classifier'.*2 to 16"):
         resolve_specs(SITES, {**BASE, "sites": [{"match": "classifier", "bits": 32}]})
+
+
+def test_optional_rules_may_match_nothing():
+    s = resolve_specs(SITES, {**BASE, "sites": [{"match": "pooler", "bits": 16, "optional": True}]})
+    assert all(spec.bits == 8 for spec in s.values())
