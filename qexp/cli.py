@@ -66,7 +66,8 @@ def compose(overrides: list[str]):
 
 
 def _group_options(group: str) -> list[str]:
-    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml") if not p.stem.startswith("_"))
+    root = conf_dir() / group
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml") if not p.stem.startswith("_"))
 
 
 def _ls(argv: list[str]) -> None:

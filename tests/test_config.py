@@ -73,3 +73,18 @@ def test_no_recipe_is_the_fp32_recipe():
     from qexp.runner import FP32
 
     assert OmegaConf.to_container(compose(["+recipe=fp32"]).recipe) == FP32
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_every_task_has_its_default_calibration(task):
+    assert (conf_dir() / "calibration" / "per_task" / f"{task}.yaml").exists()
+
+
+def test_per_task_calibration_is_table9_and_the_command_line_wins():
+    rte = compose(["task=rte", "+recipe=w8a8_ptq"]).calibration
+    assert rte.weights.name == "mse" and rte.activations.name == "current_minmax" and rte.batch_size == 1
+    sst2 = compose(["task=sst2"]).calibration
+    assert (sst2.weights.name, sst2.activations.name, sst2.batch_size, sst2.num_batches) == \
+        ("mse", "running_minmax", 4, 16)
+    assert compose(["task=rte", "calibration=default"]).calibration.weights.name == "current_minmax"
+    assert compose(["task=rte", "calibration.batch_size=4"]).calibration.batch_size == 4

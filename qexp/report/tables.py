@@ -7,16 +7,22 @@ paper text in ../shared/papers, nothing computed).
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pandas as pd
 
-from ..records import load_records
+from ..records import load_records, run_id
 
 REFERENCE = Path(__file__).parent / "reference"
 GLUE_COLUMNS = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "qqp": "QQP", "mnli": "MNLI",
                 "qnli": "QNLI", "rte": "RTE"}
 TABLE1_ROWS = ["FP32", "W8A8", "W32A8", "W8A32"]
+
+
+def variant(config: dict) -> str:
+    """The run id of a config without its seed: records of one variant differ only by seed."""
+    return run_id({k: v for k, v in config.items() if k != "seed"})
 
 
 def frame(records: list[dict]) -> pd.DataFrame:
@@ -25,8 +31,18 @@ def frame(records: list[dict]) -> pd.DataFrame:
         row = (r.get("config", {}).get("recipe") or {}).get("table_row") or {}
         rows.append({"model": r["model"], "task": r["task"], "recipe": r["recipe"], "seed": r["seed"],
                      "score": r.get("score"), "table": row.get("table"), "row": row.get("row"),
-                     "metrics": r.get("metrics", {})})
-    return pd.DataFrame(rows, columns=["model", "task", "recipe", "seed", "score", "table", "row", "metrics"])
+                     "metrics": r.get("metrics", {}), "variant": variant(r.get("config", {})),
+                     "path": r.get("_path")})
+    return pd.DataFrame(rows, columns=["model", "task", "recipe", "seed", "score", "table", "row", "metrics",
+                                       "variant", "path"])
+
+
+def warn_mixed(sub: pd.DataFrame, keys: list[str]) -> None:
+    """A cell must aggregate seeds of one configuration; say so loudly when it would mix several."""
+    for key, g in sub.groupby(keys):
+        if g.variant.nunique() > 1:
+            warnings.warn(f"cell {key} mixes {g.variant.nunique()} configurations (e.g. another calibration); its "
+                          f"median pools them. Records: {sorted(g.path.dropna())}", stacklevel=2)
 
 
 def _fmt(x) -> str:
@@ -38,6 +54,7 @@ def table1(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     cols = list(GLUE_COLUMNS.values())
     sub = df[(df.table == "bondarenko2021_table1") & df.task.isin(list(GLUE_COLUMNS))].copy()
     sub["column"] = sub.task.map(GLUE_COLUMNS)
+    warn_mixed(sub, ["model", "row", "column"])
     med = sub.groupby(["model", "row", "column"]).score.median()
     seeds = sub.groupby(["model", "row", "column"]).seed.nunique()
     models = sorted(sub.model.unique())

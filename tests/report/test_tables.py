@@ -10,10 +10,10 @@ from qexp.report.tables import build_all
 ROWS = {"fp32": "FP32", "w8a8_ptq": "W8A8", "w32a8_ptq": "W32A8", "w8a32_ptq": "W8A32"}
 
 
-def write(runs, model, task, recipe, seed, score, **metrics):
+def write(runs, model, task, recipe, seed, score, calibration="default", **metrics):
     rec = {"schema": SCHEMA, "model": model, "task": task, "recipe": recipe, "seed": seed, "score": score,
-           "metrics": metrics, "config": {"recipe": {"name": recipe, "table_row": {
-               "table": "bondarenko2021_table1", "row": ROWS[recipe]}}}}
+           "metrics": metrics, "config": {"seed": seed, "calibration": calibration, "recipe": {
+               "name": recipe, "table_row": {"table": "bondarenko2021_table1", "row": ROWS[recipe]}}}}
     (runs / f"{model}_{task}_{recipe}_{seed}.json").write_text(json.dumps(rec))
 
 
@@ -69,3 +69,12 @@ def test_label_free_table(tmp_path):
     build_all(runs, tmp_path / "tables")
     t = pd.read_csv(tmp_path / "tables" / "text_outliers.csv")
     assert list(t.recipe) == ["fp32", "w8a8_ptq"] and t["final rel. error %"].tolist() == [0.0, 50.0]
+
+
+def test_a_cell_that_mixes_configurations_is_flagged(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    write(runs, "m", "rte", "w8a8_ptq", 0, 50.0, calibration="default")
+    write(runs, "m", "rte", "w8a8_ptq", 1, 60.0, calibration="mse")
+    with pytest.warns(UserWarning, match="mixes 2 configurations"):
+        build_all(runs, tmp_path / "tables")
