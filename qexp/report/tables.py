@@ -1,13 +1,15 @@
 """Paper tables as a pure function of the run records (STYLE 10): nobody edits a CSV by hand.
 
-Every table is built with pandas from ``results/runs/*.json``: cells are the median over seeds of a run's score,
-rows and columns follow the paper, missing cells stay empty, and where the paper printed a number it sits beside
-ours with the delta (ours - paper).  Published values live in ``qexp/report/reference/*.csv`` (typed in from the
-paper text in ../shared/papers, nothing computed).
+Every table is built with pandas from ``results/runs/*.json``.  A table spec (``TABLES``) names, for each row as the
+paper prints it, the recipe whose runs fill it (one recipe may serve several tables), and the tasks of its columns.
+A cell is the median over seeds of the runs' scores; missing cells stay empty; where the paper printed a number it
+sits beside ours with the delta (ours - paper).  Published values live in ``qexp/report/reference/<table>.csv``,
+typed in from the paper text in ../shared/papers (nothing computed).
 """
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -17,7 +19,34 @@ from ..records import load_records, run_id
 REFERENCE = Path(__file__).parent / "reference"
 GLUE_COLUMNS = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "qqp": "QQP", "mnli": "MNLI",
                 "qnli": "QNLI", "rte": "RTE"}
-TABLE1_ROWS = ["FP32", "W8A8", "W32A8", "W8A32"]
+
+
+@dataclass(frozen=True)
+class PaperTable:
+    name: str                              # file stem under results/tables and qexp/report/reference
+    title: str
+    rows: tuple[tuple[str, str], ...]      # (row label as printed in the paper, recipe name)
+    tasks: tuple[str, ...]                 # column tasks, in the paper's order
+    average: str | None = None             # name of a mean-over-all-columns column (only when every column exists)
+
+    @property
+    def columns(self) -> list[str]:
+        return [GLUE_COLUMNS[t] for t in self.tasks]
+
+
+_PROBLEM_TASKS = ("stsb", "mnli", "qnli", "rte")
+TABLES = [
+    PaperTable("bondarenko2021_table1", "Bondarenko et al. 2021, Table 1: W8A8 post-training quantization, GLUE dev",
+               (("FP32", "fp32"), ("W8A8", "w8a8_ptq"), ("W32A8", "w32a8_ptq"), ("W8A32", "w8a32_ptq")),
+               tuple(GLUE_COLUMNS), average="GLUE"),
+    PaperTable("bondarenko2021_table4", "Bondarenko et al. 2021, Table 4: mixed-precision PTQ",
+               (("FP32", "fp32"), ("W8A8 PTQ", "w8a8_ptq"), ("MP-PTQ*", "mp_ptq_r16"), ("MP-PTQ*†", "mp_ptq_r16_io16"),
+                ("MP-PTQ*†‡", "mp_ptq_r16_io16_out16")), _PROBLEM_TASKS),
+    PaperTable("bondarenko2021_table5", "Bondarenko et al. 2021, Table 5: per-embedding-group PTQ",
+               (("FP32", "fp32"), ("1 (= per-tensor)", "w8a8_ptq"), ("768 (= per-embd.)", "peg_embd"),
+                ("768 (only FFN)*", "peg_embd_ffn"), ("6 (only FFN)", "peg_k6_ffn"), ("3 (only FFN)", "peg_k3_ffn"),
+                ("3 + P (only FFN)", "peg_k3p_ffn"), ("6 + P (only FFN)", "peg_ptq")), _PROBLEM_TASKS),
+]
 
 
 def variant(config: dict) -> str:
@@ -26,15 +55,11 @@ def variant(config: dict) -> str:
 
 
 def frame(records: list[dict]) -> pd.DataFrame:
-    rows = []
-    for r in records:
-        row = (r.get("config", {}).get("recipe") or {}).get("table_row") or {}
-        rows.append({"model": r["model"], "task": r["task"], "recipe": r["recipe"], "seed": r["seed"],
-                     "score": r.get("score"), "table": row.get("table"), "row": row.get("row"),
-                     "metrics": r.get("metrics", {}), "variant": variant(r.get("config", {})),
-                     "path": r.get("_path")})
-    return pd.DataFrame(rows, columns=["model", "task", "recipe", "seed", "score", "table", "row", "metrics",
-                                       "variant", "path"])
+    cols = ["model", "task", "recipe", "seed", "score", "metrics", "variant", "path"]
+    return pd.DataFrame([{"model": r["model"], "task": r["task"], "recipe": r["recipe"], "seed": r["seed"],
+                          "score": r.get("score"), "metrics": r.get("metrics", {}),
+                          "variant": variant(r.get("config", {})), "path": r.get("_path")} for r in records],
+                        columns=cols)
 
 
 def warn_mixed(sub: pd.DataFrame, keys: list[str]) -> None:
@@ -45,57 +70,54 @@ def warn_mixed(sub: pd.DataFrame, keys: list[str]) -> None:
                           f"median pools them. Records: {sorted(g.path.dropna())}", stacklevel=2)
 
 
-def _fmt(x) -> str:
-    return "" if pd.isna(x) else f"{x:.2f}"
-
-
-def table1(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Bondarenko et al. 2021 Table 1: (wide table per model, long comparison with the paper)."""
-    cols = list(GLUE_COLUMNS.values())
-    sub = df[(df.table == "bondarenko2021_table1") & df.task.isin(list(GLUE_COLUMNS))].copy()
+def paper_table(df: pd.DataFrame, spec: PaperTable) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(wide table in the paper's layout, one row per model and paper row; long comparison with the paper)."""
+    recipes = {recipe: label for label, recipe in spec.rows}
+    sub = df[df.task.isin(spec.tasks) & df.recipe.isin(list(recipes))].copy()
     sub["column"] = sub.task.map(GLUE_COLUMNS)
-    warn_mixed(sub, ["model", "row", "column"])
-    med = sub.groupby(["model", "row", "column"]).score.median()
-    seeds = sub.groupby(["model", "row", "column"]).seed.nunique()
-    models = sorted(sub.model.unique())
+    warn_mixed(sub, ["model", "recipe", "column"])
+    med = sub.groupby(["model", "recipe", "column"]).score.median()
+    seeds = sub.groupby(["model", "recipe", "column"]).seed.nunique()
+    extra = [spec.average] if spec.average else []
     wide = []
-    for m in models:
-        for row in TABLE1_ROWS:
-            cells = {c: med.get((m, row, c)) for c in cols}
-            full = all(cells[c] is not None for c in cols)
-            n = [int(seeds[(m, row, c)]) for c in cols if (m, row, c) in seeds.index]
-            wide.append({"model": m, "configuration": row, **cells,
-                         "GLUE": sum(cells.values()) / len(cols) if full else None,
-                         "seeds": min(n) if n else None})
-    wide = pd.DataFrame(wide, columns=["model", "configuration", *cols, "GLUE", "seeds"])
-    paper = pd.read_csv(REFERENCE / "bondarenko2021_table1.csv").set_index("configuration")
+    for model in sorted(sub.model.unique()):
+        for label, recipe in spec.rows:
+            cells = {c: med.get((model, recipe, c)) for c in spec.columns}
+            n = [int(seeds[(model, recipe, c)]) for c in spec.columns if (model, recipe, c) in seeds.index]
+            row = {"model": model, "configuration": label, **cells, "seeds": min(n) if n else None}
+            if spec.average:
+                full = all(cells[c] is not None for c in spec.columns)
+                row[spec.average] = sum(cells.values()) / len(cells) if full else None
+            wide.append(row)
+    wide = pd.DataFrame(wide, columns=["model", "configuration", *spec.columns, *extra, "seeds"])
+    paper = pd.read_csv(REFERENCE / f"{spec.name}.csv").set_index("configuration")
     long = []
     for _, w in wide.iterrows():
-        for c in [*cols, "GLUE"]:
-            ours = w[c]
+        recipe = dict(spec.rows)[w.configuration]
+        for c in [*spec.columns, *extra]:
             ref = paper.loc[w.configuration, c]
-            long.append({"model": w.model, "configuration": w.configuration, "column": c,
-                         "ours": ours, "paper": ref, "delta": (ours - ref) if pd.notna(ours) else None,
-                         "seeds": int(seeds.get((w.model, w.configuration, c), 0)) if c != "GLUE" else w.seeds})
+            long.append({"model": w.model, "configuration": w.configuration, "column": c, "ours": w[c],
+                         "paper": ref, "delta": w[c] - ref if pd.notna(w[c]) else None,
+                         "seeds": w.seeds if c in extra else int(seeds.get((w.model, recipe, c), 0))})
     return wide, pd.DataFrame(long, columns=["model", "configuration", "column", "ours", "paper", "delta", "seeds"])
 
 
-def table1_markdown(wide: pd.DataFrame) -> str:
-    paper = pd.read_csv(REFERENCE / "bondarenko2021_table1.csv").set_index("configuration")
-    cols = [*GLUE_COLUMNS.values(), "GLUE"]
-    lines = ["Bondarenko et al. 2021, Table 1 (GLUE dev; median over seeds): ours (paper, BERT-base)", ""]
-    for m, g in wide.groupby("model", sort=True):
-        lines += [f"model: {m}", "", "| configuration | " + " | ".join(cols) + " | seeds |",
+def _fmt(x) -> str:
+    return "–" if pd.isna(x) else f"{x:.2f}"
+
+
+def paper_markdown(wide: pd.DataFrame, spec: PaperTable) -> str:
+    paper = pd.read_csv(REFERENCE / f"{spec.name}.csv").set_index("configuration")
+    cols = [*spec.columns, *([spec.average] if spec.average else [])]
+    lines = [f"{spec.title}. Cells: ours (paper, BERT-base); median over seeds.", ""]
+    for model, g in wide.groupby("model", sort=True):
+        lines += [f"model: {model}", "", "| configuration | " + " | ".join(cols) + " | seeds |",
                   "|---|" + "---|" * (len(cols) + 1)]
         for _, w in g.iterrows():
-            cells = [f"{_fmt(w[c]) or '–'} ({paper.loc[w.configuration, c]:.2f})" for c in cols]
-            lines.append(f"| {w.configuration} | " + " | ".join(cells) + f" | {_fmt_int(w.seeds)} |")
+            cells = [f"{_fmt(w[c])} ({paper.loc[w.configuration, c]:.2f})" for c in cols]
+            lines.append(f"| {w.configuration} | " + " | ".join(cells) + f" | {'' if pd.isna(w.seeds) else int(w.seeds)} |")
         lines.append("")
     return "\n".join(lines)
-
-
-def _fmt_int(x) -> str:
-    return "" if pd.isna(x) else str(int(x))
 
 
 def text_outliers(df: pd.DataFrame) -> pd.DataFrame:
@@ -104,11 +126,11 @@ def text_outliers(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (m, rec), g in sub.groupby(["model", "recipe"], sort=True):
         ms = pd.DataFrame(list(g.metrics))
+        worst = ms.max_site_rel_error_site.mode().iloc[0] if ms.max_site_rel_error.max() > 0 else ""
         rows.append({"model": m, "recipe": rec,
                      "final rel. error %": 100 * ms.final_rel_error.median(),
                      "mean site rel. error %": 100 * ms.mean_site_rel_error.median(),
-                     "worst site": ms.max_site_rel_error_site.mode().iloc[0] if ms.max_site_rel_error.max() > 0 else "",
-                     "worst site rel. error %": 100 * ms.max_site_rel_error.median(),
+                     "worst site": worst, "worst site rel. error %": 100 * ms.max_site_rel_error.median(),
                      "max inf-norm": ms.max_inf_norm.median(), "avg kurtosis": ms.avg_kurtosis.median(),
                      "seeds": g.seed.nunique()})
     order = {"fp32": 0, "w8a8_ptq": 1, "w8a32_ptq": 2, "w32a8_ptq": 3}
@@ -117,25 +139,23 @@ def text_outliers(df: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["model", "recipe"], key=lambda s: s.map(order).fillna(99) if s.name == "recipe" else s)
 
 
-def _markdown(df: pd.DataFrame, title: str) -> str:
-    return f"{title}\n\n" + df.to_markdown(index=False, floatfmt=".2f") + "\n"
-
-
 def build_all(runs_dir: Path, out_dir: Path) -> dict[str, Path]:
     df = frame(load_records(runs_dir)) if Path(runs_dir).exists() else frame([])
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {}
-    wide, long = table1(df)
-    written["bondarenko2021_table1"] = out_dir / "bondarenko2021_table1.csv"
-    wide.to_csv(written["bondarenko2021_table1"], index=False, float_format="%.2f")
-    written["bondarenko2021_table1_vs_paper"] = out_dir / "bondarenko2021_table1_vs_paper.csv"
-    long.to_csv(written["bondarenko2021_table1_vs_paper"], index=False, float_format="%.2f")
-    written["bondarenko2021_table1.md"] = out_dir / "bondarenko2021_table1.md"
-    written["bondarenko2021_table1.md"].write_text(table1_markdown(wide))
+    for spec in TABLES:
+        wide, long = paper_table(df, spec)
+        written[spec.name] = out_dir / f"{spec.name}.csv"
+        wide.to_csv(written[spec.name], index=False, float_format="%.2f")
+        written[f"{spec.name}_vs_paper"] = out_dir / f"{spec.name}_vs_paper.csv"
+        long.to_csv(written[f"{spec.name}_vs_paper"], index=False, float_format="%.2f")
+        written[f"{spec.name}.md"] = out_dir / f"{spec.name}.md"
+        written[f"{spec.name}.md"].write_text(paper_markdown(wide, spec))
     outl = text_outliers(df)
     written["text_outliers"] = out_dir / "text_outliers.csv"
     outl.to_csv(written["text_outliers"], index=False, float_format="%.4g")
     written["text_outliers.md"] = out_dir / "text_outliers.md"
-    written["text_outliers.md"].write_text(_markdown(
-        outl, "Label-free default task (pydoc text): relative error versus FP32 and outlier statistics"))
+    written["text_outliers.md"].write_text(
+        "Label-free default task (pydoc text): relative error versus FP32 and outlier statistics\n\n"
+        + outl.to_markdown(index=False, floatfmt=".2f") + "\n")
     return written

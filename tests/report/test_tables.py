@@ -39,7 +39,7 @@ def test_table1_layout_median_and_paper_deltas(tmp_path):
     cell = long[(long.configuration == "FP32") & (long.column == "RTE")].iloc[0]
     assert cell.paper == 70.40 and cell.delta == pytest.approx(65.0 - 70.40) and cell.seeds == 3
     md = (tmp_path / "tables" / "bondarenko2021_table1.md").read_text()
-    assert "| FP32 |" in md and "65.00 (70.40)" in md
+    assert "| FP32 |" in md and "65.00 (70.40)" in md and "| W32A8 | – (56.70)" in md
 
 
 def test_glue_score_only_when_all_eight_tasks_exist(tmp_path):
@@ -78,3 +78,31 @@ def test_a_cell_that_mixes_configurations_is_flagged(tmp_path):
     write(runs, "m", "rte", "w8a8_ptq", 1, 60.0, calibration="mse")
     with pytest.warns(UserWarning, match="mixes 2 configurations"):
         build_all(runs, tmp_path / "tables")
+
+
+def test_one_recipe_serves_several_tables(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    write(runs, "m", "rte", "w8a8_ptq", 0, 61.0)
+    write(runs, "m", "rte", "fp32", 0, 66.0)
+    build_all(runs, tmp_path / "tables")
+    t1 = pd.read_csv(tmp_path / "tables" / "bondarenko2021_table1.csv").set_index("configuration")
+    t4 = pd.read_csv(tmp_path / "tables" / "bondarenko2021_table4.csv").set_index("configuration")
+    t5 = pd.read_csv(tmp_path / "tables" / "bondarenko2021_table5.csv").set_index("configuration")
+    assert t1.loc["W8A8"].RTE == t4.loc["W8A8 PTQ"].RTE == t5.loc["1 (= per-tensor)"].RTE == 61.0
+    assert list(t4.columns) == ["model", "STS-B", "MNLI", "QNLI", "RTE", "seeds"]
+    assert list(t5.index) == ["FP32", "1 (= per-tensor)", "768 (= per-embd.)", "768 (only FFN)*", "6 (only FFN)",
+                              "3 (only FFN)", "3 + P (only FFN)", "6 + P (only FFN)"]
+    vs = pd.read_csv(tmp_path / "tables" / "bondarenko2021_table5_vs_paper.csv")
+    assert vs[(vs.configuration == "6 + P (only FFN)") & (vs.column == "RTE")].paper.iloc[0] == 69.31
+
+
+def test_every_table_row_names_an_existing_recipe():
+    from qexp.cli import conf_dir
+    from qexp.report.tables import TABLES
+
+    recipes = {p.stem for p in (conf_dir() / "recipe").glob("*.yaml")}
+    for spec in TABLES:
+        ref = pd.read_csv(__import__("qexp.report.tables", fromlist=["REFERENCE"]).REFERENCE / f"{spec.name}.csv")
+        assert [label for label, _ in spec.rows] == list(ref.configuration)
+        assert {recipe for _, recipe in spec.rows} <= recipes
