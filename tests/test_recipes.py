@@ -10,7 +10,8 @@ RECIPES = sorted(p.stem for p in (conf_dir() / "recipe").glob("*.yaml"))
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_runs_on_a_glue_task(recipe, tmp_path, rte_like):
-    rec = run_cfg(tmp_path, f"+recipe={recipe}", "task=rte", f"task.data_dir={rte_like}")
+    # 12 layers, as BERT-base: some recipes name layers 10 and 11 (Table 2)
+    rec = run_cfg(tmp_path, f"+recipe={recipe}", "task=rte", f"task.data_dir={rte_like}", layers=12)
     assert rec["recipe"] == recipe
     assert 0.0 <= rec["score"] <= 100.0
     assert rec["metrics"]["validation"]["n"] == 16
@@ -20,7 +21,7 @@ def test_recipe_runs_on_a_glue_task(recipe, tmp_path, rte_like):
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_runs_on_the_label_free_task(recipe, tmp_path):
-    rec = run_cfg(tmp_path, f"+recipe={recipe}")
+    rec = run_cfg(tmp_path, f"+recipe={recipe}", layers=12)
     m = rec["metrics"]
     if recipe == "fp32":
         assert m["final_rel_error"] == 0.0 and m["mean_site_rel_error"] == 0.0
@@ -63,3 +64,11 @@ def test_peg_ptq_groups_only_the_ffn_sites():
     assert len(peg) == 36 and all(acts[n] == PerEmbeddingGroup(6, permute=True) for n in peg)
     assert all(n.rsplit(".", 1)[0].endswith("ffn") for n in peg)
     assert sum(isinstance(g, PerTensor) for g in acts.values()) == 161 - 36
+
+
+def test_leave_one_out_leaves_exactly_its_group_out():
+    acts = {q.name: q.spec.enabled for q in _bert_base_specs("loo_ffn_residual_l10_11")}
+    assert sorted(n for n, on in acts.items() if not on) == ["encoder.layer.10.ffn.residual_sum",
+                                                             "encoder.layer.11.ffn.residual_sum"]
+    assert sum(not on for on in {q.name: q.spec.enabled for q in _bert_base_specs("loo_softmax_input")}.values()) == 12
+    assert all(q.spec.enabled for q in _bert_base_specs("loo_all"))
