@@ -21,7 +21,7 @@ from .quant.calibrate import calibrate
 from .quant.quantizer import QuantSpec
 from .quant.sites import configure, quantizers
 from .tasks import text_outliers
-from .tasks.encode import encode, limit, loader
+from .tasks.encode import encode, limit, loader, sample
 from .tasks.glue import load_split
 from .tasks.metrics import compute, task_score
 
@@ -134,10 +134,9 @@ def run_glue(cfg, qcfg, device, timer, progress) -> dict:
     configure(qmodel, qcfg)
     cal = cfg.calibration
     with timer.stage("calibrate"):
-        cal_ds = encode(train_raw, tok, int(task.max_length), bool(cal.pad_to_max_length))
         n = int(cal.batch_size) * int(cal.num_batches)
-        batches = lambda: (_to(b, device) for b in loader(cal_ds, tok, int(cal.batch_size), shuffle_seed=seed,  # noqa: E731
-                                                           num_samples=n))
+        cal_ds = encode(sample(train_raw, n, seed), tok, int(task.max_length), bool(cal.pad_to_max_length))
+        batches = lambda: (_to(b, device) for b in loader(cal_ds, tok, int(cal.batch_size)))  # noqa: E731
         calibrate(qmodel, batches, int(cal.num_batches), progress=cfg.progress)
     metrics = {}
     with timer.stage("evaluate"):

@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra.errors import ConfigCompositionException, MissingConfigException
+from hydra.errors import MissingConfigException
 
 from qexp.cli import compose, conf_dir
 

@@ -69,7 +69,7 @@ def load_model(cfg, num_labels: int | None, seed: int = 0) -> LoadedModel:
             return (_auto(cfg.hub_id, num_labels, local_only),
                     AutoTokenizer.from_pretrained(cfg.hub_id, local_files_only=local_only))
 
-        model, tok = from_hub(load, f"model {cfg.hub_id!r}", f"download it elsewhere and pass model.path=/dir")
+        model, tok = from_hub(load, f"model {cfg.hub_id!r}", "download it elsewhere and pass model.path=/dir")
         return LoadedModel(model, tok, f"hub:{cfg.hub_id}@{cfg.get('revision') or 'main'}")
     if source == "package":
         folder = package_model_dir(cfg.package, cfg.get("subdir", "model"))

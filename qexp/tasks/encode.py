@@ -25,10 +25,11 @@ def limit(ds: datasets.Dataset, n) -> datasets.Dataset:
     return ds if n is None or n >= len(ds) else ds.select(range(int(n)))
 
 
-def loader(ds, tokenizer, batch_size: int, shuffle_seed: int | None = None, num_samples: int | None = None):
-    collate = DataCollatorWithPadding(tokenizer)
-    sampler = None
-    if shuffle_seed is not None:
-        g = torch.Generator().manual_seed(int(shuffle_seed))
-        sampler = RandomSampler(ds, generator=g, num_samples=num_samples)
-    return DataLoader(ds, batch_size=batch_size, sampler=sampler, collate_fn=collate)
+def sample(ds: datasets.Dataset, n: int, seed: int) -> datasets.Dataset:
+    """``n`` examples drawn with a seeded sampler, in draw order (only these get tokenized for calibration)."""
+    g = torch.Generator().manual_seed(int(seed))
+    return ds.select(list(RandomSampler(range(len(ds)), generator=g, num_samples=int(n))))
+
+
+def loader(ds, tokenizer, batch_size: int):
+    return DataLoader(ds, batch_size=batch_size, collate_fn=DataCollatorWithPadding(tokenizer))
