@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from collections import Counter
 from contextlib import contextmanager
@@ -13,10 +14,11 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 from transformers import set_seed
 
-from . import records
+from . import qat, records
 from .finetune import cache_dir_for, cache_key, finetune, load_cached
 from .models.loading import load_model
 from .models.quant_bert import QuantEncoder
+from .quant.adaround import AdaRoundConfig, apply_adaround
 from .quant.calibrate import calibrate
 from .quant.quantizer import QuantSpec
 from .quant.sites import configure, quantizers
@@ -58,6 +60,19 @@ def _estimator(est_cfg, momentum) -> dict:
     return est
 
 
+def _qat_on(recipe) -> bool:
+    q = recipe.get("qat")
+    return q is not None and bool(q.get("enabled", True))
+
+
+def effective_calibration(cfg):
+    """The calibration group, with a QAT recipe's own range initialisation on top (``recipe.qat.init_calibration``;
+    the authors' QAT README initialises from 16 padded sequences, not from the per-task PTQ winners)."""
+    if _qat_on(cfg.recipe) and cfg.recipe.qat.get("init_calibration"):
+        return OmegaConf.merge(cfg.calibration, cfg.recipe.qat.init_calibration)
+    return cfg.calibration
+
+
 def quant_config(recipe: dict, calibration) -> dict:
     """The recipe says what to quantize; the calibration group gives the default range estimators."""
     q = recipe.get("quant") or {}
@@ -77,6 +92,21 @@ def site_summary(model) -> dict:
         bits = Counter(str(q.spec.bits) for q in qs if q.spec.enabled)
         out[kind] = {"sites": len(qs), "quantized": sum(bits.values()), "bits": dict(sorted(bits.items()))}
     return out
+
+
+def memory_footprint(model) -> dict:
+    """Model size from the actual bit-widths: every quantized weight at its bits, every other parameter (biases,
+    unquantized weights) at 32; the reduction is relative to all-FP32 (Bondarenko et al. 2021, Table 7)."""
+    bits = total = 0
+    for m in model.modules():
+        inner, q = getattr(m, "inner", None), getattr(m, "weight_quantizer", None)
+        if inner is None or q is None:
+            continue
+        for name, p in inner.named_parameters(recurse=False):
+            b = q.spec.bits if (name == "weight" and q.spec.enabled) else 32
+            bits += b * p.numel()
+            total += p.numel()
+    return {"parameters": total, "bits": bits, "reduction": round(32 * total / bits, 4) if bits else None}
 
 
 def _progress(enabled: bool):
@@ -107,7 +137,7 @@ def _abs(path: str | None, cwd: Path) -> str | None:
     return str(p if p.is_absolute() else (cwd / p).resolve())
 
 
-def run_glue(cfg, qcfg, device, timer, progress) -> dict:
+def run_glue(cfg, qcfg, device, timer, progress, rid) -> dict:
     task, seed = cfg.task, int(cfg.seed)
     data_dir = task.data_dir
     with timer.stage("load"):
@@ -132,12 +162,26 @@ def run_glue(cfg, qcfg, device, timer, progress) -> dict:
     ft_meta["checkpoint"] = str(folder)
     qmodel = QuantEncoder(model).to(device).eval()
     configure(qmodel, qcfg)
-    cal = cfg.calibration
+    recipe = cfg.recipe
+    qat_cfg = recipe.get("qat")
+    qat_on = _qat_on(recipe)
+    cal = effective_calibration(cfg)
+    extra = {}
     with timer.stage("calibrate"):
         n = int(cal.batch_size) * int(cal.num_batches)
         cal_ds = encode(sample(train_raw, n, seed), tok, int(task.max_length), bool(cal.pad_to_max_length))
         batches = lambda: (_to(b, device) for b in loader(cal_ds, tok, int(cal.batch_size)))  # noqa: E731
-        calibrate(qmodel, batches, int(cal.num_batches), progress=cfg.progress)
+        hook = _adaround_hook(recipe, train_raw, tok, task, seed, device, cfg.progress, extra)
+        calibrate(qmodel, batches, int(cal.num_batches), progress=cfg.progress, after_weights=hook)
+    if qat_on:
+        hp = qat.hyperparameters(qat_cfg)
+        with timer.stage("qat"):
+            train = encode(train_raw, tok, int(task.max_length), bool(task.pad_to_max_length))
+            folder = Path(cfg.cache_dir) / "qat" / f"{cfg.model.name}__{task.name}__{recipe.name}__seed{seed}__{rid}"
+            with tempfile.TemporaryDirectory(prefix="qexp-qat-") as work:
+                meta = qat.train_qat(qmodel, train, tok, hp, seed, device, cfg.progress, Path(work))
+            qat.save_qat(qmodel, tok, folder, {**meta, "run_id": rid, "quant": qcfg})
+            extra["qat"] = {**meta, "export": str(folder)}
     metrics = {}
     with timer.stage("evaluate"):
         for split in task.eval_splits:
@@ -151,11 +195,31 @@ def run_glue(cfg, qcfg, device, timer, progress) -> dict:
             metrics[split.name]["n"] = int(len(labels))
     score = task_score({k: v for k, v in metrics.items()}, list(task.score))
     return {"metrics": metrics, "score": score, "finetune": ft_meta, "model_identity": loaded.identity,
-            "data_source": source, "sites": site_summary(qmodel)}
+            "data_source": source, "sites": site_summary(qmodel), "memory": memory_footprint(qmodel), **extra}
 
 
-def run_label_free(cfg, qcfg, device, timer, progress) -> dict:
+def _adaround_hook(recipe, train_raw, tok, task, seed, device, progress, extra):
+    """The AdaRound step (recipe key ``adaround``) as a calibration hook, or None."""
+    ada = recipe.get("adaround")
+    if ada is None or not bool(ada.get("enabled", True)):
+        return None
+    acfg = AdaRoundConfig.from_config(ada)
+    data = encode(sample(train_raw, acfg.num_samples, seed + 1), tok, int(task.max_length),
+                  bool(task.pad_to_max_length))
+
+    def hook(model):
+        batches = lambda: (_to(b, device) for b in loader(data, tok, 64))  # noqa: E731
+        extra["adaround"] = {"config": dict(ada), "layers": apply_adaround(model, batches, acfg, seed, progress)}
+
+    return hook
+
+
+def run_label_free(cfg, qcfg, device, timer, progress, rid) -> dict:
     task, seed = cfg.task, int(cfg.seed)
+    qat_cfg = cfg.recipe.get("qat")
+    if qat_cfg is not None and bool(qat_cfg.get("enabled", True)):
+        raise ValueError(f"recipe {cfg.recipe.name!r} trains (QAT) and needs labels, but task {task.name!r} is "
+                         f"label-free; valid: the GLUE tasks (`qexp ls tasks`)")
     with timer.stage("load"):
         set_seed(seed)
         loaded = load_model(cfg.model, num_labels=None, seed=seed)
@@ -172,11 +236,24 @@ def run_label_free(cfg, qcfg, device, timer, progress) -> dict:
             for i in range(0, n, int(cal.batch_size)):
                 yield {"input_ids": cal_ids[order[i:i + int(cal.batch_size)]].to(device)}
 
-        calibrate(qmodel, batches, int(cal.num_batches), progress=cfg.progress)
+        extra, hook = {}, None
+        ada = cfg.recipe.get("adaround")
+        if ada is not None and bool(ada.get("enabled", True)):
+            acfg = AdaRoundConfig.from_config(ada)
+            pick = torch.randint(len(cal_ids), (acfg.num_samples,), generator=torch.Generator().manual_seed(seed + 1))
+            data = cal_ids[pick]
+
+            def hook(model):
+                chunks = lambda: ({"input_ids": data[i:i + 64].to(device)} for i in range(0, len(data), 64))  # noqa
+                extra["adaround"] = {"config": dict(ada),
+                                     "layers": apply_adaround(model, chunks, acfg, seed, cfg.progress)}
+
+        calibrate(qmodel, batches, int(cal.num_batches), progress=cfg.progress, after_weights=hook)
     with timer.stage("evaluate"):
         metrics = text_outliers.evaluate(qmodel, eval_ids.to(device), int(task.eval_batch_size), progress)
     return {"metrics": metrics, "score": 100.0 * metrics["final_rel_error"], "model_identity": loaded.identity,
-            "data_source": f"text:{task.source}", "sites": site_summary(qmodel)}
+            "data_source": f"text:{task.source}", "sites": site_summary(qmodel), "memory": memory_footprint(qmodel),
+            **extra}
 
 
 KINDS = {"glue": run_glue, "label_free": run_label_free}
@@ -201,12 +278,12 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, cwd: Path | None = 
         return {"skipped": True, "path": str(path)}
     if cfg.task.kind not in KINDS:
         raise ValueError(f"unknown task kind {cfg.task.kind!r}; valid: {sorted(KINDS)}")
-    qcfg = quant_config(resolved["recipe"], cfg.calibration)
+    qcfg = quant_config(resolved["recipe"], effective_calibration(cfg))
     device = pick_device(str(cfg.device))
     timer = Timer()
     started, git = records.now(), records.git_state()  # the code that runs, before anything can change it
     with timer.stage("total"):
-        result = KINDS[cfg.task.kind](cfg, qcfg, device, timer, _progress(bool(cfg.progress)))
+        result = KINDS[cfg.task.kind](cfg, qcfg, device, timer, _progress(bool(cfg.progress)), records.run_id(resolved))
     record = {
         "schema": records.SCHEMA, "run_id": records.run_id(resolved), "started": started, "finished": records.now(),
         "model": cfg.model.name, "task": cfg.task.name, "task_version": cfg.task.version,

@@ -35,15 +35,18 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers.utils import ModelOutput
 
 from ..quant.modules import QEmbedding, QLayerNorm, QLinear, act_quantizer
 
 
 @dataclass
-class EncoderOutput:
-    last_hidden_state: torch.Tensor
-    logits: torch.Tensor | None = None
+class EncoderOutput(ModelOutput):
+    """HF's output convention (attribute and key access, ``None`` fields dropped), so the HF Trainer can train it."""
+
     loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
 
 
 class QEmbeddings(nn.Module):
@@ -152,6 +155,11 @@ class QuantEncoder(nn.Module):
         self.pooler = QLinear(pooler, "pooler", act=torch.tanh) if (pooler is not None and classifier is not None) else None
         self.classifier = QLinear(classifier, "classifier") if classifier is not None else None
         self.head_dropout = head_dropout if head_dropout is not None else nn.Identity()
+
+    def set_attention_dropout(self, p: float) -> None:
+        """The self-attention (probabilities) dropout rate, a QAT hyper-parameter (Bondarenko et al. 2021, Table 10)."""
+        for layer in self.layers:
+            layer.attn.probs_dropout.p = float(p)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, **_):
         if attention_mask is None:

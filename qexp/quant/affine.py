@@ -68,6 +68,13 @@ def fake_quantize(x: torch.Tensor, p: QParams) -> torch.Tensor:
     return (x_int - p.zero_point) * p.scale
 
 
+def fake_quantize_rounded(x: torch.Tensor, p: QParams, up: torch.Tensor) -> torch.Tensor:
+    """Quantize with given rounding decisions: ``floor(x / s) + up`` with ``up`` in [0, 1] (AdaRound, Nagel et al. 2020).
+    With ``up`` = 1 exactly where the fractional part is > 0.5 this equals round-to-nearest (ties aside)."""
+    x_int = torch.clamp(torch.floor(x / p.scale) + up + p.zero_point, p.q_min, p.q_max)
+    return (x_int - p.zero_point) * p.scale
+
+
 def quantize_int(x: torch.Tensor, p: QParams) -> torch.Tensor:
     """The integer codes (for integer backends and tests), as int32."""
     return torch.clamp(torch.round(x / p.scale) + p.zero_point, p.q_min, p.q_max).to(torch.int32)

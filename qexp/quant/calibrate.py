@@ -3,6 +3,7 @@
 ``calibrate(model, batches)`` runs in three steps:
 1. weight ranges: each weight quantizer observes its weight once and solves;
 2. (only when a PEG quantizer permutes) a pass that measures per-dimension ranges and fixes the permutation;
+   (optional hook, e.g. AdaRound, with weights quantized and activations in FP)
 3. activation ranges: the estimators observe the calibration batches in an FP forward, then solve.
 Activation statistics are taken on the full-precision forward (every quantizer passes its input through while
 estimating); see README "Deviations" for how this differs from the authors' code.
@@ -51,11 +52,17 @@ def calibrate_weights(model: nn.Module) -> None:
 
 @torch.no_grad()
 def calibrate(model: nn.Module, batches: Callable[[], Iterable[dict]], n_batches: int | None = None,
-              progress: bool = True) -> None:
-    """``batches()`` returns a fresh iterable of model inputs (dicts) each time it is called."""
+              progress: bool = True, after_weights: Callable[[nn.Module], None] | None = None) -> None:
+    """``batches()`` returns a fresh iterable of model inputs (dicts) each time it is called.  ``after_weights`` runs
+    once the weight ranges are fixed and before any activation is calibrated (AdaRound's place)."""
     was_training = model.training
     model.eval()
     calibrate_weights(model)
+    for q in quantizers(model, "activation"):
+        q.set_state("off")
+    if after_weights is not None:
+        with torch.enable_grad():
+            after_weights(model)
     acts = list(quantizers(model, "activation"))
 
     def run(desc: str) -> None:

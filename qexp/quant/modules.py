@@ -33,7 +33,7 @@ class _WeightQuantMixin:
         w, q = self.inner.weight, self.weight_quantizer
         if q.state != "fixed" or torch.is_grad_enabled():
             return q(w)
-        key = (w._version, w.data_ptr(), id(q.x_min))
+        key = (w._version, w.data_ptr(), id(q.x_min), id(q.rounding))
         if getattr(self, "_wq_key", None) != key:
             with torch.no_grad():
                 self._wq_cache, self._wq_key = q(w), key

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .affine import check_bits, fake_quantize, qparams
+from .affine import QParams, check_bits, fake_quantize, fake_quantize_rounded, qparams
 from .estimators import CalibrationError, make_estimator
 from .granularity import Granularity, GranularityError, PerEmbeddingGroup, PerTensor, make_granularity, range_permutation
 
@@ -77,6 +77,7 @@ class Quantizer(nn.Module):
         self.register_buffer("x_min", None)
         self.register_buffer("x_max", None)
         self.register_buffer("perm", None)
+        self.register_buffer("rounding", None)  # AdaRound's learned up/down decisions (0/1), weights only
         self._dim_min = self._dim_max = None
 
     # -- state ------------------------------------------------------------------------------------------------
@@ -87,9 +88,18 @@ class Quantizer(nn.Module):
             state = "off"
         if state in ("fixed", "learned") and self.x_min is None and not self.spec.granularity.dynamic:
             raise CalibrationError(f"quantizer {self.name!r} has no range: calibrate before enabling it")
-        if state == "learned":
-            self.x_min = nn.Parameter(self.x_min.detach().clone())
-            self.x_max = nn.Parameter(self.x_max.detach().clone())
+        learnable = self.spec.enabled and not self.spec.granularity.dynamic
+        if state == "learned" and learnable and not isinstance(self.x_min, nn.Parameter):
+            # the ranges become parameters, initialised from calibration (QAT with learnable ranges)
+            x_min, x_max = self.x_min.detach().clone(), self.x_max.detach().clone()
+            del self.x_min, self.x_max
+            self.x_min, self.x_max = nn.Parameter(x_min), nn.Parameter(x_max)
+        elif state != "learned" and isinstance(self.x_min, nn.Parameter):
+            # back to buffers holding the learned values: fixed ranges for evaluation and export
+            x_min, x_max = self.x_min.detach().clone(), self.x_max.detach().clone()
+            del self.x_min, self.x_max
+            self.register_buffer("x_min", x_min)
+            self.register_buffer("x_max", x_max)
         self.state = state
 
     @property
@@ -146,9 +156,19 @@ class Quantizer(nn.Module):
             return self._quantize(x, slots.amin(dim=1), slots.amax(dim=1))
         return self._quantize(x, self.x_min, self.x_max)
 
+    def qparams_for(self, x: torch.Tensor) -> QParams:
+        """Scale and zero point of this site, broadcast to ``x`` (static ranges only)."""
+        lo, hi = self._expand(self.x_min, x).to(x.dtype), self._expand(self.x_max, x).to(x.dtype)
+        return qparams(lo, hi, self.spec.bits, self.spec.symmetric)
+
     def _quantize(self, x: torch.Tensor, x_min: torch.Tensor, x_max: torch.Tensor) -> torch.Tensor:
         lo, hi = self._expand(x_min, x).to(x.dtype), self._expand(x_max, x).to(x.dtype)
         p = qparams(lo, hi, self.spec.bits, self.spec.symmetric)
+        if self.rounding is not None:  # AdaRound: floor plus the learned decision instead of round-to-nearest
+            if self.rounding.shape != x.shape:
+                raise ValueError(f"quantizer {self.name!r}: AdaRound decisions of shape {tuple(self.rounding.shape)} "
+                                 f"do not fit the weight's shape {tuple(x.shape)}")
+            return fake_quantize_rounded(x, p, self.rounding).to(x.dtype)
         return fake_quantize(x, p).to(x.dtype)
 
     def extra_repr(self) -> str:

@@ -73,8 +73,9 @@ def configure(model: nn.Module, quant_cfg) -> dict[str, QuantSpec]:
     specs = resolve_specs(((q.name, q.kind) for q in qs), quant_cfg)
     for q in qs:
         fresh = Quantizer(q.name, specs[q.name])
+        q.set_state("off")  # learned ranges go back to buffers first
         q.spec, q.estimator, q.state = fresh.spec, fresh.estimator, "off"
-        q.x_min = q.x_max = q.perm = None
+        q.x_min = q.x_max = q.perm = q.rounding = None
     return specs
 
 
