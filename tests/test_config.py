@@ -8,7 +8,7 @@ from hydra.errors import MissingConfigException
 
 from qexp.cli import compose, conf_dir
 
-RECIPES = sorted(p.stem for p in (conf_dir() / "recipe").glob("*.yaml"))
+RECIPES = sorted(p.stem for p in (conf_dir() / "recipe").glob("*.yaml") if not p.stem.startswith("_"))  # "_" = shared partials
 TASKS = sorted(p.stem for p in (conf_dir() / "task").glob("*.yaml") if not p.stem.startswith("_"))
 MODELS = sorted(p.stem for p in (conf_dir() / "model").glob("*.yaml"))
 
