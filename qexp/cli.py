@@ -15,6 +15,12 @@ commands:
   run [overrides]        run one experiment (Hydra app; -m for a sweep, --help / --info for Hydra's help)
   ls <what> [overrides]  list models | tasks | recipes | calibrations | estimators | granularities | metrics,
                          or `ls sites [model=...] [+recipe=...] [task=...]` for a model's quantization sites
+  search-space [--run] [overrides]
+                         print (or --run) the Hydra sweeps of a recipe's paper search space: the Table 9
+                         estimator search (+recipe=estimator_search) or a QAT recipe's Tables 10/11 grid
+  analyze outliers [--layers 10,11] [--sequences 10] [--top 5] [--out DIR] [overrides]
+                         Figure 2 of Bondarenko et al. 2021 for any model/task: per-token FFN input/output
+                         ranges and the >6-std outlier map per layer (PNG), top outlier dimensions (CSV)
   tables [--runs DIR] [--out DIR] [--show NAME]
                          rebuild every paper table as CSV (+ Markdown) from the run records
 
@@ -26,6 +32,9 @@ examples:
   qexp run -m hydra/launcher=local_parallel seed=0,1,2 +recipe=w8a8_ptq
   qexp run +recipe=w8a8_ptq task=rte --info defaults   # show the config merge order
   qexp ls sites model=bert_base
+  qexp search-space +recipe=qat_w8a8 task=rte       # the paper's QAT grid for RTE as `qexp run -m` lines
+  qexp search-space --run +recipe=estimator_search task=rte model=minilm_l6 seed=0,1,2,3,4 task.data_dir=...
+  qexp analyze outliers model=minilm_l6 task=rte task.data_dir=../shared/data/glue/RTE --layers 4,5
   qexp tables
 """
 
@@ -116,6 +125,98 @@ def _ls_sites(overrides: list[str]) -> None:
             print(f"{q.name:48s} {specs[q.name].describe()}")
 
 
+def search_grids(cfg) -> list[dict[str, list]]:
+    """A recipe's paper search space as Hydra sweep grids (override key -> values), for the composed task."""
+    from omegaconf import OmegaConf
+
+    recipe = cfg.get("recipe")
+    if recipe is None:
+        raise ValueError("search-space needs a recipe (+recipe=estimator_search, +recipe=qat_w8a8, ...)")
+    if recipe.get("search_grids"):
+        return [dict(g) for g in OmegaConf.to_container(recipe.search_grids, resolve=True)]
+    qat = recipe.get("qat")
+    if qat is not None and qat.get("search"):
+        grid = qat.search.get(cfg.task.name)
+        if grid is None:
+            raise ValueError(f"recipe {recipe.name!r} has no search space for task {cfg.task.name!r}; it has one for: "
+                             f"{', '.join(qat.search)}")
+        return [{f"recipe.qat.{k}": list(v) for k, v in OmegaConf.to_container(grid, resolve=True).items()}]
+    raise ValueError(f"recipe {recipe.name!r} defines no search space (recipes with one: estimator_search, qat_*)")
+
+
+def sweep_commands(overrides: list[str]) -> list[list[str]]:
+    """``qexp run -m`` argument lists, one per grid; the user's overrides win over the grid's keys."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    single = []  # compose with the first value of any sweep the user gave (e.g. seed=0,1,2); the grid is per task
+    for text, o in zip(overrides, OverridesParser.create().parse_overrides(overrides)):
+        if o.is_sweep_override():
+            if o.key_or_group == "task":
+                raise ValueError(f"search-space takes one task (its grid is per task), got {text!r}")
+            text = f"{text.split('=', 1)[0]}={next(iter(o.sweep_string_iterator()))}"
+        single.append(text)
+    grids = search_grids(compose(single))
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+
+    def fmt(v) -> str:
+        return str(v).lower() if isinstance(v, bool) else str(v)
+
+    return [["run", "-m", *overrides, *(f"{k}={','.join(fmt(v) for v in vs)}" for k, vs in g.items() if k not in given)]
+            for g in grids]
+
+
+def _search_space(argv: list[str]) -> None:
+    import shlex
+    import subprocess
+
+    execute = "--run" in argv
+    overrides = [a for a in argv if a != "--run"]
+    try:
+        cmds = sweep_commands(overrides)
+    except _user_errors() as e:
+        sys.exit(f"qexp: error: {e}")
+    for cmd in cmds:
+        line = shlex.join(["qexp", *cmd])
+        print(line, flush=True)
+        if execute:
+            rc = subprocess.call([sys.executable, "-m", "qexp.cli", *cmd])
+            if rc:
+                sys.exit(f"qexp: error: sweep failed (exit {rc}): {line}; re-run to resume (finished runs are skipped)")
+
+
+def _analyze(argv: list[str]) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="qexp analyze outliers")
+    ap.add_argument("what", choices=["outliers"])
+    ap.add_argument("--layers", default=None, help="comma-separated layer indices (default: all)")
+    ap.add_argument("--sequences", type=int, default=10, help="sequences in the outlier map (the paper: 10)")
+    ap.add_argument("--top", type=int, default=5, help="outlier dimensions per layer and tensor in the CSV")
+    ap.add_argument("--out", default=None, help="output folder (default results/analysis/outliers/<model>__<task>)")
+    a, overrides = ap.parse_known_args(argv)
+    bad = [o for o in overrides if o.startswith("-")]
+    if bad:
+        ap.error(f"unknown option(s) {bad}; valid: --layers, --sequences, --top, --out, and Hydra overrides key=value")
+    try:
+        layers = None if a.layers is None else [int(v) for v in a.layers.split(",")]
+    except ValueError:
+        sys.exit(f"qexp: error: --layers={a.layers!r} must be comma-separated integers, e.g. --layers 10,11")
+    if a.sequences < 1 or a.top < 1:
+        sys.exit(f"qexp: error: --sequences ({a.sequences}) and --top ({a.top}) must be >= 1")
+    from .outliers import analyze, summary
+
+    try:
+        cfg = compose(overrides)
+        out = Path(a.out or Path("results/analysis/outliers") / f"{cfg.model.name}__{cfg.task.name}")
+        rep = analyze(cfg, layers, a.sequences, a.top, out)
+    except _user_errors() as e:
+        sys.exit(f"qexp: error: {e}")
+    print(f"# {rep['model']} on {rep['data']}; weights: {rep['weights']}")
+    print("# top outlier dimensions (tokens beyond 6 std, max |x|):")
+    print(summary(rep["dims"]))
+    print(f"wrote {len(rep['files'])} files to {out}")
+
+
 def _tables(argv: list[str]) -> None:
     import argparse
 
@@ -170,10 +271,14 @@ def main(argv: list[str] | None = None) -> None:
                 sys.exit(f"qexp: error: {e}")
         else:
             _ls(rest)
+    elif cmd == "analyze":
+        _analyze(rest)
+    elif cmd == "search-space":
+        _search_space(rest)
     elif cmd == "tables":
         _tables(rest)
     else:
-        sys.exit(f"qexp: error: unknown command {cmd!r}; valid: run, ls, tables (qexp --help)")
+        sys.exit(f"qexp: error: unknown command {cmd!r}; valid: run, ls, search-space, analyze, tables (qexp --help)")
 
 
 if __name__ == "__main__":

@@ -86,3 +86,38 @@ def test_slurm_launcher_config_composes():
     r = qexp("run", "hydra/launcher=slurm", "--cfg", "hydra", "-p", "hydra.launcher")
     assert r.returncode == 0, r.stderr
     assert "submitit" in r.stdout and "gpus_per_node: 1" in r.stdout
+
+
+def test_search_space_prints_the_paper_grids_as_sweeps():
+    from qexp.cli import sweep_commands
+
+    qat = sweep_commands(["+recipe=qat_w8a8", "task=rte"])  # Table 10, RTE: LR {1,3,5}e-5, BS 8, E {3,6}, D {0,0.1}
+    assert qat == [["run", "-m", "+recipe=qat_w8a8", "task=rte", "recipe.qat.learning_rate=1e-05,3e-05,5e-05",
+                    "recipe.qat.batch_size=8", "recipe.qat.epochs=3,6", "recipe.qat.attn_dropout=0.0,0.1"]]
+    est = sweep_commands(["+recipe=estimator_search", "task=mrpc", "seed=0,1,2,3,4", "calibration.batch_size=4"])
+    assert len(est) == 2 and all(c[:6] == ["run", "-m", "+recipe=estimator_search", "task=mrpc", "seed=0,1,2,3,4",
+                                           "calibration.batch_size=4"] for c in est)
+    assert "calibration.activations.name=running_minmax,mse" in est[0] and "calibration.num_batches=1,4,16" in est[0]
+    assert "calibration.activations.name=current_minmax" in est[1] and "calibration.num_batches=1" in est[1]
+    assert not any(a.startswith("calibration.batch_size=1") for c in est for a in c)  # the user's value wins
+
+
+@pytest.mark.parametrize("args,message", [
+    (["+recipe=w8a8_ptq", "task=rte"], "recipe 'w8a8_ptq' defines no search space"),
+    (["+recipe=qat_w8a8", "task=rte,mrpc"], "search-space takes one task"),
+    (["+recipe=qat_w8a8"], "no search space for task 'text_outliers'; it has one for: cola"),
+])
+def test_search_space_errors_are_clear(args, message):
+    r = qexp("search-space", *args)
+    assert r.returncode != 0 and message in r.stderr
+
+
+def test_search_space_run_executes_and_resumes(tmp_path):
+    args = ["search-space", "--run", "+recipe=estimator_search", *SMOKE, "task=text_outliers",
+            "calibration.batch_size=1", "calibration.num_batches=1", "calibration.weights.name=current_minmax",
+            "calibration.activations.name=running_minmax,current_minmax", f"results_dir={tmp_path}"]
+    r = qexp(*args)
+    assert r.returncode == 0, r.stderr
+    assert len(list(tmp_path.glob("*.json"))) == 2  # both grids, their axes pinned by the user: one run each
+    r = qexp(*args)
+    assert r.returncode == 0 and len(list(tmp_path.glob("*.json"))) == 2

@@ -28,10 +28,22 @@ class PaperTable:
     rows: tuple[tuple[str, str], ...]      # (row label as printed in the paper, recipe name)
     tasks: tuple[str, ...]                 # column tasks, in the paper's order
     average: str | None = None             # name of a mean-over-all-columns column (only when every column exists)
+    literature: tuple[str, ...] = ()       # rows of other papers' methods: reference data only, never run
+    summary: bool = False                  # paper prints only the memory reduction and the average (Table 7)
 
     @property
     def columns(self) -> list[str]:
         return [GLUE_COLUMNS[t] for t in self.tasks]
+
+    @property
+    def printed(self) -> list[str]:
+        """The result columns as the paper prints them."""
+        if self.summary:
+            return [MEMORY, self.average]
+        return [*self.columns, *([self.average] if self.average else [])]
+
+
+MEMORY = "Memory reduction"
 
 
 _PROBLEM_TASKS = ("stsb", "mnli", "qnli", "rte")
@@ -54,6 +66,23 @@ TABLES = [
                (("FP32", "fp32"), ("1 (= per-tensor)", "w8a8_ptq"), ("768 (= per-embd.)", "peg_embd"),
                 ("768 (only FFN)*", "peg_embd_ffn"), ("6 (only FFN)", "peg_k6_ffn"), ("3 (only FFN)", "peg_k3_ffn"),
                 ("3 + P (only FFN)", "peg_k3p_ffn"), ("6 + P (only FFN)", "peg_ptq")), _PROBLEM_TASKS),
+    PaperTable("bondarenko2021_table6", "Bondarenko et al. 2021, Table 6: 8-bit quantization, all proposed methods",
+               (("FP32 baseline", "fp32"), ("Our W8A8 PTQ", "w8a8_ptq"),
+                ("Our W8A{8,16} MP-PTQ", "mp_ptq_r16_io16_out16"), ("Our W8A8 PEG-PTQ", "peg_ptq"),
+                ("Our W8A8 QAT", "qat_w8a8")), tuple(GLUE_COLUMNS), average="GLUE",
+               literature=("Q8BERT W8A8 PTQ", "Q8BERT W8A8 QAT", "Q-BERT W8A8 QAT")),
+    PaperTable("bondarenko2021_table7", "Bondarenko et al. 2021, Table 7: low-bit weights and token embeddings",
+               (("FP32 baseline", "fp32"), ("W6A32 PTQ", "w6a32_ptq"), ("W4A32 PTQ", "w4a32_ptq"),
+                ("W4A32 AdaRound (PTQ)", "w4a32_adaround"), ("W4A32 QAT", "qat_w4a32"), ("W4A8 QAT", "qat_w4a8"),
+                ("W4A8, 2-bit embd. QAT", "qat_w4a8_emb2")), tuple(GLUE_COLUMNS), average="GLUE", summary=True),
+    PaperTable("bondarenko2021_table12", "Bondarenko et al. 2021, Table 12: low-bit weights and token embeddings, "
+               "per task",
+               (("FP32 baseline", "fp32"), ("Our W8A32, 6-bit embd. PTQ", "w8a32_emb6_ptq"),
+                ("Our W8A32, 4-bit embd. PTQ", "w8a32_emb4_ptq"), ("Our W8A32, 2-bit embd. PTQ", "w8a32_emb2_ptq"),
+                ("Our W6A32 PTQ", "w6a32_ptq"), ("Our W4A32 PTQ", "w4a32_ptq"),
+                ("Our W4A32 AdaRound (PTQ)", "w4a32_adaround"), ("Our W4A32 QAT", "qat_w4a32"),
+                ("Our W4A8 QAT", "qat_w4a8"), ("Our W4A8, 2-bit embd. QAT", "qat_w4a8_emb2")),
+               tuple(GLUE_COLUMNS), average="GLUE", literature=("Q-BERT W4A8 QAT*", "Q-BERT W4A8 QAT*†")),
 ]
 
 
@@ -63,10 +92,12 @@ def variant(config: dict) -> str:
 
 
 def frame(records: list[dict]) -> pd.DataFrame:
-    cols = ["model", "task", "recipe", "seed", "score", "metrics", "variant", "path"]
+    cols = ["model", "task", "recipe", "seed", "score", "metrics", "variant", "path", "memory", "calibration"]
     return pd.DataFrame([{"model": r["model"], "task": r["task"], "recipe": r["recipe"], "seed": r["seed"],
                           "score": r.get("score"), "metrics": r.get("metrics", {}),
-                          "variant": variant(r.get("config", {})), "path": r.get("_path")} for r in records],
+                          "variant": variant(r.get("config", {})), "path": r.get("_path"),
+                          "memory": (r.get("memory") or {}).get("reduction"),
+                          "calibration": (r.get("config") or {}).get("calibration")} for r in records],
                         columns=cols)
 
 
@@ -86,7 +117,7 @@ def paper_table(df: pd.DataFrame, spec: PaperTable) -> tuple[pd.DataFrame, pd.Da
     warn_mixed(sub, ["model", "recipe", "column"])
     med = sub.groupby(["model", "recipe", "column"]).score.median()
     seeds = sub.groupby(["model", "recipe", "column"]).seed.nunique()
-    extra = [spec.average] if spec.average else []
+    memory = sub.dropna(subset=["memory"]).groupby(["model", "recipe"]).memory.median()
     wide = []
     for model in sorted(sub.model.unique()):
         for label, recipe in spec.rows:
@@ -96,17 +127,25 @@ def paper_table(df: pd.DataFrame, spec: PaperTable) -> tuple[pd.DataFrame, pd.Da
             if spec.average:
                 full = all(cells[c] is not None for c in spec.columns)
                 row[spec.average] = sum(cells.values()) / len(cells) if full else None
+            if spec.summary:
+                row[MEMORY] = memory.get((model, recipe))
             wide.append(row)
-    wide = pd.DataFrame(wide, columns=["model", "configuration", *spec.columns, *extra, "seeds"])
+    wide = pd.DataFrame(wide, columns=["model", "configuration", *spec.columns,
+                                       *([spec.average] if spec.average else []), MEMORY, "seeds"])
+    if not spec.summary:
+        wide = wide.drop(columns=[MEMORY])
     paper = pd.read_csv(REFERENCE / f"{spec.name}.csv").set_index("configuration")
     long = []
     for _, w in wide.iterrows():
         recipe = dict(spec.rows)[w.configuration]
-        for c in [*spec.columns, *extra]:
+        for c in spec.printed:
             ref = paper.loc[w.configuration, c]
+            per_task = c in spec.columns
             long.append({"model": w.model, "configuration": w.configuration, "column": c, "ours": w[c],
-                         "paper": ref, "delta": w[c] - ref if pd.notna(w[c]) else None,
-                         "seeds": w.seeds if c in extra else int(seeds.get((w.model, recipe, c), 0))})
+                         "paper": ref, "delta": w[c] - ref if pd.notna(w[c]) and pd.notna(ref) else None,
+                         "seeds": int(seeds.get((w.model, recipe, c), 0)) if per_task else w.seeds})
+    if spec.summary:
+        wide = wide[["model", "configuration", *spec.printed, "seeds"]]
     return wide, pd.DataFrame(long, columns=["model", "configuration", "column", "ours", "paper", "delta", "seeds"])
 
 
@@ -116,16 +155,64 @@ def _fmt(x) -> str:
 
 def paper_markdown(wide: pd.DataFrame, spec: PaperTable) -> str:
     paper = pd.read_csv(REFERENCE / f"{spec.name}.csv").set_index("configuration")
-    cols = [*spec.columns, *([spec.average] if spec.average else [])]
+    cols = spec.printed
     lines = [f"{spec.title}. Cells: ours (paper, BERT-base); median over seeds.", ""]
     for model, g in wide.groupby("model", sort=True):
         lines += [f"model: {model}", "", "| configuration | " + " | ".join(cols) + " | seeds |",
                   "|---|" + "---|" * (len(cols) + 1)]
         for _, w in g.iterrows():
-            cells = [f"{_fmt(w[c])} ({paper.loc[w.configuration, c]:.2f})" for c in cols]
+            cells = [f"{_fmt(w[c])} ({_fmt(paper.loc[w.configuration, c])})" for c in cols]
             lines.append(f"| {w.configuration} | " + " | ".join(cells) + f" | {'' if pd.isna(w.seeds) else int(w.seeds)} |")
         lines.append("")
+    if spec.literature:
+        lines += ["Other papers' methods as printed (reference only; see the paper's footnotes):", "",
+                  "| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+        for label in spec.literature:
+            lines.append(f"| {label} | " + " | ".join(_fmt(paper.loc[label, c]) for c in cols) + " |")
+        lines.append("")
     return "\n".join(lines)
+
+
+_EST_W = {"current_minmax": "min-max", "mse": "MSE", "running_minmax": "running min-max", "percentile": "percentile"}
+_EST_A = {"current_minmax": "current min-max", "mse": "MSE", "running_minmax": "running min-max",
+          "percentile": "percentile"}
+TABLE9_COLUMNS = ["model", "Task", "Weights", "Activations (bs, nb)", "median score", "seeds", "configurations",
+                  "tied", "paper Weights", "paper Activations (bs, nb)", "paper's choice"]
+
+
+def _acts_label(name: str, bs, nb) -> str:
+    return f"{_EST_A.get(name, name)} ({int(bs)})" if name == "current_minmax" else \
+        f"{_EST_A.get(name, name)} ({int(bs)}, {int(nb)})"
+
+
+def table9(df: pd.DataFrame) -> pd.DataFrame:
+    """Table 9, the chosen range estimators: for every (model, task), the calibration of the ``estimator_search``
+    runs with the best median score over seeds (the paper's rule), beside the paper's BERT-base choice.
+    ``tied``: how many other configurations reach the same median (accuracy on a small dev set ties often)."""
+    paper = pd.read_csv(REFERENCE / "bondarenko2021_table9.csv").set_index("task")
+    sub = df[(df.recipe == "estimator_search") & df.task.isin(list(GLUE_COLUMNS)) & df.calibration.notna()].copy()
+    rows = []
+    if len(sub):
+        cal = pd.DataFrame([{"w": c["weights"]["name"], "a": c["activations"]["name"], "bs": int(c["batch_size"]),
+                             "nb": int(c["num_batches"])} for c in sub.calibration], index=sub.index)
+        sub = sub.join(cal)
+        for (model, task), g in sub.groupby(["model", "task"], sort=True):
+            med = g.groupby(["w", "a", "bs", "nb"]).agg(score=("score", "median"), seeds=("seed", "nunique"))
+            best_key = med.score.idxmax()
+            best = med.loc[best_key]
+            w, a, bs, nb = best_key
+            p = paper.loc[task] if task in paper.index else None
+            same = p is not None and (p.weights, p.activations, int(p.batch_size)) == (w, a, bs) and (
+                a == "current_minmax" or int(p.num_batches) == nb)
+            rows.append({"model": model, "Task": GLUE_COLUMNS[task], "Weights": _EST_W.get(w, w),
+                         "Activations (bs, nb)": _acts_label(a, bs, nb), "median score": best.score,
+                         "seeds": int(best.seeds), "configurations": len(med),
+                         "tied": int((med.score == best.score).sum() - 1),
+                         "paper Weights": None if p is None else _EST_W.get(p.weights, p.weights),
+                         "paper Activations (bs, nb)": None if p is None else _acts_label(p.activations, p.batch_size,
+                                                                                          p.num_batches),
+                         "paper's choice": bool(same)})
+    return pd.DataFrame(rows, columns=TABLE9_COLUMNS)
 
 
 def text_outliers(df: pd.DataFrame) -> pd.DataFrame:
@@ -159,6 +246,17 @@ def build_all(runs_dir: Path, out_dir: Path) -> dict[str, Path]:
         long.to_csv(written[f"{spec.name}_vs_paper"], index=False, float_format="%.2f")
         written[f"{spec.name}.md"] = out_dir / f"{spec.name}.md"
         written[f"{spec.name}.md"].write_text(paper_markdown(wide, spec))
+    t9 = table9(df)
+    written["bondarenko2021_table9"] = out_dir / "bondarenko2021_table9.csv"
+    t9.to_csv(written["bondarenko2021_table9"], index=False, float_format="%.2f")
+    written["bondarenko2021_table9.md"] = out_dir / "bondarenko2021_table9.md"
+    paper9 = pd.read_csv(REFERENCE / "bondarenko2021_table9.csv")
+    written["bondarenko2021_table9.md"].write_text(
+        "Bondarenko et al. 2021, Table 9: best range estimators for W8A8 PTQ (best median over seeds of the "
+        "`estimator_search` runs; paper: BERT-base)\n\n" + (t9.to_markdown(index=False, floatfmt=".2f") if len(t9)
+                                                          else "(no estimator_search runs yet)") +
+        "\n\nThe paper's choices (shipped as conf/calibration/per_task/<task>.yaml):\n\n"
+        + paper9.to_markdown(index=False) + "\n")
     outl = text_outliers(df)
     written["text_outliers"] = out_dir / "text_outliers.csv"
     outl.to_csv(written["text_outliers"], index=False, float_format="%.4g")
