@@ -9,7 +9,7 @@ TABLES    ?= results/tables
 GLUE      ?= ../shared/data/glue
 SEEDS     ?= 0,1,2
 
-.PHONY: help install demo test test-slow test-gpu tables table1-rte clean-cache
+.PHONY: help install demo test test-slow test-gpu tables table1-rte bondarenko2021-mini table9-rte figure2 clean-cache
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -38,6 +38,18 @@ tables:  ## rebuild every paper table (CSV + Markdown) from the run records
 table1-rte:  ## Bondarenko et al. 2021 Table 1, RTE column, on the real MiniLM-L6 and the real RTE files (CPU: ~2 h)
 	qexp run -m +recipe=fp32,w8a8_ptq,w32a8_ptq,w8a32_ptq task=rte model=minilm_l6 task.data_dir=$(GLUE)/RTE seed=$(SEEDS) results_dir=$(RUNS)
 	qexp tables --runs $(RUNS) --out $(TABLES) --show bondarenko2021_table1
+
+bondarenko2021-mini:  ## the measured mini-reproduction: FP32, W8A8, MP-PTQ, PEG-PTQ on real RTE and MRPC with MiniLM-L6 (CPU: hours)
+	qexp run -m +recipe=fp32,w8a8_ptq,mp_ptq_r16,mp_ptq_r16_io16,mp_ptq_r16_io16_out16,peg_k6_ffn,peg_embd_ffn,peg_ptq task=rte model=minilm_l6 task.data_dir=$(GLUE)/RTE seed=$(SEEDS) results_dir=$(RUNS)
+	qexp run -m +recipe=fp32,w8a8_ptq,mp_ptq_r16_io16_out16,peg_ptq task=mrpc model=minilm_l6 task.data_dir=$(GLUE)/MRPC seed=$(SEEDS) results_dir=$(RUNS)
+	qexp tables --runs $(RUNS) --out $(TABLES) --show bondarenko2021_table6
+
+table9-rte:  ## Table 9's range-estimator search on real RTE with MiniLM-L6 (42 calibrations x seeds; reuses the fine-tunes)
+	qexp search-space --run +recipe=estimator_search task=rte model=minilm_l6 task.data_dir=$(GLUE)/RTE seed=$(SEEDS) results_dir=$(RUNS) progress=false
+	qexp tables --runs $(RUNS) --out $(TABLES) --show bondarenko2021_table9
+
+figure2:  ## Figure 2 (outlier diagnostics) for MiniLM-L6 on real RTE dev: PNGs + CSV in results/analysis/outliers/
+	qexp analyze outliers model=minilm_l6 task=rte task.data_dir=$(GLUE)/RTE
 
 clean-cache:  ## delete the fine-tuned checkpoints
 	rm -rf cache/finetune

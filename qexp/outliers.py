@@ -152,6 +152,9 @@ def analyze(cfg, layers: list[int] | None, sequences: int, top: int, out: Path) 
     from .tasks.glue import load_split
     from .tasks.text_outliers import split_windows
 
+    from .runner import absolute_paths
+
+    absolute_paths(cfg, Path.cwd())  # as `qexp run` does, so the fine-tuning cache key matches
     task = cfg.task
     glue = task.kind == "glue"
     loaded = load_model(cfg.model, num_labels=int(task.num_labels) if glue else None, seed=int(cfg.seed))

@@ -259,18 +259,23 @@ def run_label_free(cfg, qcfg, device, timer, progress, rid) -> dict:
 KINDS = {"glue": run_glue, "label_free": run_label_free}
 
 
-def run(cfg: DictConfig, overrides: list[str] | None = None, cwd: Path | None = None) -> dict:
-    cwd = Path(cwd or Path.cwd())
-    if cfg.get("recipe") is None:
-        OmegaConf.set_struct(cfg, False)
-        cfg.recipe = FP32
-        OmegaConf.set_struct(cfg, True)
+def absolute_paths(cfg: DictConfig, cwd: Path) -> None:
+    """Results, cache, data and model paths made absolute (they enter run ids and fine-tuning cache keys)."""
     cfg.results_dir = _abs(cfg.results_dir, cwd)
     cfg.cache_dir = _abs(cfg.cache_dir, cwd)
     if cfg.task.get("data_dir"):
         cfg.task.data_dir = _abs(cfg.task.data_dir, cwd)
     if cfg.model.get("path"):
         cfg.model.path = _abs(cfg.model.path, cwd)
+
+
+def run(cfg: DictConfig, overrides: list[str] | None = None, cwd: Path | None = None) -> dict:
+    cwd = Path(cwd or Path.cwd())
+    if cfg.get("recipe") is None:
+        OmegaConf.set_struct(cfg, False)
+        cfg.recipe = FP32
+        OmegaConf.set_struct(cfg, True)
+    absolute_paths(cfg, cwd)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     path = records.record_path(Path(cfg.results_dir), resolved)
     if path.exists() and not cfg.force:
