@@ -110,3 +110,19 @@ def test_unknown_estimator_lists_choices():
         make_estimator({"name": "running_minmax", "momentum": 1.5})
     with pytest.raises(ValueError, match="bad arguments"):
         make_estimator({"name": "current_minmax", "momentum": 0.9})
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_mse_fast_squared_error_equals_fake_quantize_error(symmetric, bits):
+    """The MSE estimator's in-place error kernel is the model's fake_quantize math (float64 data: exact)."""
+    from qexp.quant.affine import fake_quantize, qparams
+    from qexp.quant.estimators.mse import _squared_error
+
+    g = torch.Generator().manual_seed(bits)
+    x = torch.randn(3, 1000, generator=g, dtype=torch.float64) * torch.tensor([[0.1], [1.0], [5.0]], dtype=torch.float64)
+    x[2] += 2.0  # a skewed slot
+    lo, hi = x.amin(1, keepdim=True) * 0.7, x.amax(1, keepdim=True) * 0.6
+    p = qparams(lo, hi, bits, symmetric)
+    expected = ((fake_quantize(x, p) - x) ** 2).sum(dim=1)
+    torch.testing.assert_close(_squared_error(x, p), expected, rtol=1e-12, atol=0)
