@@ -5,7 +5,9 @@ Flow: PTQ calibration gives every static quantizer its initial range -> the rang
 over the first 10 % of steps, then linear decay to zero) -> the ranges are fixed again -> evaluation.
 
 Why the HF Trainer: it already does the optimiser, schedule, seeding, batching and progress the paper describes.
-The range parameters get the weights' learning rate and no weight decay, as in the authors' code.
+The authors' code learns the scale (and the float zero point); qexp learns x_min/x_max.  Under Adam the step size is
+set per parameter, so ``range_lr=scale_units`` (default) gives each range the weights' learning rate times the grid
+steps it spans: one step then moves the implied scale as far as the authors' would.  No weight decay on ranges.
 
 Export (``save_qat``/``load_qat``): the fine-tuned HF model (``save_pretrained``) plus every quantizer's ranges,
 permutations and rounding decisions in ``qexp_ranges.safetensors``; reloading reproduces the evaluation exactly (tested).
@@ -29,7 +31,9 @@ from .quant.sites import quantizers
 RANGES_FILE = "qexp_ranges.safetensors"
 META_FILE = "qexp_qat.json"
 STATE_KEYS = ("x_min", "x_max", "perm", "rounding")
-HPARAMS = ("learning_rate", "batch_size", "epochs", "attn_dropout", "warmup_ratio", "weight_decay", "max_steps")
+HPARAMS = ("learning_rate", "batch_size", "epochs", "attn_dropout", "warmup_ratio", "weight_decay", "max_steps",
+           "range_lr")
+RANGE_LR = ("scale_units", "same")
 
 
 class QATError(ValueError):
@@ -46,6 +50,8 @@ def hyperparameters(qat_cfg) -> dict:
         raise QATError(f"recipe.qat.learning_rate={hp['learning_rate']!r} must be > 0")
     if int(hp["batch_size"]) < 1:
         raise QATError(f"recipe.qat.batch_size={hp['batch_size']!r} must be >= 1")
+    if hp["range_lr"] not in RANGE_LR:
+        raise QATError(f"recipe.qat.range_lr={hp['range_lr']!r} is not valid; valid: {', '.join(RANGE_LR)}")
     if not 0.0 <= float(hp["attn_dropout"]) < 1.0:
         raise QATError(f"recipe.qat.attn_dropout={hp['attn_dropout']!r} must be in [0, 1)")
     return hp
@@ -88,6 +94,28 @@ def range_change(before: dict, after: dict) -> dict:
             "mean_rel_width_change": float(sum(rel) / max(len(rel), 1)), "max_rel_width_change": float(max(rel or [0]))}
 
 
+def grid_steps(q) -> int:
+    """How many grid steps a quantizer's range spans: x_max - x_min = steps * scale."""
+    bits = q.spec.bits
+    if not q.spec.symmetric:
+        return 2 ** bits - 1
+    return 2 ** (bits - 1) - 1 if bool((q.x_min < 0).any()) else 2 ** bits - 1
+
+
+def param_groups(model: nn.Module, hp: dict) -> list[dict]:
+    """Adam parameter groups: the model's weights, and one group per learned range (no weight decay).  With
+    ``range_lr=scale_units`` a range's learning rate is the weights' times its grid steps, so one Adam step moves
+    the implied scale by about ``learning_rate``, as when the scale itself is the parameter (the authors' code)."""
+    lr, ranges, groups = float(hp["learning_rate"]), set(), []
+    for q in quantizers(model):
+        if q.state == "learned":
+            mult = grid_steps(q) if hp["range_lr"] == "scale_units" else 1
+            groups.append({"params": [q.x_min, q.x_max], "lr": lr * mult, "weight_decay": 0.0})
+            ranges |= {id(q.x_min), id(q.x_max)}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ranges]
+    return [{"params": rest, "lr": lr, "weight_decay": float(hp["weight_decay"])}, *groups]
+
+
 class _LossLog(TrainerCallback):
     def __init__(self) -> None:
         self.losses: list[tuple[int, float]] = []
@@ -113,8 +141,9 @@ def train_qat(qmodel: nn.Module, train_ds, tokenizer, hp: dict, seed: int, devic
         weight_decay=float(hp["weight_decay"]), optim="adamw_torch", seed=int(seed), data_seed=int(seed),
         save_strategy="no", report_to=[], logging_steps=max(1, min(50, total // 20)), disable_tqdm=not progress,
         use_cpu=(device == "cpu"), dataloader_num_workers=0, remove_unused_columns=True)
+    optimizer = torch.optim.AdamW(param_groups(qmodel, hp), lr=float(hp["learning_rate"]))
     trainer = Trainer(model=qmodel, args=args, train_dataset=train_ds, data_collator=DataCollatorWithPadding(tokenizer),
-                      callbacks=[log_cb])
+                      callbacks=[log_cb], optimizers=(optimizer, None))  # the Trainer adds its warm-up/decay schedule
     t0 = time.time()
     out = trainer.train()
     fix_ranges(qmodel)

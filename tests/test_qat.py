@@ -80,6 +80,26 @@ def test_learned_ranges_are_parameters_and_fixing_keeps_their_values():
     assert set(q.state_dict()) == keys  # export format does not depend on the state
 
 
+def test_range_learning_rate_in_scale_units():
+    """scale_units: lr x grid steps (8-bit signed symmetric weights: 127; 8-bit asymmetric activations: 255; 4-bit
+    signed: 7; symmetric non-negative 8-bit: 255), so an Adam step of size lr on x_max is a step of lr on the scale."""
+    qs = {}
+    for name, bits, sym, lo in (("w8", 8, True, -1.0), ("a8", 8, False, -1.0), ("w4", 4, True, -1.0),
+                                ("u8", 8, True, 0.0)):
+        q = Quantizer(name, QuantSpec(bits=bits, symmetric=sym))
+        q.x_min, q.x_max = torch.tensor([lo]), torch.tensor([2.0])
+        q.set_state("learned")
+        qs[name] = q
+    model = nn.ModuleDict({**qs, "lin": nn.Linear(2, 2)})
+    hp = {"learning_rate": 1e-5, "weight_decay": 0.01, "range_lr": "scale_units"}
+    groups = qat.param_groups(model, hp)
+    assert groups[0]["lr"] == 1e-5 and groups[0]["weight_decay"] == 0.01 and len(groups[0]["params"]) == 2
+    lrs = {n: g["lr"] for g in groups[1:] for n in qs if g["params"][0] is qs[n].x_min}
+    assert lrs == pytest.approx({"w8": 127e-5, "a8": 255e-5, "w4": 7e-5, "u8": 255e-5})
+    assert all(g["weight_decay"] == 0.0 for g in groups[1:])
+    assert {g["lr"] for g in qat.param_groups(model, {**hp, "range_lr": "same"})} == {1e-5}
+
+
 def test_learned_state_needs_a_calibrated_range():
     q = Quantizer("t", QuantSpec(bits=8))
     with pytest.raises(CalibrationError, match="no range: calibrate"):
@@ -88,12 +108,14 @@ def test_learned_state_needs_a_calibrated_range():
 
 def test_hyperparameters_are_checked():
     good = {"learning_rate": 1e-5, "batch_size": 8, "epochs": 3, "attn_dropout": 0.1, "warmup_ratio": 0.1,
-            "weight_decay": 0.0, "max_steps": -1}
+            "weight_decay": 0.0, "max_steps": -1, "range_lr": "scale_units"}
     assert qat.hyperparameters(good)["batch_size"] == 8
     with pytest.raises(qat.QATError, match="learning_rate=0"):
         qat.hyperparameters({**good, "learning_rate": 0})
     with pytest.raises(qat.QATError, match=r"attn_dropout=1\.0"):
         qat.hyperparameters({**good, "attn_dropout": 1.0})
+    with pytest.raises(qat.QATError, match=r"range_lr='scale' is not valid; valid: scale_units, same"):
+        qat.hyperparameters({**good, "range_lr": "scale"})
     with pytest.raises(qat.QATError, match="epochs"):
         qat.hyperparameters({k: v for k, v in good.items() if k != "epochs"})
 
@@ -134,7 +156,7 @@ def test_qat_export_reproduces_the_evaluation_exactly_after_reload(tmp_path):
     train = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist(),
                                "labels": (ids[:, 0] % 2).tolist()})
     hp = {"learning_rate": 1e-2, "batch_size": 4, "epochs": 1, "attn_dropout": 0.0, "warmup_ratio": 0.1,
-          "weight_decay": 0.0, "max_steps": 4}
+          "weight_decay": 0.0, "max_steps": 4, "range_lr": "scale_units"}
     meta = qat.train_qat(qmodel, train, tok, hp, seed=0, device="cpu", progress=False, workdir=tmp_path / "work")
     assert meta["steps"] == 4 and meta["ranges"]["sites_moved"] > 0
     assert all(q.state in ("fixed", "off") for q in qmodel.modules() if isinstance(q, Quantizer))
@@ -188,7 +210,7 @@ def test_qat_on_real_minilm_moves_ranges_and_lowers_the_training_loss(tmp_path, 
 
     before = loss_on_subset()
     hp = {"learning_rate": 1e-4, "batch_size": 8, "epochs": 5, "attn_dropout": 0.0, "warmup_ratio": 0.1,
-          "weight_decay": 0.0, "max_steps": -1}
+          "weight_decay": 0.0, "max_steps": -1, "range_lr": "scale_units"}
     meta = qat.train_qat(qmodel, train, tok, hp, seed=0, device="cpu", progress=False, workdir=tmp_path)
     after = loss_on_subset()
     print(f"\nminilm W8A8 QAT on 32 real RTE pairs, {meta['steps']} steps: loss {before:.4f} -> {after:.4f}; "
