@@ -171,9 +171,11 @@ def _search_space(argv: list[str]) -> None:
 
     execute = "--run" in argv
     overrides = [a for a in argv if a != "--run"]
+    from hydra.errors import HydraException
+
     try:
         cmds = sweep_commands(overrides)
-    except _user_errors() as e:
+    except (*_user_errors(), HydraException) as e:
         sys.exit(f"qexp: error: {e}")
     for cmd in cmds:
         line = shlex.join(["qexp", *cmd])
@@ -205,11 +207,13 @@ def _analyze(argv: list[str]) -> None:
         sys.exit(f"qexp: error: --sequences ({a.sequences}) and --top ({a.top}) must be >= 1")
     from .outliers import analyze, summary
 
+    from hydra.errors import HydraException
+
     try:
         cfg = compose(overrides)
         out = Path(a.out or Path("results/analysis/outliers") / f"{cfg.model.name}__{cfg.task.name}")
         rep = analyze(cfg, layers, a.sequences, a.top, out)
-    except _user_errors() as e:
+    except (*_user_errors(), HydraException) as e:
         sys.exit(f"qexp: error: {e}")
     print(f"# {rep['model']} on {rep['data']}; weights: {rep['weights']}")
     print("# top outlier dimensions (tokens beyond 6 std, max |x|):")
