@@ -169,10 +169,10 @@ def _search_space(argv: list[str]) -> None:
     import shlex
     import subprocess
 
-    execute = "--run" in argv
-    overrides = [a for a in argv if a != "--run"]
     from hydra.errors import HydraException
 
+    execute = "--run" in argv
+    overrides = [a for a in argv if a != "--run"]
     try:
         cmds = sweep_commands(overrides)
     except (*_user_errors(), HydraException) as e:
@@ -205,9 +205,9 @@ def _analyze(argv: list[str]) -> None:
         sys.exit(f"qexp: error: --layers={a.layers!r} must be comma-separated integers, e.g. --layers 10,11")
     if a.sequences < 1 or a.top < 1:
         sys.exit(f"qexp: error: --sequences ({a.sequences}) and --top ({a.top}) must be >= 1")
-    from .outliers import analyze, summary
-
     from hydra.errors import HydraException
+
+    from .outliers import analyze, summary
 
     try:
         cfg = compose(overrides)

@@ -145,30 +145,27 @@ def summary(dims: pd.DataFrame) -> str:
 
 def analyze(cfg, layers: list[int] | None, sequences: int, top: int, out: Path) -> dict:
     """The ``qexp analyze outliers`` command on a composed config."""
-    from .finetune import cache_dir_for, cache_key, load_cached
+    from .finetune import load_cached
     from .models.loading import load_model
     from .models.quant_bert import QuantEncoder
+    from .runner import absolute_paths, finetune_folder
     from .tasks.encode import encode, limit
     from .tasks.glue import load_split
     from .tasks.text_outliers import split_windows
-
-    from .runner import absolute_paths
 
     absolute_paths(cfg, Path.cwd())  # as `qexp run` does, so the fine-tuning cache key matches
     task = cfg.task
     glue = task.kind == "glue"
     loaded = load_model(cfg.model, num_labels=int(task.num_labels) if glue else None, seed=int(cfg.seed))
     tok = loaded.tokenizer
-    source = "pre-trained"
+    weights = "pre-trained"
     if glue:
-        data_dir = task.data_dir
-        src = f"tsv:{data_dir}" if data_dir else f"hub:{task.hub.path}/{task.hub.name}"
-        folder = cache_dir_for(Path(cfg.cache_dir), cfg.model.name, cache_key(loaded.identity, task, src, int(cfg.seed)))
+        folder = finetune_folder(cfg, loaded.identity)
         cached = load_cached(folder)
         model = cached[0] if cached is not None else loaded.model
-        source = f"fine-tuned ({folder})" if cached is not None else "pre-trained (no fine-tuned checkpoint cached)"
+        weights = f"fine-tuned ({folder})" if cached is not None else "pre-trained (no fine-tuned checkpoint cached)"
         split = task.eval_splits[0].name
-        ds = encode(limit(load_split(task, split, data_dir), sequences), tok, int(task.max_length), False)
+        ds = encode(limit(load_split(task, split, task.data_dir), sequences), tok, int(task.max_length), False)
         seqs = [{"input_ids": torch.tensor([r["input_ids"]]),
                  **({"token_type_ids": torch.tensor([r["token_type_ids"]])} if "token_type_ids" in r else {})}
                 for r in ds]
@@ -186,7 +183,7 @@ def analyze(cfg, layers: list[int] | None, sequences: int, top: int, out: Path) 
         raise ValueError(f"layer(s) {bad} do not exist; {cfg.model.name} has layers 0..{n_layers - 1}")
     acts = collect(qmodel, seqs, layers)
     tokens = tok.convert_ids_to_tokens(seqs[0]["input_ids"][0].tolist())
-    meta = {"model": cfg.model.name, "task": task.name, "weights": source, "data": data, "layers": layers,
+    meta = {"model": cfg.model.name, "task": task.name, "weights": weights, "data": data, "layers": layers,
             "sigmas": SIGMAS, "top": top}
     rep = write_report(acts, tokens, out, top, meta)
     return {**meta, **rep}

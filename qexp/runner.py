@@ -60,9 +60,14 @@ def _estimator(est_cfg, momentum) -> dict:
     return est
 
 
+def _enabled(recipe, key: str) -> bool:
+    """Whether the recipe's optional step ``key`` (``qat``, ``adaround``) is present and not switched off."""
+    step = recipe.get(key)
+    return step is not None and bool(step.get("enabled", True))
+
+
 def _qat_on(recipe) -> bool:
-    q = recipe.get("qat")
-    return q is not None and bool(q.get("enabled", True))
+    return _enabled(recipe, "qat")
 
 
 def effective_calibration(cfg):
@@ -137,6 +142,17 @@ def _abs(path: str | None, cwd: Path) -> str | None:
     return str(p if p.is_absolute() else (cwd / p).resolve())
 
 
+def data_source(task) -> str:
+    """Where a GLUE task's data comes from (part of the fine-tuning cache key and of the record)."""
+    return f"tsv:{task.data_dir}" if task.data_dir else f"hub:{task.hub.path}/{task.hub.name}"
+
+
+def finetune_folder(cfg, model_identity: str) -> Path:
+    """The fine-tuning cache folder of (model, task data, seed, hyper-parameters)."""
+    key = cache_key(model_identity, cfg.task, data_source(cfg.task), int(cfg.seed))
+    return cache_dir_for(Path(cfg.cache_dir), cfg.model.name, key)
+
+
 def run_glue(cfg, qcfg, device, timer, progress, rid) -> dict:
     task, seed = cfg.task, int(cfg.seed)
     data_dir = task.data_dir
@@ -146,9 +162,8 @@ def run_glue(cfg, qcfg, device, timer, progress, rid) -> dict:
         configure(QuantEncoder(loaded.model), qcfg)  # site rules are checked before any training
         train_raw = limit(load_split(task, "train", data_dir), task.limit.train)
     tok = loaded.tokenizer
-    source = f"tsv:{data_dir}" if data_dir else f"hub:{task.hub.path}/{task.hub.name}"
-    key = cache_key(loaded.identity, task, source, seed)
-    folder = cache_dir_for(Path(cfg.cache_dir), cfg.model.name, key)
+    source = data_source(task)
+    folder = finetune_folder(cfg, loaded.identity)
     cached = load_cached(folder)
     if cached is not None:
         model, ft_meta = cached
@@ -171,7 +186,11 @@ def run_glue(cfg, qcfg, device, timer, progress, rid) -> dict:
         n = int(cal.batch_size) * int(cal.num_batches)
         cal_ds = encode(sample(train_raw, n, seed), tok, int(task.max_length), bool(cal.pad_to_max_length))
         batches = lambda: (_to(b, device) for b in loader(cal_ds, tok, int(cal.batch_size)))  # noqa: E731
-        hook = _adaround_hook(recipe, train_raw, tok, task, seed, device, cfg.progress, extra)
+        def adaround_data(n: int):  # n training sequences, another draw than calibration's
+            data = encode(sample(train_raw, n, seed + 1), tok, int(task.max_length), bool(task.pad_to_max_length))
+            return lambda: (_to(b, device) for b in loader(data, tok, 64))
+
+        hook = _adaround_hook(recipe, adaround_data, seed, cfg.progress, extra)
         calibrate(qmodel, batches, int(cal.num_batches), progress=cfg.progress, after_weights=hook)
     if qat_on:
         hp = qat.hyperparameters(qat_cfg)
@@ -198,26 +217,24 @@ def run_glue(cfg, qcfg, device, timer, progress, rid) -> dict:
             "data_source": source, "sites": site_summary(qmodel), "memory": memory_footprint(qmodel), **extra}
 
 
-def _adaround_hook(recipe, train_raw, tok, task, seed, device, progress, extra):
-    """The AdaRound step (recipe key ``adaround``) as a calibration hook, or None."""
-    ada = recipe.get("adaround")
-    if ada is None or not bool(ada.get("enabled", True)):
+def _adaround_hook(recipe, adaround_data, seed, progress, extra):
+    """The AdaRound step (recipe key ``adaround``) as a calibration hook, or None.  ``adaround_data(n)`` returns a
+    callable giving fresh batches of n task sequences; the layer report lands in ``extra["adaround"]``."""
+    if not _enabled(recipe, "adaround"):
         return None
-    acfg = AdaRoundConfig.from_config(ada)
-    data = encode(sample(train_raw, acfg.num_samples, seed + 1), tok, int(task.max_length),
-                  bool(task.pad_to_max_length))
+    acfg = AdaRoundConfig.from_config(recipe.adaround)
+    batches = adaround_data(acfg.num_samples)
 
     def hook(model):
-        batches = lambda: (_to(b, device) for b in loader(data, tok, 64))  # noqa: E731
-        extra["adaround"] = {"config": dict(ada), "layers": apply_adaround(model, batches, acfg, seed, progress)}
+        extra["adaround"] = {"config": dict(recipe.adaround),
+                             "layers": apply_adaround(model, batches, acfg, seed, progress)}
 
     return hook
 
 
 def run_label_free(cfg, qcfg, device, timer, progress, rid) -> dict:
     task, seed = cfg.task, int(cfg.seed)
-    qat_cfg = cfg.recipe.get("qat")
-    if qat_cfg is not None and bool(qat_cfg.get("enabled", True)):
+    if _qat_on(cfg.recipe):
         raise ValueError(f"recipe {cfg.recipe.name!r} trains (QAT) and needs labels, but task {task.name!r} is "
                          f"label-free; valid: the GLUE tasks (`qexp ls tasks`)")
     with timer.stage("load"):
@@ -236,17 +253,12 @@ def run_label_free(cfg, qcfg, device, timer, progress, rid) -> dict:
             for i in range(0, n, int(cal.batch_size)):
                 yield {"input_ids": cal_ids[order[i:i + int(cal.batch_size)]].to(device)}
 
-        extra, hook = {}, None
-        ada = cfg.recipe.get("adaround")
-        if ada is not None and bool(ada.get("enabled", True)):
-            acfg = AdaRoundConfig.from_config(ada)
-            pick = torch.randint(len(cal_ids), (acfg.num_samples,), generator=torch.Generator().manual_seed(seed + 1))
-            data = cal_ids[pick]
+        def adaround_data(n: int):  # n calibration windows, another draw than calibration's
+            data = cal_ids[torch.randint(len(cal_ids), (n,), generator=torch.Generator().manual_seed(seed + 1))]
+            return lambda: ({"input_ids": data[i:i + 64].to(device)} for i in range(0, len(data), 64))
 
-            def hook(model):
-                chunks = lambda: ({"input_ids": data[i:i + 64].to(device)} for i in range(0, len(data), 64))  # noqa
-                extra["adaround"] = {"config": dict(ada),
-                                     "layers": apply_adaround(model, chunks, acfg, seed, cfg.progress)}
+        extra = {}
+        hook = _adaround_hook(cfg.recipe, adaround_data, seed, cfg.progress, extra)
 
         calibrate(qmodel, batches, int(cal.num_batches), progress=cfg.progress, after_weights=hook)
     with timer.stage("evaluate"):
@@ -287,10 +299,11 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, cwd: Path | None = 
     device = pick_device(str(cfg.device))
     timer = Timer()
     started, git = records.now(), records.git_state()  # the code that runs, before anything can change it
+    rid = records.run_id(resolved)
     with timer.stage("total"):
-        result = KINDS[cfg.task.kind](cfg, qcfg, device, timer, _progress(bool(cfg.progress)), records.run_id(resolved))
+        result = KINDS[cfg.task.kind](cfg, qcfg, device, timer, _progress(bool(cfg.progress)), rid)
     record = {
-        "schema": records.SCHEMA, "run_id": records.run_id(resolved), "started": started, "finished": records.now(),
+        "schema": records.SCHEMA, "run_id": rid, "started": started, "finished": records.now(),
         "model": cfg.model.name, "task": cfg.task.name, "task_version": cfg.task.version,
         "recipe": cfg.recipe.name, "seed": int(cfg.seed), **result,
         "config": resolved, "overrides": list(overrides or []), "git": git,

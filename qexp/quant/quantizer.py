@@ -156,14 +156,16 @@ class Quantizer(nn.Module):
             return self._quantize(x, slots.amin(dim=1), slots.amax(dim=1))
         return self._quantize(x, self.x_min, self.x_max)
 
-    def qparams_for(self, x: torch.Tensor) -> QParams:
-        """Scale and zero point of this site, broadcast to ``x`` (static ranges only)."""
-        lo, hi = self._expand(self.x_min, x).to(x.dtype), self._expand(self.x_max, x).to(x.dtype)
+    def qparams_for(self, x: torch.Tensor, x_min: torch.Tensor | None = None,
+                    x_max: torch.Tensor | None = None) -> QParams:
+        """Scale and zero point broadcast to ``x``, from the given ranges or else this site's static ones."""
+        x_min = self.x_min if x_min is None else x_min
+        x_max = self.x_max if x_max is None else x_max
+        lo, hi = self._expand(x_min, x).to(x.dtype), self._expand(x_max, x).to(x.dtype)
         return qparams(lo, hi, self.spec.bits, self.spec.symmetric)
 
     def _quantize(self, x: torch.Tensor, x_min: torch.Tensor, x_max: torch.Tensor) -> torch.Tensor:
-        lo, hi = self._expand(x_min, x).to(x.dtype), self._expand(x_max, x).to(x.dtype)
-        p = qparams(lo, hi, self.spec.bits, self.spec.symmetric)
+        p = self.qparams_for(x, x_min, x_max)
         if self.rounding is not None:  # AdaRound: floor plus the learned decision instead of round-to-nearest
             if self.rounding.shape != x.shape:
                 raise ValueError(f"quantizer {self.name!r}: AdaRound decisions of shape {tuple(self.rounding.shape)} "

@@ -127,13 +127,10 @@ def paper_table(df: pd.DataFrame, spec: PaperTable) -> tuple[pd.DataFrame, pd.Da
             if spec.average:
                 full = all(cells[c] is not None for c in spec.columns)
                 row[spec.average] = sum(cells.values()) / len(cells) if full else None
-            if spec.summary:
-                row[MEMORY] = memory.get((model, recipe))
+            row[MEMORY] = memory.get((model, recipe))
             wide.append(row)
-    wide = pd.DataFrame(wide, columns=["model", "configuration", *spec.columns,
-                                       *([spec.average] if spec.average else []), MEMORY, "seeds"])
-    if not spec.summary:
-        wide = wide.drop(columns=[MEMORY])
+    every = ["model", "configuration", *spec.columns, *([spec.average] if spec.average else []), MEMORY, "seeds"]
+    wide = pd.DataFrame(wide, columns=every)[["model", "configuration", *spec.printed, "seeds"]]  # the paper's layout
     paper = pd.read_csv(REFERENCE / f"{spec.name}.csv").set_index("configuration")
     long = []
     for _, w in wide.iterrows():
@@ -144,8 +141,6 @@ def paper_table(df: pd.DataFrame, spec: PaperTable) -> tuple[pd.DataFrame, pd.Da
             long.append({"model": w.model, "configuration": w.configuration, "column": c, "ours": w[c],
                          "paper": ref, "delta": w[c] - ref if pd.notna(w[c]) and pd.notna(ref) else None,
                          "seeds": int(seeds.get((w.model, recipe, c), 0)) if per_task else w.seeds})
-    if spec.summary:
-        wide = wide[["model", "configuration", *spec.printed, "seeds"]]
     return wide, pd.DataFrame(long, columns=["model", "configuration", "column", "ours", "paper", "delta", "seeds"])
 
 
@@ -174,8 +169,7 @@ def paper_markdown(wide: pd.DataFrame, spec: PaperTable) -> str:
 
 
 _EST_W = {"current_minmax": "min-max", "mse": "MSE", "running_minmax": "running min-max", "percentile": "percentile"}
-_EST_A = {"current_minmax": "current min-max", "mse": "MSE", "running_minmax": "running min-max",
-          "percentile": "percentile"}
+_EST_A = {**_EST_W, "current_minmax": "current min-max"}  # the paper's names for activation estimators
 TABLE9_COLUMNS = ["model", "Task", "Weights", "Activations (bs, nb)", "median score", "seeds", "configurations",
                   "tied", "paper Weights", "paper Activations (bs, nb)", "paper's choice"]
 
