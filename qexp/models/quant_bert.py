@@ -156,6 +156,11 @@ class QuantEncoder(nn.Module):
         self.classifier = QLinear(classifier, "classifier") if classifier is not None else None
         self.head_dropout = head_dropout if head_dropout is not None else nn.Identity()
 
+    @property
+    def blocks(self) -> nn.ModuleList:
+        """The transformer blocks in order (LKD distils them one by one)."""
+        return self.layers
+
     def set_attention_dropout(self, p: float) -> None:
         """The self-attention (probabilities) dropout rate, a QAT hyper-parameter (Bondarenko et al. 2021, Table 10)."""
         for layer in self.layers:

@@ -76,10 +76,10 @@ def calibrate(model: nn.Module, batches: Callable[[], Iterable[dict]], n_batches
         for q in acts:
             if q.needs_permutation:
                 q.finish_measuring()
-    if any(q.spec.enabled for q in acts):
+    if any(q.spec.enabled and not q.spec.granularity.dynamic for q in acts):
         with estimating(model):
             run("calibration")
-    else:
+    else:  # nothing static to estimate: dynamic (per-token) sites compute their ranges in every forward
         for q in acts:
-            q.set_state("off")
+            q.set_state("fixed" if q.spec.enabled else "off")
     model.train(was_training)

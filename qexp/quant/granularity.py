@@ -9,6 +9,10 @@ the original tensor.
 - ``PerChannel(axis)``: one slot per index of ``axis`` (weights: axis 0 is the output channel of ``nn.Linear``).
 - ``PerToken()``: one slot per row of the last dimension (activations).  Tokens differ from batch to batch, so
   per-token ranges are *dynamic*: recomputed in every forward and never calibrated.
+- ``PerGroup(n_groups)``: the tensor flattened in row-major order and cut into ``n_groups`` contiguous chunks, one
+  range each (ZeroQuant's group-wise weights, Yao et al. 2022, Sec. 4.1, as DeepSpeed implements them: for an
+  ``nn.Linear`` weight ``(out, in)`` with ``out % n_groups == 0`` every group is a block of whole output rows, so a
+  group never splits the reduction dimension and the scale factors out of the GEMM).
 - ``PerEmbeddingGroup(n_groups, permute)``: the last (embedding) dimension ``d`` is split into ``n_groups``
   contiguous groups of ``d / n_groups`` dimensions; every group gets one range over all tokens (Bondarenko et al.
   2021, Sec. 4, "PEG").  With ``permute=True`` the dimensions are first sorted by their range, measured once on
@@ -103,6 +107,37 @@ class PerToken(Granularity):
 
 
 @dataclass(frozen=True)
+class PerGroup(Granularity):
+    n_groups: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.n_groups, bool) or int(self.n_groups) != self.n_groups or self.n_groups < 1:
+            raise GranularityError(f"per_group: n_groups must be a positive integer, got {self.n_groups!r}")
+
+    def check(self, shape: torch.Size) -> None:
+        numel = int(torch.Size(shape).numel())
+        if numel % self.n_groups:
+            rows = shape[0] if len(shape) else 1
+            fits = [k for k in range(1, rows + 1) if rows % k == 0]
+            raise GranularityError(
+                f"{self}: n_groups={self.n_groups} does not divide the {numel} elements of a tensor of shape "
+                f"{tuple(shape)}; n_groups that keep whole rows together: {fits}")
+
+    def slots(self, x: torch.Tensor) -> torch.Tensor:
+        self.check(x.shape)
+        return x.reshape(self.n_groups, -1)
+
+    def expand(self, p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() and x.shape[0] % self.n_groups == 0:  # whole rows per group: broadcast along rows
+            return p.reshape(-1, 1).repeat_interleave(x.shape[0] // self.n_groups, 0).reshape(
+                x.shape[0], *([1] * (x.dim() - 1)))
+        return p.repeat_interleave(x.numel() // self.n_groups).reshape(x.shape)
+
+    def __str__(self) -> str:
+        return f"per_group(n_groups={self.n_groups})"
+
+
+@dataclass(frozen=True)
 class PerEmbeddingGroup(Granularity):
     n_groups: int = 1
     permute: bool = False
@@ -153,6 +188,7 @@ GRANULARITIES = {
     "per_tensor": PerTensor,
     "per_channel": PerChannel,
     "per_token": PerToken,
+    "per_group": PerGroup,
     "per_embedding_group": PerEmbeddingGroup,
 }
 

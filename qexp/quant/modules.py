@@ -16,15 +16,20 @@ from .quantizer import QuantSpec, Quantizer
 _OFF = QuantSpec(enabled=False)
 
 
-def act_quantizer(name: str) -> Quantizer:
+def act_quantizer(name: str, group: str = "activations") -> Quantizer:
     q = Quantizer(name, _OFF)
-    q.kind = "activation"
+    q.kind, q.group = "activation", group
     return q
+
+
+def input_quantizer(name: str) -> Quantizer:
+    """The input of a linear layer (``<linear>.input``), configured from the ``inputs`` default (ZeroQuant's sites)."""
+    return act_quantizer(name, "inputs")
 
 
 def weight_quantizer(name: str) -> Quantizer:
     q = Quantizer(name, _OFF)
-    q.kind = "weight"
+    q.kind, q.group = "weight", "weights"
     return q
 
 
@@ -41,16 +46,30 @@ class _WeightQuantMixin:
 
 
 class QLinear(_WeightQuantMixin, nn.Module):
-    """``act(x W^T + b)`` with a quantized weight and (optionally) a quantized output."""
+    """``act(q_in(x) W^T + b)`` with a quantized weight (``<name>.weight``), a quantized input (``<name>.input``, only
+    the linear's own copy of ``x``) and (optionally) a quantized output (``<name>``)."""
 
     def __init__(self, inner: nn.Linear, name: str, act: Callable | None = None, quantize_output: bool = True):
         super().__init__()
         self.inner, self.act = inner, act
+        self.input_quantizer = input_quantizer(f"{name}.input")
         self.weight_quantizer = weight_quantizer(f"{name}.weight")
         self.output_quantizer = act_quantizer(name) if quantize_output else None
 
+    @property
+    def weight(self) -> torch.Tensor:  # HF code reads ``.weight`` of its linears (dtype checks, tied embeddings)
+        return self.inner.weight
+
+    @weight.setter
+    def weight(self, value: nn.Parameter) -> None:  # HF's tie_weights() assigns the output embedding's weight
+        self.inner.weight = value
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.inner.bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.quantized_weight(), self.inner.bias)
+        y = F.linear(self.input_quantizer(x), self.quantized_weight(), self.inner.bias)
         if self.act is not None:
             y = self.act(y)
         return self.output_quantizer(y) if self.output_quantizer is not None else y

@@ -67,6 +67,9 @@ class QuantSpec:
 
 
 class Quantizer(nn.Module):
+    kind = "activation"      # "activation" (calibrated from data) or "weight" (from itself)
+    group = "activations"    # the default spec it takes from a quant config (sites.GROUPS)
+
     def __init__(self, name: str, spec: QuantSpec):
         super().__init__()
         self.name = name

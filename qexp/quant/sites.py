@@ -1,14 +1,20 @@
 """Quantization sites: enumerate a model's quantizers by stable dotted name and configure them from config.
 
-A quant config has a default spec per kind and an ordered list of site rules (STYLE 7)::
+A quant config has a default spec per group of sites and an ordered list of site rules (STYLE 7)::
 
     weights:     {bits: 8, symmetric: true,  granularity: per_tensor, estimator: current_minmax}
     activations: {bits: 8, symmetric: false, granularity: per_tensor, estimator: current_minmax}
+    inputs:      {bits: 8, symmetric: true,  granularity: per_token}      # absent = off
     sites:
       - {match: "encoder.layer.*.ffn.residual_sum", bits: 16}
       - {match: "classifier", enabled: false}
 
-Precedence: the kind's default, then every glob rule that matches, in list order (later wins), then rules that name
+Groups: ``weights`` (``<site>.weight``), ``activations`` (the outputs of operations, Bondarenko et al. 2021's sites)
+and ``inputs`` (``<linear>.input``: the input of a linear layer only, as ZeroQuant quantizes it; the residual stream
+that also carries that tensor stays in floating point).  Input sites are activation quantizers (calibrated from data),
+configured from their own default so that recipes written for output sites never switch them on.
+
+Precedence: the group's default, then every glob rule that matches, in list order (later wins), then rules that name
 the site exactly.  A rule that matches no site is an error (it is almost always a typo), unless it says
 ``optional: true`` (e.g. classifier rules in a recipe that also runs on bare encoders).
 """
@@ -21,30 +27,35 @@ from torch import nn
 
 from .quantizer import QuantSpec, Quantizer
 
-KINDS = {"weight": "weights", "activation": "activations"}
+GROUPS = ("weights", "activations", "inputs")
 
 
 class SiteError(ValueError):
     pass
 
 
-def quantizers(model: nn.Module, kind: str | None = None) -> Iterator[Quantizer]:
+def quantizers(model: nn.Module, kind: str | None = None, group: str | None = None) -> Iterator[Quantizer]:
+    """The quantizers of ``model``, optionally only one ``kind`` ("activation": calibrated from data, which includes
+    linear inputs; "weight") or one default ``group`` (GROUPS)."""
     for m in model.modules():
-        if isinstance(m, Quantizer) and (kind is None or m.kind == kind):
+        if isinstance(m, Quantizer) and (kind is None or m.kind == kind) and (group is None or m.group == group):
             yield m
 
 
-def site_names(model: nn.Module, kind: str | None = None) -> list[str]:
-    return [q.name for q in quantizers(model, kind)]
+def site_names(model: nn.Module, group: str | None = None) -> list[str]:
+    """Site names, optionally of one default group: "weights", "activations" (operation outputs) or "inputs"."""
+    if group is not None and group not in GROUPS:
+        raise SiteError(f"unknown site group {group!r}; valid: {GROUPS}")
+    return [q.name for q in quantizers(model, group=group)]
 
 
 def _is_glob(pattern: str) -> bool:
     return any(c in pattern for c in "*?[")
 
 
-def resolve_specs(names_kinds: Iterable[tuple[str, str]], quant_cfg) -> dict[str, QuantSpec]:
-    """Site name -> spec, by the precedence above."""
-    names_kinds = list(names_kinds)
+def resolve_specs(names_groups: Iterable[tuple[str, str]], quant_cfg) -> dict[str, QuantSpec]:
+    """Site name -> spec, by the precedence above; ``names_groups`` pairs each site name with its default group."""
+    names_kinds = list(names_groups)
     rules = [dict(r) for r in (quant_cfg.get("sites") or [])]
     for r in rules:
         if "match" not in r:
@@ -54,8 +65,10 @@ def resolve_specs(names_kinds: Iterable[tuple[str, str]], quant_cfg) -> dict[str
             raise SiteError(f"site rule match={pattern!r} matches no quantization site of this model; "
                             f"list the sites with `qexp ls sites model=...`")
     out = {}
-    for name, kind in names_kinds:
-        spec = dict(quant_cfg.get(KINDS[kind]) or {"enabled": False})
+    for name, group in names_kinds:
+        if group not in GROUPS:
+            raise SiteError(f"site {name!r}: unknown default group {group!r}; valid: {GROUPS}")
+        spec = dict(quant_cfg.get(group) or {"enabled": False})
         globs = [r for r in rules if _is_glob(r["match"]) and fnmatchcase(name, r["match"])]
         exact = [r for r in rules if r["match"] == name]
         for r in globs + exact:
@@ -70,7 +83,7 @@ def resolve_specs(names_kinds: Iterable[tuple[str, str]], quant_cfg) -> dict[str
 def configure(model: nn.Module, quant_cfg) -> dict[str, QuantSpec]:
     """Give every quantizer of ``model`` its spec; quantizers are left ``off`` until calibration."""
     qs = list(quantizers(model))
-    specs = resolve_specs(((q.name, q.kind) for q in qs), quant_cfg)
+    specs = resolve_specs(((q.name, q.group) for q in qs), quant_cfg)
     for q in qs:
         fresh = Quantizer(q.name, specs[q.name])
         q.set_state("off")  # learned ranges go back to buffers first

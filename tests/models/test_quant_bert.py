@@ -38,7 +38,7 @@ def test_bert_base_has_161_activation_sites():
     with torch.device("meta"):
         hf = BertForSequenceClassification(cfg)
     q = QuantEncoder(hf)
-    acts = site_names(q, "activation")
+    acts = site_names(q, "activations")
     assert len(acts) == 161
     assert len(set(acts)) == 161
     layer = [n.removeprefix("encoder.layer.11.") for n in acts if n.startswith("encoder.layer.11.")]
@@ -47,7 +47,7 @@ def test_bert_base_has_161_activation_sites():
                      "ffn.output", "ffn.residual_sum", "output"]
     assert acts[:3] == ["embeddings.sum_token_type", "embeddings.sum", "embeddings.ln"]
     assert acts[-2:] == ["pooler", "classifier"]
-    weights = site_names(q, "weight")
+    weights = site_names(q, "weights")
     # 4 embedding tables/LN + 8 per layer (q, k, v, o, 2 LN, 2 FFN) + pooler + classifier
     assert len(weights) == 4 + 8 * 12 + 2
     assert "encoder.layer.3.ffn.intermediate.weight" in weights
@@ -55,7 +55,7 @@ def test_bert_base_has_161_activation_sites():
 
 def test_depth_comes_from_the_config():
     hf = BertModel(BertConfig(**{**SMALL, "num_hidden_layers": 3}))
-    acts = site_names(QuantEncoder(hf), "activation")
+    acts = site_names(QuantEncoder(hf), "activations")
     assert len(acts) == 3 + 13 * 3  # a bare encoder has no pooler/classifier sites
 
 

@@ -2,9 +2,9 @@ import pytest
 
 from qexp.quant.sites import SiteError, resolve_specs
 
-SITES = [("encoder.layer.0.ffn.output", "activation"), ("encoder.layer.1.ffn.output", "activation"),
-         ("encoder.layer.1.ffn.residual_sum", "activation"), ("encoder.layer.1.ffn.output.weight", "weight"),
-         ("classifier", "activation")]
+SITES = [("encoder.layer.0.ffn.output", "activations"), ("encoder.layer.1.ffn.output", "activations"),
+         ("encoder.layer.1.ffn.residual_sum", "activations"), ("encoder.layer.1.ffn.output.weight", "weights"),
+         ("classifier", "activations"), ("encoder.layer.1.ffn.output.input", "inputs")]
 BASE = {"weights": {"bits": 8, "symmetric": True}, "activations": {"bits": 8}}
 
 
@@ -12,6 +12,19 @@ def test_defaults_per_kind():
     specs = resolve_specs(SITES, BASE)
     assert specs["encoder.layer.1.ffn.output.weight"].symmetric
     assert not specs["classifier"].symmetric
+
+
+def test_inputs_are_off_unless_their_group_is_configured():
+    assert not resolve_specs(SITES, BASE)["encoder.layer.1.ffn.output.input"].enabled
+    s = resolve_specs(SITES, {**BASE, "inputs": {"bits": 8, "symmetric": True, "granularity": "per_token"}})
+    assert s["encoder.layer.1.ffn.output.input"].enabled and str(s["encoder.layer.1.ffn.output.input"].granularity) \
+        == "per_token"
+    assert str(s["encoder.layer.1.ffn.output"].granularity) == "per_tensor"  # output sites keep their own default
+
+
+def test_unknown_group_is_named():
+    with pytest.raises(SiteError, match="unknown default group 'activation'.*inputs"):
+        resolve_specs([("x", "activation")], BASE)
 
 
 def test_precedence_default_then_globs_in_order_then_exact():
