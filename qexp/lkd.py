@@ -186,3 +186,21 @@ def apply_lkd(student: nn.Module, student_blocks, batches: Callable[[], Iterator
             q.set_state(state)
         student.train(was_training)
     return report
+
+
+def random_token_sampler(vocab_size: int, length: int, device) -> Callable[[int, torch.Generator], dict]:
+    """LKD without any text: uniformly random token ids (Table I.3, "Random Data")."""
+    return lambda n, g: {"input_ids": torch.randint(vocab_size, (n, length), generator=g).to(device)}
+
+
+def window_sampler(ids: torch.Tensor, length: int, device) -> Callable[[int, torch.Generator], dict]:
+    """Windows of ``length`` tokens at random offsets of a (1, n) token stream."""
+    total = ids.shape[1]
+    if total < length:
+        raise LKDError(f"the LKD text has {total} tokens, fewer than one sequence of {length}")
+
+    def sample(n: int, g: torch.Generator) -> dict:
+        starts = torch.randint(0, total - length + 1, (n,), generator=g).tolist()
+        return {"input_ids": torch.stack([ids[0, s:s + length] for s in starts]).to(device)}
+
+    return sample

@@ -16,13 +16,15 @@ from transformers import set_seed
 
 from . import qat, records
 from .finetune import cache_dir_for, cache_key, finetune, load_cached
+from .lkd import LKDConfig, apply_lkd, random_token_sampler, window_sampler
 from .models.loading import load_model
 from .models.quant_bert import QuantEncoder
+from .models.quantizable import quantizable
 from .quant.adaround import AdaRoundConfig, apply_adaround
 from .quant.calibrate import calibrate
 from .quant.quantizer import QuantSpec
 from .quant.sites import GROUPS, configure, quantizers
-from .tasks import text_outliers
+from .tasks import perplexity, text_outliers
 from .tasks.encode import encode, limit, loader, sample
 from .tasks.glue import load_split
 from .tasks.metrics import compute, task_score
@@ -192,7 +194,14 @@ def run_glue(cfg, qcfg, device, timer, progress, rid) -> dict:
             data = encode(sample(train_raw, n, seed + 1), tok, int(task.max_length), bool(task.pad_to_max_length))
             return lambda: (_to(b, device) for b in loader(data, tok, 64))
 
-        hook = _adaround_hook(recipe, adaround_data, seed, cfg.progress, extra)
+        def lkd_task_sampler(length: int):  # training inputs padded to max_length (the authors' LKD batches)
+            data = encode(train_raw, tok, int(task.max_length), True).with_format("torch")
+            cols = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in data.column_names]
+            table = {c: data[c] for c in cols}
+            return lambda n, g: {c: v[torch.randint(len(v), (n,), generator=g)].to(device) for c, v in table.items()}
+
+        hook = _post_weight_hook(recipe, qmodel, adaround_data, lkd_task_sampler, int(task.max_length), tok, seed,
+                                 device, cfg.progress, extra)
         calibrate(qmodel, batches, int(cal.num_batches), progress=cfg.progress, after_weights=hook)
     if qat_on:
         hp = qat.hyperparameters(qat_cfg)
@@ -219,19 +228,67 @@ def run_glue(cfg, qcfg, device, timer, progress, rid) -> dict:
             "data_source": source, "sites": site_summary(qmodel), "memory": memory_footprint(qmodel), **extra}
 
 
-def _adaround_hook(recipe, adaround_data, seed, progress, extra):
-    """The AdaRound step (recipe key ``adaround``) as a calibration hook, or None.  ``adaround_data(n)`` returns a
-    callable giving fresh batches of n task sequences; the layer report lands in ``extra["adaround"]``."""
-    if not _enabled(recipe, "adaround"):
+def _post_weight_hook(recipe, qmodel, adaround_data, lkd_task_sampler, default_length, tokenizer, seed, device,
+                      progress, extra):
+    """The steps that run once weight ranges are fixed and before activations are calibrated (calibrate's
+    ``after_weights``): AdaRound (recipe key ``adaround``), then LKD (recipe key ``lkd``); None when neither is on.
+    ``adaround_data(n)`` gives a callable of fresh task batches; ``lkd_task_sampler(length)`` a function
+    ``(n, generator) -> batch`` over the task's own inputs.  Reports land in ``extra``."""
+    steps = []
+    if _enabled(recipe, "adaround"):
+        acfg = AdaRoundConfig.from_config(recipe.adaround)
+        batches = adaround_data(acfg.num_samples)
+
+        def adaround(model):
+            extra["adaround"] = {"config": dict(recipe.adaround),
+                                 "layers": apply_adaround(model, batches, acfg, seed, progress)}
+
+        steps.append(adaround)
+    if _enabled(recipe, "lkd"):
+        lcfg = LKDConfig.from_config(recipe.lkd)  # bad options fail before any work
+        length = int(lcfg.seq_length or default_length)
+
+        def lkd(model):
+            if lcfg.data == "task":
+                sampler = lkd_task_sampler(length)
+            elif lcfg.data == "random":
+                sampler = random_token_sampler(len(tokenizer), length, device)
+            else:
+                ids = perplexity.tokenize(tokenizer, _text(lcfg.text_file))
+                sampler = window_sampler(ids, length, device)
+            g_train, g_eval = torch.Generator().manual_seed(seed + 2), torch.Generator().manual_seed(seed + 3)
+
+            def batches():
+                while True:
+                    yield sampler(lcfg.batch_size, g_train)
+
+            held_out = [sampler(lcfg.batch_size, g_eval) for _ in range(lcfg.eval_batches)]
+            t0 = time.perf_counter()
+            blocks = model.blocks
+            report = apply_lkd(model, blocks, batches, held_out, lcfg, seed, progress)
+            extra["lkd"] = {"config": {k: v for k, v in dict(recipe.lkd).items()}, "seq_length": length,
+                            "seconds": round(time.perf_counter() - t0, 2), "blocks": report}
+
+        steps.append(lkd)
+    if not steps:
         return None
-    acfg = AdaRoundConfig.from_config(recipe.adaround)
-    batches = adaround_data(acfg.num_samples)
 
     def hook(model):
-        extra["adaround"] = {"config": dict(recipe.adaround),
-                             "layers": apply_adaround(model, batches, acfg, seed, progress)}
+        for step in steps:
+            step(model)
 
     return hook
+
+
+def _text(source: str) -> str:
+    """A TEXT_SOURCES name (``pydoc_topics``) or the path of a UTF-8 text file."""
+    if source in text_outliers.TEXT_SOURCES.names():
+        return text_outliers.TEXT_SOURCES.get(source)()
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"text {source!r} is neither a file nor a known text source; valid sources: "
+                                f"{text_outliers.TEXT_SOURCES.names()} or a file path")
+    return path.read_text(encoding="utf-8")
 
 
 def run_label_free(cfg, qcfg, device, timer, progress, rid) -> dict:
@@ -259,9 +316,12 @@ def run_label_free(cfg, qcfg, device, timer, progress, rid) -> dict:
             data = cal_ids[torch.randint(len(cal_ids), (n,), generator=torch.Generator().manual_seed(seed + 1))]
             return lambda: ({"input_ids": data[i:i + 64].to(device)} for i in range(0, len(data), 64))
 
-        extra = {}
-        hook = _adaround_hook(cfg.recipe, adaround_data, seed, cfg.progress, extra)
+        def lkd_task_sampler(length: int):  # the calibration windows (their own length)
+            return lambda n, g: {"input_ids": cal_ids[torch.randint(len(cal_ids), (n,), generator=g)].to(device)}
 
+        extra = {}
+        hook = _post_weight_hook(cfg.recipe, qmodel, adaround_data, lkd_task_sampler, int(task.max_length),
+                                 loaded.tokenizer, seed, device, cfg.progress, extra)
         calibrate(qmodel, batches, int(cal.num_batches), progress=cfg.progress, after_weights=hook)
     with timer.stage("evaluate"):
         metrics = text_outliers.evaluate(qmodel, eval_ids.to(device), int(task.eval_batch_size), progress)
@@ -270,7 +330,99 @@ def run_label_free(cfg, qcfg, device, timer, progress, rid) -> dict:
             **extra}
 
 
-KINDS = {"glue": run_glue, "label_free": run_label_free}
+def _decoder(cfg, qcfg, seed):
+    """Load the task's decoder and wrap it (language-model tasks need a causal LM)."""
+    if cfg.model.get("family", "bert") != "decoder":
+        raise ValueError(f"task {cfg.task.name!r} ({cfg.task.kind}) needs a decoder model (a causal LM), but model "
+                         f"{cfg.model.name!r} is a {cfg.model.get('family', 'bert')} encoder; decoders: "
+                         f"tiny_gpt2, smollm2_135m, gpt2, opt_125m, pythia_* (`qexp ls model`)")
+    set_seed(seed)
+    loaded = load_model(cfg.model, num_labels=None, seed=seed)
+    qmodel = quantizable(loaded.model, "decoder")
+    configure(qmodel, qcfg)
+    return loaded, qmodel
+
+
+def _max_positions(config) -> int | None:
+    for key in ("max_position_embeddings", "n_positions"):
+        if getattr(config, key, None):
+            return int(getattr(config, key))
+    return None
+
+
+def _calibrate_lm(cfg, qmodel, cal_ids, tokenizer, device, extra) -> int:
+    """Static calibration (and AdaRound/LKD) on windows of ``calibration.seq_length`` tokens at random offsets of the
+    calibration text; returns the window length."""
+    cal, seed = cfg.calibration, int(cfg.seed)
+    length = int(cal.get("seq_length") or cfg.task.get("context_length") or 512)
+    length = min(length, _max_positions(qmodel.config) or length, cal_ids.shape[1])
+    bs, nb = int(cal.batch_size), int(cal.num_batches)
+
+    def batches():
+        g = torch.Generator().manual_seed(seed)
+        for _ in range(nb):
+            yield {"input_ids": perplexity.random_windows(cal_ids, bs, length, g).to(device)}
+
+    def adaround_data(n: int):
+        data = perplexity.random_windows(cal_ids, n, length, torch.Generator().manual_seed(seed + 1))
+        return lambda: ({"input_ids": data[i:i + 8].to(device)} for i in range(0, n, 8))
+
+    def lkd_task_sampler(n_tokens: int):
+        n_tokens = min(n_tokens, cal_ids.shape[1])
+        return lambda n, g: {"input_ids": perplexity.random_windows(cal_ids, n, n_tokens, g).to(device)}
+
+    hook = _post_weight_hook(cfg.recipe, qmodel, adaround_data, lkd_task_sampler, length, tokenizer, seed, device,
+                             cfg.progress, extra)
+    calibrate(qmodel, batches, nb, progress=cfg.progress, after_weights=hook)
+    return length
+
+
+def run_perplexity(cfg, qcfg, device, timer, progress, rid) -> dict:
+    task, seed = cfg.task, int(cfg.seed)
+    if _qat_on(cfg.recipe):
+        raise ValueError(f"recipe {cfg.recipe.name!r} trains (QAT) on labelled GLUE data; task {task.name!r} is a "
+                         f"perplexity task; valid: the GLUE tasks")
+    with timer.stage("load"):
+        loaded, qmodel = _decoder(cfg, qcfg, seed)
+        qmodel = qmodel.to(device).eval()
+        tok = loaded.tokenizer
+        eval_ids = perplexity.tokenize(tok, perplexity.load_text(task, "eval"))
+        cal_ids = perplexity.tokenize(tok, perplexity.load_text(task, "calibration"))
+    extra = {}
+    with timer.stage("calibrate"):
+        cal_length = _calibrate_lm(cfg, qmodel, cal_ids, tok, device, extra)
+    context = min(int(task.context_length), _max_positions(qmodel.config) or int(task.context_length))
+    with timer.stage("evaluate"):
+        m = perplexity.evaluate(qmodel, eval_ids, context, task.get("stride"), device, task.limit.get("windows"),
+                                progress)
+    m.update(context_length=context, calibration_seq_length=cal_length)
+    source = f"files:{task.data_dir}" if task.get("data_dir") else f"hub:{task.hub.path}/{task.hub.get('name')}"
+    return {"metrics": {"test": m}, "score": m["perplexity"], "model_identity": loaded.identity,
+            "data_source": source, "sites": site_summary(qmodel), "memory": memory_footprint(qmodel), **extra}
+
+
+def run_lm_eval(cfg, qcfg, device, timer, progress, rid) -> dict:
+    from .tasks import zeroshot
+
+    task, seed = cfg.task, int(cfg.seed)
+    if _qat_on(cfg.recipe):
+        raise ValueError(f"recipe {cfg.recipe.name!r} trains (QAT) on labelled GLUE data; task {task.name!r} is a "
+                         f"zero-shot task; valid: the GLUE tasks")
+    with timer.stage("load"):
+        loaded, qmodel = _decoder(cfg, qcfg, seed)
+        qmodel = qmodel.to(device).eval()
+        cal_ids = perplexity.tokenize(loaded.tokenizer, _text(task.calibration_source))
+    extra = {}
+    with timer.stage("calibrate"):
+        _calibrate_lm(cfg, qmodel, cal_ids, loaded.tokenizer, device, extra)
+    with timer.stage("evaluate"):
+        metrics = zeroshot.evaluate(qmodel.hf_model, loaded.tokenizer, task, device, bool(cfg.progress))
+    return {"metrics": metrics, "score": zeroshot.score(metrics, task), "model_identity": loaded.identity,
+            "data_source": f"lm_eval:{','.join(task.tasks)}" + (f"@{task.data_dir}" if task.get("data_dir") else ""),
+            "sites": site_summary(qmodel), "memory": memory_footprint(qmodel), **extra}
+
+
+KINDS = {"glue": run_glue, "label_free": run_label_free, "perplexity": run_perplexity, "lm_eval": run_lm_eval}
 
 
 def absolute_paths(cfg: DictConfig, cwd: Path) -> None:
@@ -281,6 +433,13 @@ def absolute_paths(cfg: DictConfig, cwd: Path) -> None:
         cfg.task.data_dir = _abs(cfg.task.data_dir, cwd)
     if cfg.model.get("path"):
         cfg.model.path = _abs(cfg.model.path, cwd)
+    for key in ("calibration_source",):  # a text file path (names of built-in texts stay as they are)
+        value = cfg.task.get(key)
+        if value and value not in text_outliers.TEXT_SOURCES.names():
+            cfg.task[key] = _abs(value, cwd)
+    lkd = cfg.recipe.get("lkd") if cfg.get("recipe") is not None else None
+    if lkd is not None and lkd.get("text_file") and lkd.text_file not in text_outliers.TEXT_SOURCES.names():
+        lkd.text_file = _abs(lkd.text_file, cwd)
 
 
 def run(cfg: DictConfig, overrides: list[str] | None = None, cwd: Path | None = None) -> dict:

@@ -60,9 +60,11 @@ class QLinear(_WeightQuantMixin, nn.Module):
     def weight(self) -> torch.Tensor:  # HF code reads ``.weight`` of its linears (dtype checks, tied embeddings)
         return self.inner.weight
 
-    @weight.setter
-    def weight(self, value: nn.Parameter) -> None:  # HF's tie_weights() assigns the output embedding's weight
-        self.inner.weight = value
+    def __setattr__(self, name: str, value) -> None:
+        if name == "weight":  # HF's tie_weights() assigns the input embedding's weight to the output linear
+            self.inner.weight = value
+            return
+        super().__setattr__(name, value)
 
     @property
     def bias(self) -> torch.Tensor | None:

@@ -49,6 +49,15 @@ def site_names(model: nn.Module, group: str | None = None) -> list[str]:
     return [q.name for q in quantizers(model, group=group)]
 
 
+def _dynamic(spec: dict) -> bool:
+    from .granularity import make_granularity
+
+    g = spec.get("granularity")
+    if g is None:
+        return False
+    return make_granularity(g if isinstance(g, str) or not hasattr(g, "keys") else dict(g)).dynamic
+
+
 def _is_glob(pattern: str) -> bool:
     return any(c in pattern for c in "*?[")
 
@@ -73,6 +82,9 @@ def resolve_specs(names_groups: Iterable[tuple[str, str]], quant_cfg) -> dict[st
         exact = [r for r in rules if r["match"] == name]
         for r in globs + exact:
             spec.update({k: v for k, v in r.items() if k not in ("match", "optional")})
+        if not any("estimator" in r for r in globs + exact) and _dynamic(spec):
+            # a dynamic (per-token) site measures each tensor itself: the group's calibration estimator does not apply
+            spec["estimator"] = "current_minmax"
         try:
             out[name] = QuantSpec.from_config(spec)
         except ValueError as e:
