@@ -89,3 +89,50 @@ class OutlierAccumulator:
     def kurtosis(self, name: str) -> float:
         s = self.sums[name]
         return s[1] / s[2]
+
+
+def mean_relative_error(x_q: torch.Tensor, x: torch.Tensor, eps: float = 1e-8) -> float:
+    """ZeroQuant Eq. 3: Average(|A_q - A| / (|A| + 1e-8)) over all elements, in float64."""
+    x64 = x.detach().double()
+    return float(((x_q.detach().double() - x64).abs() / (x64.abs() + eps)).mean())
+
+
+@torch.no_grad()
+def quantization_errors(model: nn.Module, batch: dict) -> dict:
+    """ZeroQuant Table G.10's metric for every enabled site: the Eq. 3 error of each quantized weight versus the FP
+    weight, and of each activation/input quantizer's output versus its own input during one forward of the quantized
+    model on ``batch``; with the mean over sites per kind and bit-width (``{"weight": {"8": ..}, "activation": ..}``)."""
+    per_site: dict[str, dict] = {}
+    for m in model.modules():
+        q, inner = getattr(m, "weight_quantizer", None), getattr(m, "inner", None)
+        if q is not None and inner is not None and q.spec.enabled and q.state in ("fixed", "learned"):
+            per_site[q.name] = {"kind": "weight", "bits": q.spec.bits,
+                                "error": mean_relative_error(q(inner.weight), inner.weight)}
+    acts = [q for q in quantizers(model, "activation") if q.spec.enabled and q.state in ("fixed", "learned")]
+
+    def hook(q, args, out):
+        e = per_site.setdefault(q.name, {"kind": "activation", "bits": q.spec.bits, "num": 0.0, "n": 0})
+        x = args[0]
+        e["num"] += mean_relative_error(out, x) * x.numel()
+        e["n"] += x.numel()
+
+    handles = [q.register_forward_hook(hook) for q in acts]
+    was_training = model.training
+    model.eval()
+    try:
+        model(**batch)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    for e in per_site.values():
+        if "num" in e:
+            e["error"] = e.pop("num") / max(e.pop("n"), 1)
+    summary: dict[str, dict[str, float]] = {}
+    for kind in ("weight", "activation"):
+        by_bits = defaultdict(list)
+        for e in per_site.values():
+            if e["kind"] == kind:
+                by_bits[str(e["bits"])].append(e["error"])
+        summary[kind] = {b: sum(v) / len(v) for b, v in sorted(by_bits.items())}
+    return {**summary, "sites": {k: v["error"] for k, v in per_site.items()}}

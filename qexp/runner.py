@@ -16,6 +16,7 @@ from transformers import set_seed
 
 from . import qat, records
 from .finetune import cache_dir_for, cache_key, finetune, load_cached
+from .analysis import quantization_errors
 from .lkd import LKDConfig, apply_lkd, random_token_sampler, window_sampler
 from .models.loading import load_model
 from .models.quant_bert import QuantEncoder
@@ -203,6 +204,7 @@ def run_glue(cfg, qcfg, device, timer, progress, rid) -> dict:
         hook = _post_weight_hook(recipe, qmodel, adaround_data, lkd_task_sampler, int(task.max_length), tok, seed,
                                  device, cfg.progress, extra)
         calibrate(qmodel, batches, int(cal.num_batches), progress=cfg.progress, after_weights=hook)
+        extra.update(_errors(qmodel, batches))
     if qat_on:
         hp = qat.hyperparameters(qat_cfg)
         with timer.stage("qat"):
@@ -280,6 +282,13 @@ def _post_weight_hook(recipe, qmodel, adaround_data, lkd_task_sampler, default_l
     return hook
 
 
+def _errors(qmodel, batches) -> dict:
+    """ZeroQuant's relative error (Table G.10) of every quantized site, on the first calibration batch."""
+    if not any(q.spec.enabled for q in quantizers(qmodel)):
+        return {}
+    return {"relative_error": quantization_errors(qmodel, next(iter(batches())))}
+
+
 def _text(source: str) -> str:
     """A TEXT_SOURCES name (``pydoc_topics``) or the path of a UTF-8 text file."""
     if source in text_outliers.TEXT_SOURCES.names():
@@ -323,6 +332,7 @@ def run_label_free(cfg, qcfg, device, timer, progress, rid) -> dict:
         hook = _post_weight_hook(cfg.recipe, qmodel, adaround_data, lkd_task_sampler, int(task.max_length),
                                  loaded.tokenizer, seed, device, cfg.progress, extra)
         calibrate(qmodel, batches, int(cal.num_batches), progress=cfg.progress, after_weights=hook)
+        extra.update(_errors(qmodel, batches))
     with timer.stage("evaluate"):
         metrics = text_outliers.evaluate(qmodel, eval_ids.to(device), int(task.eval_batch_size), progress)
     return {"metrics": metrics, "score": 100.0 * metrics["final_rel_error"], "model_identity": loaded.identity,
@@ -374,6 +384,7 @@ def _calibrate_lm(cfg, qmodel, cal_ids, tokenizer, device, extra) -> int:
     hook = _post_weight_hook(cfg.recipe, qmodel, adaround_data, lkd_task_sampler, length, tokenizer, seed, device,
                              cfg.progress, extra)
     calibrate(qmodel, batches, nb, progress=cfg.progress, after_weights=hook)
+    extra.update(_errors(qmodel, batches))
     return length
 
 
