@@ -7,7 +7,8 @@ that owns two sites -- the ones ZeroQuant quantizes:
 
     decoder.layer.{i}.attn.<leaf>.weight | .input     linears under the block's attention module
     decoder.layer.{i}.ffn.<leaf>.weight  | .input     every other linear of the block (MLP / FFN)
-    lm_head.weight | lm_head.input                    linears outside the blocks keep their HF path
+    lm_head.weight | lm_head.input                    the output embedding (GPT-NeoX's ``embed_out`` too)
+    <HF path>.weight | .input                         any other linear outside the blocks (OPT's project_in/out)
 
 ``<leaf>`` is the HF attribute name (``q_proj``, ``c_attn``, ``fc1``, ``query_key_value``, ``gate_proj``, ...), so
 ``*.ffn.*.weight`` selects the FFN weights of every architecture (ZeroQuant's W4/8 split) and
@@ -70,6 +71,7 @@ class QuantDecoder(nn.Module):
         blocks_path, blocks = find_blocks(hf)
         self.blocks_path = blocks_path
         names: dict[str, str] = {}
+        head = hf.get_output_embeddings() if hasattr(hf, "get_output_embeddings") else None
         block_of = {}
         for i, block in enumerate(blocks):
             for rel, m in block.named_modules():
@@ -84,7 +86,7 @@ class QuantDecoder(nn.Module):
                 if name in names.values():  # two linears with one leaf name in one group: keep the full path
                     name = f"decoder.layer.{i}.{rel}"
             else:
-                name = path
+                name = "lm_head" if m is head else path
             names[path] = name
         for path, name in names.items():
             parent_path, _, attr = path.rpartition(".")
