@@ -11,7 +11,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run_cfg(tmp_path, *overrides, layers: int | None = None):
     depth = [f"model.architecture.num_hidden_layers={layers}"] if layers else []
-    cfg = compose(["model=tiny_bert", "debug=smoke", *depth, f"results_dir={tmp_path / 'runs'}",
+    model = [] if any(o.startswith("model=") for o in overrides) else ["model=tiny_bert"]
+    cfg = compose([*model, "debug=smoke", *depth, f"results_dir={tmp_path / 'runs'}",
                    f"cache_dir={tmp_path / 'cache'}", *overrides])
     return run(cfg, list(overrides))
 

@@ -20,6 +20,10 @@ def _short(recipe):
         out += ["recipe.adaround.iterations=6", "recipe.adaround.num_samples=4", "recipe.adaround.batch_size=2"]
     if "qat" in r:
         out += ["recipe.qat.max_steps=3", "recipe.qat.batch_size=4"]
+    if "lkd" in r:
+        out += ["recipe.lkd.steps=2", "recipe.lkd.batch_size=2", "recipe.lkd.eval_batches=1"]
+    if "groups" in r:
+        out += ["recipe.groups=16"]  # tiny_bert/tiny_gpt2 widths (48, 96, 144, 192) are multiples of 16, not of 48*k
     return out
 
 
@@ -38,8 +42,10 @@ def test_recipe_runs_on_a_glue_task(recipe, tmp_path, rte_like):
         assert len(rec["adaround"]["layers"]) == 12 * 6 + 2  # every linear weight: 6 per layer, pooler, classifier
     assert 0.0 <= rec["score"] <= 100.0
     assert rec["metrics"]["validation"]["n"] == 16
-    quantized = rec["sites"]["activation"]["quantized"] + rec["sites"]["weight"]["quantized"]
+    quantized = sum(rec["sites"][k]["quantized"] for k in ("activation", "weight", "input"))
     assert (quantized == 0) == (recipe == "fp32")
+    if "lkd" in recipe:
+        assert len(rec["lkd"]["blocks"]) == 12 and rec["lkd"]["config"]["steps"] == 2
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
@@ -55,6 +61,69 @@ def test_recipe_runs_on_the_label_free_task(recipe, tmp_path):
     else:
         assert 0.0 < m["final_rel_error"] < 1.0
     assert m["max_inf_norm"] > 0 and m["avg_kurtosis"] > 0
+
+
+@pytest.fixture
+def wikitext_like(tmp_path):
+    d = tmp_path / "wikitext"
+    d.mkdir()
+    text = "".join(f" = Section {i} = \n\n The value is 1 @,@ {i}00 , said the {i} @-@ th report . \n" for i in range(60))
+    for f in ("wiki.test.raw", "wiki.valid.raw"):
+        (d / f).write_text(text)
+    return d
+
+
+def _bert_only(recipe) -> bool:
+    """Recipes written for Bondarenko et al.'s BERT sites (they name output sites a decoder does not have)."""
+    from omegaconf import OmegaConf
+
+    from qexp.cli import compose
+
+    r = OmegaConf.to_container(compose([f"+recipe={recipe}"]).recipe)
+    q = r.get("quant") or {}
+    rules = [x for x in q.get("sites") or [] if not x.get("optional")]
+    return any(x["match"].startswith(("encoder.", "embeddings.", "pooler", "classifier")) for x in rules)
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_recipe_runs_on_a_decoder_perplexity_task(recipe, tmp_path, wikitext_like):
+    """Every recipe on tiny_gpt2 + a WikiText-like file: it runs, or (BERT-site recipes, QAT) fails with a message
+    that names the problem."""
+    from qexp.quant.sites import SiteError
+
+    args = [f"+recipe={recipe}", "model=tiny_gpt2", "task=wikitext2", f"task.data_dir={wikitext_like}", *_short(recipe)]
+    if recipe.startswith("qat_"):
+        with pytest.raises(ValueError, match="QAT.*perplexity task"):
+            run_cfg(tmp_path, *args)
+        return
+    if _bert_only(recipe):
+        with pytest.raises(SiteError, match="matches no quantization site of this model"):
+            run_cfg(tmp_path, *args)
+        return
+    rec = run_cfg(tmp_path, *args)
+    m = rec["metrics"]["test"]
+    assert m["windows"] == 2 and m["tokens"] == 2 * 63 and 1.0 < m["perplexity"] < 1e6
+    assert rec["model"] == "tiny_gpt2" and rec["task"] == "wikitext2"
+    if recipe.startswith("zq_") or recipe == "fp32":
+        quantized = rec["sites"]["input"]["quantized"] + rec["sites"]["weight"]["quantized"]
+        assert (quantized == 0) == (recipe == "fp32")
+        if recipe != "fp32":
+            assert rec["relative_error"]["weight"] or rec["relative_error"]["activation"]
+    if "lkd" in recipe:
+        assert len(rec["lkd"]["blocks"]) == 2
+
+
+def test_zeroshot_recipe_runs_through_the_runner(tmp_path):
+    import json
+
+    d = tmp_path / "mc"
+    d.mkdir()
+    (d / "mc.jsonl").write_text("\n".join(json.dumps({"query": f"q {i}", "choices": ["a", "b"], "gold": i % 2})
+                                          for i in range(6)) + "\n")
+    rec = run_cfg(tmp_path, "+recipe=zq_lkd_w48a8", "model=tiny_gpt2", "task=zeroshot_local",
+                  "task.tasks=[qexp_mc_local]", f"task.data_dir={d}", *_short("zq_lkd_w48a8"))
+    assert set(rec["metrics"]) == {"qexp_mc_local"} and 0.0 <= rec["score"] <= 100.0
+    assert len(rec["lkd"]["blocks"]) == 2
 
 
 def _bert_base_specs(recipe):
