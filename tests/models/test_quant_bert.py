@@ -69,7 +69,8 @@ def test_glob_selects_sites_and_calibration_fixes_ranges():
     calibrate(q, lambda: [{"input_ids": ids, "attention_mask": mask}], 1, progress=False)
     bits = {x.name: x.spec.bits for x in quantizers(q, "activation")}
     assert bits["encoder.layer.1.ffn.residual_sum"] == 16 and bits["encoder.layer.1.ffn.output"] == 8
-    assert all(x.state == "fixed" for x in quantizers(q))
+    assert all(x.state == "fixed" for x in quantizers(q) if x.group != "inputs")
+    assert all(x.state == "off" for x in quantizers(q, group="inputs"))  # no `inputs:` default: linear inputs stay FP
     with torch.no_grad():
         ref = hf(input_ids=ids, attention_mask=mask).logits
         out = q(ids, mask).logits
