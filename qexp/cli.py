@@ -108,18 +108,21 @@ def _ls_sites(overrides: list[str]) -> None:
     from omegaconf import OmegaConf
 
     from .models.loading import load_model
-    from .models.quant_bert import QuantEncoder
-    from .quant.sites import configure, quantizers
+    from .models.quantizable import quantizable
+    from .quant.sites import GROUPS, configure, quantizers
     from .runner import FP32, quant_config
 
     cfg = compose(overrides)
-    labels = int(cfg.task.num_labels) if cfg.task.kind == "glue" else None
-    model = QuantEncoder(load_model(cfg.model, num_labels=labels).model)
+    family = cfg.model.get("family", "bert")
+    labels = int(cfg.task.num_labels) if cfg.task.kind == "glue" and family == "bert" else None
+    model = quantizable(load_model(cfg.model, num_labels=labels).model, family)
     recipe = OmegaConf.to_container(cfg.recipe, resolve=True) if cfg.get("recipe") else FP32
     specs = configure(model, quant_config(recipe, cfg.calibration))
-    for kind in ("activation", "weight"):
-        qs = list(quantizers(model, kind))
-        print(f"# {len(qs)} {kind} sites ({sum(specs[q.name].enabled for q in qs)} quantized by recipe "
+    for group in GROUPS:
+        qs = list(quantizers(model, group=group))
+        if not qs:
+            continue
+        print(f"# {len(qs)} {group} sites ({sum(specs[q.name].enabled for q in qs)} quantized by recipe "
               f"{recipe['name']})")
         for q in qs:
             print(f"{q.name:48s} {specs[q.name].describe()}")

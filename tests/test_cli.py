@@ -16,8 +16,17 @@ def test_help_has_worked_examples():
 def test_ls_sites_of_a_classification_model():
     r = qexp("ls", "sites", "model=tiny_bert", "task=rte", "+recipe=w8a8_ptq")
     assert r.returncode == 0, r.stderr
-    assert "# 31 activation sites (31 quantized by recipe w8a8_ptq)" in r.stdout
+    assert "# 31 activations sites (31 quantized by recipe w8a8_ptq)" in r.stdout
+    assert "# 14 inputs sites (0 quantized by recipe w8a8_ptq)" in r.stdout
     assert "encoder.layer.1.ffn.residual_sum" in r.stdout and "8b asym per_tensor current_minmax()" in r.stdout
+
+
+def test_ls_sites_of_a_decoder():
+    r = qexp("ls", "sites", "model=tiny_gpt2", "task=wikitext2", "+recipe=zq_w48a8", "recipe.groups=16")
+    assert r.returncode == 0, r.stderr
+    assert "# 9 weights sites (8 quantized by recipe zq_w48a8)" in r.stdout
+    assert "decoder.layer.1.ffn.c_fc.weight                  4b sym per_group(n_groups=16)" in r.stdout
+    assert "activations sites" not in r.stdout  # a decoder has only linear weight and input sites
 
 
 @pytest.mark.parametrize("what,expect", [("recipes", "w8a8_ptq"), ("estimators", "running_minmax"),
