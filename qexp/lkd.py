@@ -195,12 +195,8 @@ def random_token_sampler(vocab_size: int, length: int, device) -> Callable[[int,
 
 def window_sampler(ids: torch.Tensor, length: int, device) -> Callable[[int, torch.Generator], dict]:
     """Windows of ``length`` tokens at random offsets of a (1, n) token stream."""
-    total = ids.shape[1]
-    if total < length:
-        raise LKDError(f"the LKD text has {total} tokens, fewer than one sequence of {length}")
+    from .tasks.perplexity import random_windows
 
-    def sample(n: int, g: torch.Generator) -> dict:
-        starts = torch.randint(0, total - length + 1, (n,), generator=g).tolist()
-        return {"input_ids": torch.stack([ids[0, s:s + length] for s in starts]).to(device)}
-
-    return sample
+    if ids.shape[1] < length:
+        raise LKDError(f"the LKD text has {ids.shape[1]} tokens, fewer than one sequence of {length}")
+    return lambda n, g: {"input_ids": random_windows(ids, n, length, g).to(device)}

@@ -15,8 +15,8 @@ from tqdm.auto import tqdm
 from transformers import set_seed
 
 from . import qat, records
-from .finetune import cache_dir_for, cache_key, finetune, load_cached
 from .analysis import quantization_errors
+from .finetune import cache_dir_for, cache_key, finetune, load_cached
 from .lkd import LKDConfig, apply_lkd, random_token_sampler, window_sampler
 from .models.loading import load_model
 from .models.quant_bert import QuantEncoder
@@ -201,7 +201,7 @@ def run_glue(cfg, qcfg, device, timer, progress, rid) -> dict:
             table = {c: data[c] for c in cols}
             return lambda n, g: {c: v[torch.randint(len(v), (n,), generator=g)].to(device) for c, v in table.items()}
 
-        hook = _post_weight_hook(recipe, qmodel, adaround_data, lkd_task_sampler, int(task.max_length), tok, seed,
+        hook = _post_weight_hook(recipe, adaround_data, lkd_task_sampler, int(task.max_length), tok, seed,
                                  device, cfg.progress, extra)
         calibrate(qmodel, batches, int(cal.num_batches), progress=cfg.progress, after_weights=hook)
         extra.update(_errors(qmodel, batches))
@@ -230,8 +230,8 @@ def run_glue(cfg, qcfg, device, timer, progress, rid) -> dict:
             "data_source": source, "sites": site_summary(qmodel), "memory": memory_footprint(qmodel), **extra}
 
 
-def _post_weight_hook(recipe, qmodel, adaround_data, lkd_task_sampler, default_length, tokenizer, seed, device,
-                      progress, extra):
+def _post_weight_hook(recipe, adaround_data, lkd_task_sampler, default_length, tokenizer, seed, device, progress,
+                      extra):
     """The steps that run once weight ranges are fixed and before activations are calibrated (calibrate's
     ``after_weights``): AdaRound (recipe key ``adaround``), then LKD (recipe key ``lkd``); None when neither is on.
     ``adaround_data(n)`` gives a callable of fresh task batches; ``lkd_task_sampler(length)`` a function
@@ -329,7 +329,7 @@ def run_label_free(cfg, qcfg, device, timer, progress, rid) -> dict:
             return lambda n, g: {"input_ids": cal_ids[torch.randint(len(cal_ids), (n,), generator=g)].to(device)}
 
         extra = {}
-        hook = _post_weight_hook(cfg.recipe, qmodel, adaround_data, lkd_task_sampler, int(task.max_length),
+        hook = _post_weight_hook(cfg.recipe, adaround_data, lkd_task_sampler, int(task.max_length),
                                  loaded.tokenizer, seed, device, cfg.progress, extra)
         calibrate(qmodel, batches, int(cal.num_batches), progress=cfg.progress, after_weights=hook)
         extra.update(_errors(qmodel, batches))
@@ -377,60 +377,61 @@ def _calibrate_lm(cfg, qmodel, cal_ids, tokenizer, device, extra) -> int:
         data = perplexity.random_windows(cal_ids, n, length, torch.Generator().manual_seed(seed + 1))
         return lambda: ({"input_ids": data[i:i + 8].to(device)} for i in range(0, n, 8))
 
-    def lkd_task_sampler(n_tokens: int):
-        n_tokens = min(n_tokens, cal_ids.shape[1])
-        return lambda n, g: {"input_ids": perplexity.random_windows(cal_ids, n, n_tokens, g).to(device)}
+    def lkd_task_sampler(n_tokens: int):  # windows of the calibration text
+        return window_sampler(cal_ids, min(n_tokens, cal_ids.shape[1]), device)
 
-    hook = _post_weight_hook(cfg.recipe, qmodel, adaround_data, lkd_task_sampler, length, tokenizer, seed, device,
+    hook = _post_weight_hook(cfg.recipe, adaround_data, lkd_task_sampler, length, tokenizer, seed, device,
                              cfg.progress, extra)
     calibrate(qmodel, batches, nb, progress=cfg.progress, after_weights=hook)
     extra.update(_errors(qmodel, batches))
     return length
 
 
-def run_perplexity(cfg, qcfg, device, timer, progress, rid) -> dict:
+def _prepare_lm(cfg, qcfg, device, timer, calibration_text):
+    """The shared start of the language-model task kinds: refuse QAT, load and wrap the decoder, then calibrate (with
+    AdaRound/LKD) on ``calibration_text(task)``.  Returns (loaded, qmodel, extra, calibration window length)."""
     task, seed = cfg.task, int(cfg.seed)
     if _qat_on(cfg.recipe):
         raise ValueError(f"recipe {cfg.recipe.name!r} trains (QAT) on labelled GLUE data; task {task.name!r} is a "
-                         f"perplexity task; valid: the GLUE tasks")
+                         f"{task.kind} task; valid: the GLUE tasks")
     with timer.stage("load"):
         loaded, qmodel = _decoder(cfg, qcfg, seed)
         qmodel = qmodel.to(device).eval()
-        tok = loaded.tokenizer
-        eval_ids = perplexity.tokenize(tok, perplexity.load_text(task, "eval"))
-        cal_ids = perplexity.tokenize(tok, perplexity.load_text(task, "calibration"))
+        cal_ids = perplexity.tokenize(loaded.tokenizer, calibration_text(task))
     extra = {}
     with timer.stage("calibrate"):
-        cal_length = _calibrate_lm(cfg, qmodel, cal_ids, tok, device, extra)
+        length = _calibrate_lm(cfg, qmodel, cal_ids, loaded.tokenizer, device, extra)
+    return loaded, qmodel, extra, length
+
+
+def _lm_record(loaded, qmodel, extra, metrics, score, source) -> dict:
+    return {"metrics": metrics, "score": score, "model_identity": loaded.identity, "data_source": source,
+            "sites": site_summary(qmodel), "memory": memory_footprint(qmodel), **extra}
+
+
+def run_perplexity(cfg, qcfg, device, timer, progress, rid) -> dict:
+    task = cfg.task
+    loaded, qmodel, extra, cal_length = _prepare_lm(cfg, qcfg, device, timer,
+                                                    lambda t: perplexity.load_text(t, "calibration"))
     context = min(int(task.context_length), _max_positions(qmodel.config) or int(task.context_length))
     with timer.stage("evaluate"):
+        eval_ids = perplexity.tokenize(loaded.tokenizer, perplexity.load_text(task, "eval"))
         m = perplexity.evaluate(qmodel, eval_ids, context, task.get("stride"), device, task.limit.get("windows"),
                                 progress)
     m.update(context_length=context, calibration_seq_length=cal_length)
     source = f"files:{task.data_dir}" if task.get("data_dir") else f"hub:{task.hub.path}/{task.hub.get('name')}"
-    return {"metrics": {"test": m}, "score": m["perplexity"], "model_identity": loaded.identity,
-            "data_source": source, "sites": site_summary(qmodel), "memory": memory_footprint(qmodel), **extra}
+    return _lm_record(loaded, qmodel, extra, {"test": m}, m["perplexity"], source)
 
 
 def run_lm_eval(cfg, qcfg, device, timer, progress, rid) -> dict:
     from .tasks import zeroshot
 
-    task, seed = cfg.task, int(cfg.seed)
-    if _qat_on(cfg.recipe):
-        raise ValueError(f"recipe {cfg.recipe.name!r} trains (QAT) on labelled GLUE data; task {task.name!r} is a "
-                         f"zero-shot task; valid: the GLUE tasks")
-    with timer.stage("load"):
-        loaded, qmodel = _decoder(cfg, qcfg, seed)
-        qmodel = qmodel.to(device).eval()
-        cal_ids = perplexity.tokenize(loaded.tokenizer, _text(task.calibration_source))
-    extra = {}
-    with timer.stage("calibrate"):
-        _calibrate_lm(cfg, qmodel, cal_ids, loaded.tokenizer, device, extra)
+    task = cfg.task
+    loaded, qmodel, extra, _ = _prepare_lm(cfg, qcfg, device, timer, lambda t: _text(t.calibration_source))
     with timer.stage("evaluate"):
         metrics = zeroshot.evaluate(qmodel.hf_model, loaded.tokenizer, task, device, bool(cfg.progress))
-    return {"metrics": metrics, "score": zeroshot.score(metrics, task), "model_identity": loaded.identity,
-            "data_source": f"lm_eval:{','.join(task.tasks)}" + (f"@{task.data_dir}" if task.get("data_dir") else ""),
-            "sites": site_summary(qmodel), "memory": memory_footprint(qmodel), **extra}
+    source = f"lm_eval:{','.join(task.tasks)}" + (f"@{task.data_dir}" if task.get("data_dir") else "")
+    return _lm_record(loaded, qmodel, extra, metrics, zeroshot.score(metrics, task), source)
 
 
 KINDS = {"glue": run_glue, "label_free": run_label_free, "perplexity": run_perplexity, "lm_eval": run_lm_eval}

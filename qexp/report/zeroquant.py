@@ -122,19 +122,23 @@ def glue_table(df: pd.DataFrame, spec: GlueTable) -> tuple[pd.DataFrame, pd.Data
     return pd.DataFrame(ours, columns=cols), pd.DataFrame(both, columns=cols)
 
 
+def _median_error(g: pd.DataFrame, recipe: str, kind: str, bits: str) -> float | None:
+    """Median over seeds of a recipe's mean Eq. 3 error for one kind ("weight"/"activation") and bit-width."""
+    xs = [e.get(kind, {}).get(bits) for e in g[g.recipe == recipe].relative_error]
+    xs = [x for x in xs if x is not None]
+    return float(pd.Series(xs).median()) if xs else None
+
+
 def table_g10(df: pd.DataFrame) -> pd.DataFrame:
     paper = pd.read_csv(REFERENCE / "zeroquant_tableG10.csv").set_index("configuration")
     rows = []
     sub = df.dropna(subset=["relative_error"])
     for (model, task), g in sub.groupby(["model", "task"], sort=True):
         for label, kind, bits, standard, zq in G10:
-            def med(recipe):
-                xs = [e.get(kind, {}).get(bits) for e in g[g.recipe == recipe].relative_error]
-                xs = [x for x in xs if x is not None]
-                return float(pd.Series(xs).median()) if xs else None
-
-            rows.append({"model": model, "task": task, "configuration": label, "Standard Quantization": med(standard),
-                         "GQ or TQ": med(zq), "paper Standard Quantization": paper.loc[label, "Standard Quantization"],
+            rows.append({"model": model, "task": task, "configuration": label,
+                         "Standard Quantization": _median_error(g, standard, kind, bits),
+                         "GQ or TQ": _median_error(g, zq, kind, bits),
+                         "paper Standard Quantization": paper.loc[label, "Standard Quantization"],
                          "paper GQ or TQ": paper.loc[label, "GQ or TQ"]})
     return pd.DataFrame(rows, columns=["model", "task", "configuration", "Standard Quantization", "GQ or TQ",
                                        "paper Standard Quantization", "paper GQ or TQ"])
@@ -142,7 +146,7 @@ def table_g10(df: pd.DataFrame) -> pd.DataFrame:
 
 def lm_table(df: pd.DataFrame, name: str) -> pd.DataFrame:
     """Rows: the paper's tasks + Wikitext-2 (perplexity); columns: ours per recipe, then the paper's, per model."""
-    title, columns = LM_TABLES[name]
+    _, columns = LM_TABLES[name]
     paper = pd.read_csv(REFERENCE / f"{name}.csv", dtype=str).set_index("task")
     out = []
     for model in sorted(df[df.recipe.isin(columns.values())].model.unique()):

@@ -13,7 +13,6 @@ import tempfile
 from pathlib import Path
 
 LOCAL_TASKS = Path(__file__).parent / "lm_eval_tasks"
-METRICS = ("acc", "acc_norm", "em", "exact_match", "f1", "word_perplexity", "perplexity", "mcc")
 
 
 class ZeroShotError(ValueError):
