@@ -30,11 +30,14 @@ def inf_norm(x: torch.Tensor) -> torch.Tensor:
 
 
 @contextmanager
-def record_activations(model: nn.Module):
-    """Capture the output of every activation site (after its quantizer) into a dict name -> tensor."""
+def record_activations(model: nn.Module, group: str | None = "activations"):
+    """Capture the output of every activation site (after its quantizer) into a dict name -> tensor.
+
+    By default only the operation outputs (group "activations"); the linear-input sites (group "inputs") repeat an
+    earlier output and are recorded only when ``group`` is "inputs" or None (every data site)."""
     store: dict[str, torch.Tensor] = {}
     handles = [q.register_forward_hook(lambda m, i, o, name=q.name: store.__setitem__(name, o.detach()))
-               for q in quantizers(model, "activation")]
+               for q in quantizers(model, "activation", group=group)]
     try:
         yield store
     finally:

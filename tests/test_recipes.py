@@ -140,7 +140,7 @@ def _bert_base_specs(recipe):
     with torch.device("meta"):
         model = QuantEncoder(BertForSequenceClassification(BertConfig(num_labels=2)))  # BERT-base sizes
     configure(model, quant_config(OmegaConf.to_container(cfg.recipe), cfg.calibration))
-    return list(quantizers(model, "activation"))
+    return list(quantizers(model, group="activations"))  # the paper's operation outputs, not ZeroQuant's linear inputs
 
 
 def test_mixed_precision_keeps_36_of_161_activation_quantizers_in_16_bit():
