@@ -16,6 +16,7 @@ from transformers import set_seed
 
 from . import qat, records
 from .analysis import quantization_errors
+from .inference import BACKENDS, attach
 from .finetune import cache_dir_for, cache_key, finetune, load_cached
 from .lkd import LKDConfig, apply_lkd, random_token_sampler, window_sampler
 from .models.loading import load_model
@@ -214,6 +215,7 @@ def run_glue(cfg, qcfg, device, timer, progress, rid) -> dict:
                 meta = qat.train_qat(qmodel, train, tok, hp, seed, device, cfg.progress, Path(work))
             qat.save_qat(qmodel, tok, folder, {**meta, "run_id": rid, "quant": qcfg})
             extra["qat"] = {**meta, "export": str(folder)}
+    extra["inference"] = attach(qmodel, _backend(cfg))
     metrics = {}
     with timer.stage("evaluate"):
         for split in task.eval_splits:
@@ -228,6 +230,11 @@ def run_glue(cfg, qcfg, device, timer, progress, rid) -> dict:
     score = task_score({k: v for k, v in metrics.items()}, list(task.score))
     return {"metrics": metrics, "score": score, "finetune": ft_meta, "model_identity": loaded.identity,
             "data_source": source, "sites": site_summary(qmodel), "memory": memory_footprint(qmodel), **extra}
+
+
+def _backend(cfg) -> str:
+    """``inference.backend`` (fake quantization unless a config says otherwise)."""
+    return str((cfg.get("inference") or {}).get("backend", "fake"))
 
 
 def _post_weight_hook(recipe, adaround_data, lkd_task_sampler, default_length, tokenizer, seed, device, progress,
@@ -333,6 +340,7 @@ def run_label_free(cfg, qcfg, device, timer, progress, rid) -> dict:
                                  loaded.tokenizer, seed, device, cfg.progress, extra)
         calibrate(qmodel, batches, int(cal.num_batches), progress=cfg.progress, after_weights=hook)
         extra.update(_errors(qmodel, batches))
+    extra["inference"] = attach(qmodel, _backend(cfg))
     with timer.stage("evaluate"):
         metrics = text_outliers.evaluate(qmodel, eval_ids.to(device), int(task.eval_batch_size), progress)
     return {"metrics": metrics, "score": 100.0 * metrics["final_rel_error"], "model_identity": loaded.identity,
@@ -401,6 +409,7 @@ def _prepare_lm(cfg, qcfg, device, timer, calibration_text):
     extra = {}
     with timer.stage("calibrate"):
         length = _calibrate_lm(cfg, qmodel, cal_ids, loaded.tokenizer, device, extra)
+    extra["inference"] = attach(qmodel, _backend(cfg))
     return loaded, qmodel, extra, length
 
 
@@ -468,6 +477,8 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, cwd: Path | None = 
         return {"skipped": True, "path": str(path)}
     if cfg.task.kind not in KINDS:
         raise ValueError(f"unknown task kind {cfg.task.kind!r}; valid: {sorted(KINDS)}")
+    if _backend(cfg) not in BACKENDS:
+        raise ValueError(f"unknown inference.backend {_backend(cfg)!r}; valid: {list(BACKENDS)}")
     qcfg = quant_config(resolved["recipe"], effective_calibration(cfg))
     device = pick_device(str(cfg.device))
     timer = Timer()

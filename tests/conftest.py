@@ -51,3 +51,13 @@ def rte_like(tmp_path):
     for f in ("train.tsv", "dev.tsv"):
         (d / f).write_text("\n".join(rows) + "\n")
     return d
+
+
+@pytest.fixture
+def wikitext_like(tmp_path):
+    d = tmp_path / "wikitext"
+    d.mkdir()
+    text = "".join(f" = Section {i} = \n\n The value is 1 @,@ {i}00 , said the {i} @-@ th report . \n" for i in range(60))
+    for f in ("wiki.test.raw", "wiki.valid.raw"):
+        (d / f).write_text(text)
+    return d

@@ -63,16 +63,6 @@ def test_recipe_runs_on_the_label_free_task(recipe, tmp_path):
     assert m["max_inf_norm"] > 0 and m["avg_kurtosis"] > 0
 
 
-@pytest.fixture
-def wikitext_like(tmp_path):
-    d = tmp_path / "wikitext"
-    d.mkdir()
-    text = "".join(f" = Section {i} = \n\n The value is 1 @,@ {i}00 , said the {i} @-@ th report . \n" for i in range(60))
-    for f in ("wiki.test.raw", "wiki.valid.raw"):
-        (d / f).write_text(text)
-    return d
-
-
 def _bert_only(recipe) -> bool:
     """Recipes written for Bondarenko et al.'s BERT sites (they name output sites a decoder does not have)."""
     from omegaconf import OmegaConf

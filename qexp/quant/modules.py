@@ -55,6 +55,7 @@ class QLinear(_WeightQuantMixin, nn.Module):
         self.input_quantizer = input_quantizer(f"{name}.input")
         self.weight_quantizer = weight_quantizer(f"{name}.weight")
         self.output_quantizer = act_quantizer(name) if quantize_output else None
+        self.integer = None  # an integer backend's execution of this layer (qexp.inference.attach), else fake quant
 
     @property
     def weight(self) -> torch.Tensor:  # HF code reads ``.weight`` of its linears (dtype checks, tied embeddings)
@@ -71,7 +72,10 @@ class QLinear(_WeightQuantMixin, nn.Module):
         return self.inner.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(self.input_quantizer(x), self.quantized_weight(), self.inner.bias)
+        if self.integer is not None and self.weight_quantizer.state == self.input_quantizer.state == "fixed":
+            y = self.integer(x, self.inner.bias)  # quantizers switched off (an FP reference pass) fall through
+        else:
+            y = F.linear(self.input_quantizer(x), self.quantized_weight(), self.inner.bias)
         if self.act is not None:
             y = self.act(y)
         return self.output_quantizer(y) if self.output_quantizer is not None else y
