@@ -1,4 +1,4 @@
-"""The ``qexp`` command: ``run`` (the Hydra app), ``ls`` and ``tables``.
+"""The ``qexp`` command: ``run`` (the Hydra app), ``ls``, ``tables`` and ``bench``.
 
 The configs live in the checkout's ``conf/`` (qexp is installed from its repository with ``pip install -e .``, so
 results, caches and configs sit side by side); ``QEXP_CONF=/dir`` points at another config tree.
@@ -23,6 +23,11 @@ commands:
                          ranges and the >6-std outlier map per layer (PNG), top outlier dimensions (CSV)
   tables [--runs DIR] [--out DIR] [--show NAME]
                          rebuild every paper table as CSV (+ Markdown) from the run records
+  bench gemm [--shapes g8|extra|all|small] [--impl NAME] [--device auto|cuda|cpu]
+                         INT8 GEMM throughput (ZeroQuant Table G.8 layout): FP16 cuBLAS, INT8 cuBLASLt, our
+                         CuPy kernels; writes results/bench/ (`make tables` -> zeroquant_tableG8.csv)
+  bench layer [--bsz 64] [--seq 128]
+                         BERT-base encoder-layer latency, FP16 vs ZeroQuant W8A8 on inference.backend=cupy_int8
 
 examples:
   qexp run                                          # label-free default: real MiniLM-L6, FP32
@@ -36,6 +41,8 @@ examples:
   qexp search-space --run +recipe=estimator_search task=rte model=minilm_l6 seed=0,1,2,3,4 task.data_dir=...
   qexp analyze outliers model=minilm_l6 task=rte task.data_dir=../shared/data/glue/RTE --layers 4,5
   qexp tables
+  qexp run +recipe=zq_w8a8 model=gpt2 task=wikitext2 device=cuda inference.backend=cupy_int8   # real INT8 GEMMs
+  qexp bench gemm && qexp bench layer && qexp tables
 """
 
 
@@ -284,8 +291,17 @@ def main(argv: list[str] | None = None) -> None:
         _search_space(rest)
     elif cmd == "tables":
         _tables(rest)
+    elif cmd == "bench":
+        from .bench import BenchError, main as bench_main
+        from .kernels import KernelError
+
+        try:
+            bench_main(rest)
+        except (BenchError, KernelError) as e:
+            sys.exit(f"qexp: error: {e}")
     else:
-        sys.exit(f"qexp: error: unknown command {cmd!r}; valid: run, ls, search-space, analyze, tables (qexp --help)")
+        sys.exit(f"qexp: error: unknown command {cmd!r}; valid: run, ls, search-space, analyze, tables, bench "
+                 f"(qexp --help)")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,61 @@
+"""ZeroQuant Table G.8 (GEMM speed) from ``qexp bench gemm`` records, with the paper's A100 numbers beside ours.
+
+One row per shape and device (the newest GEMM record per device): time (ms) and TFLOPS (TOPS for INT8) per
+implementation, our speed-up over FP16 cuBLAS with and without the quantize step, and the fraction of the device's
+dense INT8 peak.  The paper's rows (FP16 cuBLAS, INT8 cuBLAS, INT8 CUTLASS on a 40 GB A100, ``paper_*``) stay even
+where nothing was measured, so the layout is the paper's."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+REFERENCE = Path(__file__).parent / "reference"
+KEYS = ["group", "bsz", "seq", "dim"]
+IMPLS = ["fp16_cublas", "int8_cublaslt", "ours", "ours+quant", "dp4a", "fp32_cpu", "int_reference_cpu"]
+
+
+def newest_gemm_records(bench_dir: Path) -> list[dict]:
+    by_device: dict[str, dict] = {}
+    for f in sorted(Path(bench_dir).glob("gemm__*.json")) if Path(bench_dir).exists() else []:
+        rec = json.loads(f.read_text())
+        dev = rec["device"].get("gpu") or rec["device"]["type"]
+        if dev not in by_device or rec["finished"] > by_device[dev]["finished"]:
+            by_device[dev] = rec
+    return list(by_device.values())
+
+
+def table_g8(bench_dir: Path) -> pd.DataFrame:
+    paper = pd.read_csv(REFERENCE / "zeroquant_tableG8.csv", dtype={"dim": str})
+    paper = paper.rename(columns={c: f"paper_A100_{c}" for c in paper.columns if c not in KEYS})
+    frames = []
+    for rec in newest_gemm_records(bench_dir):
+        rows = pd.DataFrame(rec["bench"]["rows"])
+        rows["dim"] = rows["dim"].astype(str)
+        wide = rows.pivot_table(index=KEYS, columns="impl", values=["time_ms", "tflops"], aggfunc="first")
+        wide.columns = [f"{impl}_{'ms' if v == 'time_ms' else 'tflops'}" for v, impl in wide.columns]
+        wide = wide.reset_index()
+        if "pct_int8_peak" in rows:
+            peak = rows[rows.impl == "ours"].set_index(KEYS)["pct_int8_peak"].rename("ours_pct_int8_peak")
+            wide = wide.join(peak, on=KEYS)
+        for impl in ("ours", "ours+quant", "int8_cublaslt"):
+            if f"{impl}_ms" in wide and "fp16_cublas_ms" in wide:
+                wide[f"{impl}_speedup_vs_fp16"] = wide["fp16_cublas_ms"] / wide[f"{impl}_ms"]
+        wide.insert(0, "device", rec["device"].get("gpu") or rec["device"]["type"])
+        wide["git_commit"] = (rec.get("git") or {}).get("commit")
+        frames.append(wide)
+    ours = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["device", *KEYS])
+    ours["bsz"] = ours["bsz"].astype(int) if len(ours) else ours["bsz"]
+    ours["seq"] = ours["seq"].astype(int) if len(ours) else ours["seq"]
+    out = paper.merge(ours, on=KEYS, how="outer")
+    order = {k: i for i, k in enumerate(["BERT", "GPT", "BERT-base FFN", "large"])}
+    def key(c):
+        if c.name == "group":
+            return c.map(order)
+        if c.name == "dim":  # "768" or "768->3072": numerically by the first number
+            return c.map(lambda d: int(str(d).split("-")[0]))
+        return c
+    out = out.sort_values(KEYS, key=key, kind="stable")
+    lead = ["group", "bsz", "seq", "dim", "device"]
+    return out[lead + [c for c in out.columns if c not in lead]].reset_index(drop=True)

@@ -1,0 +1,85 @@
+"""`qexp bench`: the timing harness and its records on the CPU (plumbing; speed is only measured on a GPU, never by a
+test), the Table G.8 rendering, clear errors; on a GPU (marker gpu) one real run of every implementation."""
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from qexp.bench import BenchError, bench_gemm, shapes, time_cpu
+from qexp.report.gemm import table_g8
+from tests.helpers import qexp
+
+
+def test_g8_shapes_are_the_papers_rows():
+    rows = shapes("g8")
+    assert len(rows) == 14 and rows[0] == {"group": "BERT", "bsz": 1, "seq": 128, "dim": 768, "M": 128, "K": 768,
+                                           "N": 768}
+    paper = pd.read_csv("qexp/report/reference/zeroquant_tableG8.csv")
+    assert [(r["group"], r["bsz"], r["seq"], r["dim"]) for r in rows] == list(
+        paper[["group", "bsz", "seq", "dim"]].itertuples(index=False, name=None))
+    # the paper's TFLOPS are 2 * M * d * d / time: the square-GEMM reading of "Matrix dim" (hand check of its rows)
+    tflops = 2 * paper.bsz * paper.seq * paper.dim ** 2 / (paper.fp16_cublas_ms * 1e-3) / 1e12
+    assert ((tflops - paper.fp16_cublas_tflops).abs() / paper.fp16_cublas_tflops < 1e-3).all()
+    with pytest.raises(BenchError, match="unknown shape set 'huge'; valid: g8, extra, all, small"):
+        shapes("huge")
+
+
+def test_cpu_timer_rotates_buffer_sets():
+    calls = []
+    ms = time_cpu(lambda i: calls.append(i), repeats=5, inner=3)
+    assert calls == [0, *range(15)] and ms >= 0  # one warm-up call, then 5 groups of 3 consecutive set indices
+
+
+def test_bench_gemm_cli_writes_a_record_and_make_tables_renders_it(tmp_path):
+    out = tmp_path / "bench"
+    r = qexp("bench", "gemm", "--shapes", "small", "--device", "cpu", "--repeats", "2", "--inner", "1",
+             "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    (rec_file,) = out.glob("gemm__cpu__*.json")
+    rec = json.loads(rec_file.read_text())
+    assert rec["git"]["commit"] and rec["versions"]["torch"] and rec["device"]["type"] == "cpu"
+    rows = rec["bench"]["rows"]
+    assert {r["impl"] for r in rows} == {"fp32_cpu", "int_reference_cpu"} and all(r["time_ms"] > 0 for r in rows)
+    r = rows[0]
+    assert r["tflops"] == pytest.approx(2 * r["M"] * r["K"] * r["N"] / (r["time_ms"] * 1e-3) / 1e12)
+    t = table_g8(out)
+    assert len(t) == 14 + 2 and t.paper_A100_int8_cutlass_ms.notna().sum() == 14
+    measured = t[t.device == "cpu"]
+    assert len(measured) == 2 and measured.fp32_cpu_ms.notna().all()
+
+
+def test_table_g8_layout_with_a_gpu_record(tmp_path):
+    """Rendering only (the numbers below are made up for the layout; real ones come from `qexp bench gemm`)."""
+    rows = []
+    for impl, ms in (("fp16_cublas", 0.05), ("int8_cublaslt", 0.04), ("ours", 0.025), ("ours+quant", 0.03)):
+        rows.append({"group": "BERT", "bsz": 64, "seq": 128, "dim": 768, "M": 8192, "K": 768, "N": 768, "impl": impl,
+                     "time_ms": ms, "tflops": 2 * 8192 * 768 * 768 / (ms * 1e-3) / 1e12, "pct_int8_peak": 20.0})
+    rec = {"bench": {"rows": rows}, "device": {"type": "cuda", "gpu": "NVIDIA H100 80GB HBM3"},
+           "finished": "2026-01-01T00:00:00+00:00", "git": {"commit": "abc"}}
+    (tmp_path / "gemm__x.json").write_text(json.dumps(rec))
+    t = table_g8(tmp_path)
+    row = t[(t.bsz == 64) & (t.seq == 128) & (t.dim == "768")].iloc[0]
+    assert row.device == "NVIDIA H100 80GB HBM3" and row.ours_speedup_vs_fp16 == pytest.approx(2.0)
+    assert row["ours+quant_speedup_vs_fp16"] == pytest.approx(0.05 / 0.03) and row.paper_A100_int8_cutlass_ms == 0.035627
+
+
+def test_bench_errors_are_clear(tmp_path):
+    with pytest.raises(BenchError, match=r"implementation\(s\) \['ours'\] are not available here; valid on this "
+                                         r"machine: \['fp32_cpu', 'int_reference_cpu'\]"):
+        bench_gemm("small", ["ours"], device="cpu", progress=False)
+    if not torch.cuda.is_available():
+        r = qexp("bench", "layer", "--out", str(tmp_path))
+        assert r.returncode != 0 and "the CuPy INT8 kernels cannot run here" in r.stderr
+
+
+@pytest.mark.gpu
+def test_bench_gemm_and_layer_on_a_gpu(tmp_path):
+    from qexp.bench import bench_layer
+
+    res = bench_gemm("g8", None, repeats=5, inner=2, progress=False)
+    impls = {r["impl"] for r in res["rows"]}
+    assert {"fp16_cublas", "int8_cublaslt", "ours", "ours+quant"} <= impls
+    assert all(r["time_ms"] > 0 for r in res["rows"] if r["time_ms"] is not None)
+    layer = bench_layer(8, 128, repeats=3, progress=False)
+    assert layer["time_ms"]["fp16"] > 0 and layer["time_ms"]["int8_cupy"] > 0
