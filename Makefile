@@ -9,7 +9,7 @@ TABLES    ?= results/tables
 GLUE      ?= ../shared/data/glue
 SEEDS     ?= 0,1,2
 
-.PHONY: help install demo test test-slow test-gpu tables table1-rte bondarenko2021-mini table9-rte figure2 clean-cache
+.PHONY: help install install-gpu demo test test-slow test-gpu check-kernels bench tables table1-rte bondarenko2021-mini table9-rte figure2 clean-cache
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -29,8 +29,19 @@ test: install  ## the test suite (CPU; GPU tests are deselected, real-data runs 
 test-slow: install  ## the slow real-data tests (minutes on a CPU)
 	$(PY) -m pytest -q -m slow
 
-test-gpu: install  ## the GPU tests (needs CUDA)
+install-gpu: install  ## CuPy for the INT8 kernels, matching torch's CUDA major version (cupy-cuda12x / cupy-cuda13x)
+	$(PIP) install "cupy-cuda$$($(PY) -c "import torch; print((torch.version.cuda or '12').split('.')[0])")x"
+
+test-gpu: install-gpu  ## the GPU tests (needs CUDA): kernels vs the torch integer reference, cupy_int8 runs, benches
 	$(PY) -m pytest -q -m gpu
+
+check-kernels:  ## compile kernels/ with nvcc for sm_80 and sm_90 and check the PTX for the tensor-core mma (no GPU)
+	$(PY) -m pytest -q tests/test_kernels.py -k "compile or configuration"
+
+bench: install-gpu  ## ZeroQuant Table G.8 on this GPU: GEMM speed and the BERT-base layer, then the tables
+	qexp bench gemm
+	qexp bench layer
+	qexp tables --runs $(RUNS) --out $(TABLES)
 
 tables:  ## rebuild every paper table (CSV + Markdown) from the run records
 	qexp tables --runs $(RUNS) --out $(TABLES)
