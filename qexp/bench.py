@@ -204,56 +204,70 @@ def bench_gemm(shape_set: str = "all", impls: list[str] | None = None, repeats: 
     return {"kind": "gemm", "shape_set": shape_set, "repeats": repeats, "inner": inner, "rows": rows}
 
 
-def bench_layer(bsz: int = 64, seq: int = 128, repeats: int = 30, progress: bool = True) -> dict:
-    """BERT-base encoder layer, FP16 versus ZeroQuant W8A8 on the cupy_int8 backend (one block, CUDA events)."""
+def bench_layer(bsz: int = 64, seq: int = 128, repeats: int = 30, progress: bool = True, device: str = "cuda",
+                backend: str = "cupy_int8") -> dict:
+    """A BERT-base encoder layer: float versus ZeroQuant W8A8 on an integer backend, the block timed by forward hooks
+    (CUDA events on a GPU, where the model runs in FP16; wall clock and FP32 on the CPU, plumbing only)."""
+    from contextlib import nullcontext
+
     from omegaconf import OmegaConf
     from transformers import BertConfig, BertModel
 
+    from .analysis import full_precision
     from .cli import compose
     from .inference import attach
-    from .kernels import require
     from .models.quant_bert import QuantEncoder
     from .quant.calibrate import calibrate
     from .quant.sites import configure
     from .runner import quant_config
 
-    require()
+    cuda = device.startswith("cuda")
+    if backend == "cupy_int8":
+        from .kernels import require
+
+        require()
+    if cuda and not torch.cuda.is_available():
+        raise BenchError(f"device={device!r} but CUDA is not available; valid here: cpu")
     torch.manual_seed(0)
-    hf = BertModel(BertConfig(num_hidden_layers=1), add_pooling_layer=False)  # BERT-base sizes
-    qmodel = QuantEncoder(hf).cuda().half().eval()
+    hf = BertModel(BertConfig(num_hidden_layers=1), add_pooling_layer=False)  # BERT-base sizes, random weights
+    qmodel = QuantEncoder(hf).to(device).eval()
+    if cuda:
+        qmodel = qmodel.half()
     cfg = compose(["+recipe=zq_w8a8", "recipe.groups=48"])
     configure(qmodel, quant_config(OmegaConf.to_container(cfg.recipe, resolve=True), cfg.calibration))
-    ids = torch.randint(1000, 20000, (bsz, seq), device="cuda")
+    ids = torch.randint(1000, 20000, (bsz, seq), device=device)
     calibrate(qmodel, lambda: iter([{"input_ids": ids}]), 1, progress=False)
     block = qmodel.blocks[0]
-    timings = {}
-    for name, backend in (("fp16", None), ("int8_cupy", "cupy_int8")):
-        if backend is None:
-            from .analysis import full_precision
-
+    float_name = "fp16" if cuda else "fp32"
+    timings, summary = {}, {}
+    for name in (float_name, backend):
+        if name == float_name:
+            attach(qmodel, "fake")
             ctx = full_precision(qmodel)
         else:
-            attach(qmodel, backend)
-            from contextlib import nullcontext
-
+            summary = attach(qmodel, backend)
             ctx = nullcontext()
         starts, ends = [], []
-        pre = block.register_forward_pre_hook(lambda *_: starts.append(_event()))
-        post = block.register_forward_hook(lambda *_: ends.append(_event()))
+        stamp = _event if cuda else time.perf_counter
+        pre = block.register_forward_pre_hook(lambda *_, s=starts: s.append(stamp()))
+        post = block.register_forward_hook(lambda *_, e=ends: e.append(stamp()))
         with ctx, torch.no_grad():
-            for r in range(repeats + 3):
-                torch.cuda._sleep(20_000_000)  # ~10 ms: the host queues the whole forward before the GPU gets there
+            for _ in range(repeats + 3):
+                if cuda:
+                    torch.cuda._sleep(20_000_000)  # ~10 ms: the host queues the forward before the GPU gets there
                 qmodel(input_ids=ids)
-        torch.cuda.synchronize()
+        if cuda:
+            torch.cuda.synchronize()
         pre.remove()
         post.remove()
-        ms = [s.elapsed_time(e) for s, e in zip(starts[3:], ends[3:])]
+        ms = [s.elapsed_time(e) if cuda else (e - s) * 1e3 for s, e in zip(starts[3:], ends[3:])]
         timings[name] = statistics.median(ms)
-        attach(qmodel, "fake")
         if progress:
             print(f"BERT-base layer, {bsz} x {seq} tokens, {name}: {timings[name]:.4f} ms", flush=True)
+    attach(qmodel, "fake")
     return {"kind": "layer", "model": "bert-base layer (random weights)", "recipe": "zq_w8a8 (48 groups)", "bsz": bsz,
-            "seq": seq, "repeats": repeats, "time_ms": timings, "speedup": timings["fp16"] / timings["int8_cupy"]}
+            "seq": seq, "repeats": repeats, "backend": backend, "integer_linears": summary.get("integer_linears"),
+            "time_ms": timings, "speedup": timings[float_name] / timings[backend]}
 
 
 def _event():
@@ -287,12 +301,14 @@ def main(argv: list[str]) -> None:
     ly.add_argument("--bsz", type=int, default=64)
     ly.add_argument("--seq", type=int, default=128)
     ly.add_argument("--repeats", type=int, default=30)
+    ly.add_argument("--device", default="cuda", help="cuda | cpu (cpu: plumbing only, with --backend torch_int)")
+    ly.add_argument("--backend", default="cupy_int8", help="cupy_int8 | torch_int")
     ly.add_argument("--out", default="results/bench")
     a = ap.parse_args(argv)
     if a.what == "gemm":
         res = bench_gemm(a.shapes, a.impl, a.repeats, a.inner, a.device)
         device = "cuda" if a.device != "cpu" and torch.cuda.is_available() else "cpu"
     else:
-        res = bench_layer(a.bsz, a.seq, a.repeats)
-        device = "cuda"
+        res = bench_layer(a.bsz, a.seq, a.repeats, device=a.device, backend=a.backend)
+        device = "cuda" if a.device.startswith("cuda") else "cpu"
     print(f"wrote {write_record(res, Path(a.out), device)}")

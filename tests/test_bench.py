@@ -64,6 +64,15 @@ def test_table_g8_layout_with_a_gpu_record(tmp_path):
     assert row["ours+quant_speedup_vs_fp16"] == pytest.approx(0.05 / 0.03) and row.paper_A100_int8_cutlass_ms == 0.035627
 
 
+def test_bench_layer_plumbing_on_the_cpu():
+    """The layer benchmark's model, recipe and hooks on the CPU with the torch integer backend (no speed claim)."""
+    from qexp.bench import bench_layer
+
+    res = bench_layer(2, 16, repeats=1, progress=False, device="cpu", backend="torch_int")
+    assert res["integer_linears"] == 6  # Q, K, V, attention output, FFN in, FFN out
+    assert res["time_ms"]["fp32"] > 0 and res["time_ms"]["torch_int"] > 0
+
+
 def test_bench_errors_are_clear(tmp_path):
     with pytest.raises(BenchError, match=r"implementation\(s\) \['ours'\] are not available here; valid on this "
                                          r"machine: \['fp32_cpu', 'int_reference_cpu'\]"):
