@@ -81,11 +81,29 @@ G10 = [("Weight, INT8", "weight", "8", "zq_ptq_w8a8", "zq_w8a8"),
        ("Activation, INT8", "activation", "8", "zq_ptq_w8a8", "zq_w8a8")]
 
 
+def evaluation_setting(r: dict) -> str:
+    """What a language-model number was measured on, so runs on different windows, document limits or inference
+    backends never share a table cell: "20440 tokens, context 512", "all docs", "+ backend torch_int"."""
+    task = (r.get("config") or {}).get("task") or {}
+    parts = []
+    if task.get("kind") == "perplexity":
+        m = (r.get("metrics") or {}).get("test") or {}
+        parts.append(f"{m.get('tokens')} tokens, context {m.get('context_length')}")
+    elif task.get("kind") == "lm_eval":
+        docs = (task.get("limit") or {}).get("docs")
+        parts.append("all docs" if docs is None else f"{docs} docs per task")
+    backend = (r.get("inference") or {}).get("backend", "fake")
+    if backend != "fake":
+        parts.append(f"backend {backend}")
+    return "; ".join(parts)
+
+
 def _records(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame([{"model": r["model"], "task": r["task"], "recipe": r["recipe"], "seed": r["seed"],
                           "score": r.get("score"), "metrics": r.get("metrics") or {},
-                          "relative_error": r.get("relative_error")} for r in records],
-                        columns=["model", "task", "recipe", "seed", "score", "metrics", "relative_error"])
+                          "relative_error": r.get("relative_error"), "setting": evaluation_setting(r)}
+                         for r in records],
+                        columns=["model", "task", "recipe", "seed", "score", "metrics", "relative_error", "setting"])
 
 
 def _glue_cell(g: pd.DataFrame, split: str, metrics: list[str]) -> list[float] | None:
@@ -149,10 +167,11 @@ def lm_table(df: pd.DataFrame, name: str) -> pd.DataFrame:
     _, columns = LM_TABLES[name]
     paper = pd.read_csv(REFERENCE / f"{name}.csv", dtype=str).set_index("task")
     out = []
-    for model in sorted(df[df.recipe.isin(columns.values())].model.unique()):
-        mdf = df[(df.model == model) & df.recipe.isin(columns.values())]
+    sel = df[df.recipe.isin(columns.values())]
+    for model, setting in sorted(set(zip(sel.model, sel.setting))):
+        mdf = sel[(sel.model == model) & (sel.setting == setting)]
         for row, tasks in [*ZERO_SHOT_ROWS.items(), ("Wikitext-2", None)]:
-            rec = {"model": model, "task": row}
+            rec = {"model": model, "task": row, "setting": setting}
             for col, recipe in columns.items():
                 g = mdf[mdf.recipe == recipe]
                 if tasks is None:
@@ -166,7 +185,7 @@ def lm_table(df: pd.DataFrame, name: str) -> pd.DataFrame:
                 rec[f"paper {col}"] = paper.loc[key, col] if key in paper.index else None
             if any(rec[c] is not None for c in columns):
                 out.append(rec)
-    return pd.DataFrame(out, columns=["model", "task", *columns, *[f"paper {c}" for c in columns]])
+    return pd.DataFrame(out, columns=["model", "task", "setting", *columns, *[f"paper {c}" for c in columns]])
 
 
 def build(records: list[dict], out_dir: Path) -> dict[str, Path]:

@@ -172,3 +172,18 @@ def test_table9_picks_the_best_median_over_seeds(tmp_path):
     assert mrpc["paper Activations (bs, nb)"] == "running min-max (16, 16)" and mrpc["paper Weights"] == "MSE"
     # the search's runs never leak into Table 1's W8A8 cells
     assert pd.read_csv(tmp_path / "tables" / "bondarenko2021_table1.csv").empty
+
+
+def test_language_model_cells_never_mix_evaluation_settings():
+    """Perplexities on different windows, or from another inference backend, get their own rows (not one median)."""
+    from qexp.report.zeroquant import _records, lm_table
+
+    def rec(score, tokens, backend="fake"):
+        return {"model": "m", "task": "wikitext2", "recipe": "zq_w8a8", "seed": 0, "score": score,
+                "metrics": {"test": {"tokens": tokens, "context_length": 512}}, "inference": {"backend": backend},
+                "config": {"task": {"kind": "perplexity"}}}
+
+    t = lm_table(_records([rec(23.5, 20440), rec(26.2, 4088), rec(26.1, 4088, "torch_int")]), "zeroquant_tableI1")
+    assert t[["setting", "ZeroQuant W8A8"]].values.tolist() == [
+        ["20440 tokens, context 512", 23.5], ["4088 tokens, context 512", 26.2],
+        ["4088 tokens, context 512; backend torch_int", 26.1]]
