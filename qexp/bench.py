@@ -129,7 +129,7 @@ def _gemm_case(impl: str, m: int, k: int, n: int, dev: str):
     g = torch.Generator(device=dev).manual_seed(0)
     if impl in ("fp16_cublas", "fp32_cpu"):
         dt = torch.float16 if impl == "fp16_cublas" else torch.float32
-        make = lambda: (torch.randn(m, k, device=dev, generator=g, dtype=dt),  # noqa: E731
+        make = lambda: (torch.randn(m, k, device=dev, generator=g, dtype=dt),
                         torch.randn(n, k, device=dev, generator=g, dtype=dt))
         per = (m * k + n * k + m * n) * (2 if dt == torch.float16 else 4)
         sets = [make() for _ in range(_n_sets(per, dev == "cuda"))]
@@ -165,7 +165,7 @@ def _gemm_case(impl: str, m: int, k: int, n: int, dev: str):
         return (lambda i: kernels.gemm(*sets[i % len(sets)][:4], config=cfg)), per, None
 
     def quant_gemm(i):
-        a, b, _, sw, x = sets[i % len(sets)]
+        _, b, _, sw, x = sets[i % len(sets)]
         q, sx, _zx = kernels.quantize_per_token(x, 8, ldq=kp)
         return kernels.gemm(q, b, sx, sw, config=cfg)
     return quant_gemm, per + 2 * m * k, None
@@ -199,7 +199,7 @@ def bench_gemm(shape_set: str = "all", impls: list[str] | None = None, repeats: 
             rows.append(row)
             if progress:
                 t = "skip" if row["time_ms"] is None else f"{row['time_ms']:.4f} ms {row['tflops']:.1f} TFLOPS"
-                print(f"{s['group']:>13} bsz {s['bsz']:>3} seq {s['seq']:>5} dim {str(s['dim']):>9}  {impl:<17} {t}",
+                print(f"{s['group']:>13} bsz {s['bsz']:>3} seq {s['seq']:>5} dim {s['dim']!s:>9}  {impl:<17} {t}",
                       flush=True)
     return {"kind": "gemm", "shape_set": shape_set, "repeats": repeats, "inner": inner, "rows": rows}
 
@@ -249,8 +249,8 @@ def bench_layer(bsz: int = 64, seq: int = 128, repeats: int = 30, progress: bool
             ctx = nullcontext()
         starts, ends = [], []
         stamp = _event if cuda else time.perf_counter
-        pre = block.register_forward_pre_hook(lambda *_, s=starts: s.append(stamp()))
-        post = block.register_forward_hook(lambda *_, e=ends: e.append(stamp()))
+        pre = block.register_forward_pre_hook(lambda *_, s=starts, f=stamp: s.append(f()))
+        post = block.register_forward_hook(lambda *_, e=ends, f=stamp: e.append(f()))
         with ctx, torch.no_grad():
             for _ in range(repeats + 3):
                 if cuda:

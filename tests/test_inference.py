@@ -9,12 +9,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qexp.inference import (Int8Activation, Int8Weight, IntegerBackendError, activation_operand, attach, padded, reference_gemm,
-                            weight_operand)
+from qexp.inference import (
+    Int8Activation,
+    Int8Weight,
+    IntegerBackendError,
+    activation_operand,
+    attach,
+    padded,
+    reference_gemm,
+    weight_operand,
+)
 from qexp.quant.affine import quantize_int
-from qexp.quant.granularity import PerChannel, PerEmbeddingGroup, PerGroup, PerTensor, PerToken
+from qexp.quant.granularity import (
+    PerChannel,
+    PerEmbeddingGroup,
+    PerGroup,
+    PerTensor,
+    PerToken,
+)
 from qexp.quant.modules import QLinear
-from qexp.quant.quantizer import QuantSpec, Quantizer
+from qexp.quant.quantizer import Quantizer, QuantSpec
 
 EPS32 = float(torch.finfo(torch.float32).eps)
 

@@ -140,7 +140,7 @@ def test_per_token_quantize_kernel_matches_the_reference(dtype, shape, nonnegati
     from qexp.inference import activation_operand, padded
     from qexp.kernels import quantize_per_token
     from qexp.quant.granularity import PerToken
-    from qexp.quant.quantizer import QuantSpec, Quantizer
+    from qexp.quant.quantizer import Quantizer, QuantSpec
 
     g = torch.Generator(device="cuda").manual_seed(shape[0])
     x = (torch.randn(*shape, device="cuda", generator=g) * 3).to(dtype)
@@ -158,7 +158,7 @@ def test_per_token_quantize_kernel_matches_the_reference(dtype, shape, nonnegati
 def test_static_quantize_kernel_matches_the_reference():
     from qexp.inference import activation_operand, padded
     from qexp.kernels import quantize_static
-    from qexp.quant.quantizer import QuantSpec, Quantizer
+    from qexp.quant.quantizer import Quantizer, QuantSpec
 
     x = torch.randn(70, 100, device="cuda") * 2 + 0.5
     q = Quantizer("x.input", QuantSpec(bits=8, symmetric=False))
