@@ -197,6 +197,9 @@ def test_overflowing_accumulator_is_an_error():
     w = Int8Weight(torch.full((1, k), -128, dtype=torch.int8), torch.ones(1), torch.zeros(1, dtype=torch.int32), k)
     with pytest.raises(IntegerBackendError, match="int32 accumulator overflows"):
         reference_gemm(a, w)
+    short = Int8Weight(torch.zeros((1, 32), dtype=torch.int8), torch.ones(1), torch.zeros(1, dtype=torch.int32), 32)
+    with pytest.raises(IntegerBackendError, match=r"padded K differs: activations \(1, 131088\), weights \(1, 32\)"):
+        reference_gemm(a, short)
 
 
 def test_runner_integer_backend_matches_fake_quantization(tmp_path, wikitext_like):
