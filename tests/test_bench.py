@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from qexp.bench import BenchError, bench_gemm, shapes, time_cpu
+from qexp.integer.bench import BenchError, bench_gemm, shapes, time_cpu
 from qexp.report.gemm import table_g8
 from tests.helpers import qexp
 
@@ -66,7 +66,7 @@ def test_table_g8_layout_with_a_gpu_record(tmp_path):
 
 def test_bench_layer_plumbing_on_the_cpu():
     """The layer benchmark's model, recipe and hooks on the CPU with the torch integer backend (no speed claim)."""
-    from qexp.bench import bench_layer
+    from qexp.integer.bench import bench_layer
 
     res = bench_layer(2, 16, repeats=1, progress=False, device="cpu", backend="torch_int")
     assert res["integer_linears"] == 6  # Q, K, V, attention output, FFN in, FFN out
@@ -84,7 +84,7 @@ def test_bench_errors_are_clear(tmp_path):
 
 @pytest.mark.gpu
 def test_bench_gemm_and_layer_on_a_gpu(tmp_path):
-    from qexp.bench import bench_layer
+    from qexp.integer.bench import bench_layer
 
     res = bench_gemm("g8", None, repeats=5, inner=2, progress=False)
     impls = {r["impl"] for r in res["rows"]}

@@ -3,38 +3,52 @@ import json
 
 import pytest
 
-from .helpers import qexp
+from .helpers import cli, qexp
 
 SMOKE = ["model=tiny_bert", "debug=smoke"]
 
 
 def test_help_has_worked_examples():
-    r = qexp("--help")
+    r = qexp("--help")  # end to end: the installed entry point
     assert r.returncode == 0 and "examples:" in r.stdout and "+recipe=w8a8_ptq" in r.stdout
 
 
-def test_ls_sites_of_a_classification_model():
-    r = qexp("ls", "sites", "model=tiny_bert", "task=rte", "+recipe=w8a8_ptq")
-    assert r.returncode == 0, r.stderr
-    assert "# 31 activations sites (31 quantized by recipe w8a8_ptq)" in r.stdout
-    assert "# 14 inputs sites (0 quantized by recipe w8a8_ptq)" in r.stdout
-    assert "encoder.layer.1.ffn.residual_sum" in r.stdout and "8b asym per_tensor current_minmax()" in r.stdout
+def test_ls_sites_of_a_classification_model(capsys):
+    code, out, err = cli(capsys, "ls", "sites", "model=tiny_bert", "task=rte", "+recipe=w8a8_ptq")
+    assert code == 0, err
+    assert "# 31 activations sites (31 quantized by recipe w8a8_ptq)" in out
+    assert "# 14 inputs sites (0 quantized by recipe w8a8_ptq)" in out
+    assert "encoder.layer.1.ffn.residual_sum" in out and "8b asym per_tensor current_minmax()" in out
 
 
-def test_ls_sites_of_a_decoder():
-    r = qexp("ls", "sites", "model=tiny_gpt2", "task=wikitext2", "+recipe=zq_w48a8", "recipe.groups=16")
-    assert r.returncode == 0, r.stderr
-    assert "# 9 weights sites (8 quantized by recipe zq_w48a8)" in r.stdout
-    assert "decoder.layer.1.ffn.c_fc.weight                  4b sym per_group(n_groups=16)" in r.stdout
-    assert "activations sites" not in r.stdout  # a decoder has only linear weight and input sites
+def test_ls_sites_of_a_decoder(capsys):
+    code, out, err = cli(capsys, "ls", "sites", "model=tiny_gpt2", "task=wikitext2", "+recipe=zq_w48a8",
+                         "recipe.groups=16")
+    assert code == 0, err
+    assert "# 9 weights sites (8 quantized by recipe zq_w48a8)" in out
+    assert "decoder.layer.1.ffn.c_fc.weight                  4b sym per_group(n_groups=16)" in out
+    assert "activations sites" not in out  # a decoder has only linear weight and input sites
 
 
 @pytest.mark.parametrize("what,expect", [("recipes", "w8a8_ptq"), ("estimators", "running_minmax"),
                                          ("tasks", "text_outliers"), ("models", "minilm_l6"),
-                                         ("granularities", "per_embedding_group")])
-def test_ls(what, expect):
-    r = qexp("ls", what)
-    assert r.returncode == 0 and expect in r.stdout
+                                         ("granularities", "per_embedding_group"), ("kinds", "perplexity"),
+                                         ("families", "decoder"), ("backends", "torch_int")])
+def test_ls(capsys, what, expect):
+    code, out, _ = cli(capsys, "ls", what)
+    assert code == 0 and expect in out
+
+
+def test_ls_recipes_and_help_do_not_import_torch():
+    """The listings and the help answer at once: no torch, no transformers (checked in a fresh interpreter)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from qexp.cli import main; main(['ls', 'recipes']); main(['--help']); "
+            "bad = [m for m in ('torch', 'transformers', 'datasets') if m in sys.modules]; "
+            "sys.exit(f'imported {bad}' if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
 
 
 @pytest.mark.parametrize("override,message", [
@@ -47,10 +61,19 @@ def test_ls(what, expect):
     ("device=cuda", "CUDA is not available"),
 ])
 def test_bad_input_gets_a_clear_error(tmp_path, override, message):
-    r = qexp("run", *SMOKE, "+recipe=w8a8_ptq", *override.split(), f"results_dir={tmp_path}")
-    assert r.returncode != 0
-    assert message in r.stderr + r.stdout
+    from qexp.cli import compose, execute
+
+    overrides = [*SMOKE, "+recipe=w8a8_ptq", *override.split(), f"results_dir={tmp_path}"]
+    with pytest.raises(SystemExit) as e:
+        execute(compose(overrides), overrides)  # what `qexp run` does with the composed config
+    assert str(e.value.code).startswith("qexp: error: ") and message in str(e.value.code)
     assert not list(tmp_path.glob("*.json"))
+
+
+def test_bad_input_exits_cleanly_from_the_command_line(tmp_path):
+    r = qexp("run", *SMOKE, "+recipe=w8a8_ptq", "recipe.quant.weights.bits=17", f"results_dir={tmp_path}")
+    assert r.returncode != 0 and "qexp: error: bit-width 17 is not supported" in r.stderr
+    assert "Traceback" not in r.stderr and not list(tmp_path.glob("*.json"))
 
 
 def test_unknown_recipe_lists_the_choices():
@@ -58,14 +81,18 @@ def test_unknown_recipe_lists_the_choices():
     assert r.returncode != 0 and "Could not find 'recipe/w9a9'" in r.stderr and "w8a8_ptq" in r.stderr
 
 
-def test_missing_hub_model_names_the_local_override(tmp_path):
-    r = qexp("run", "model=bert_base", "task=rte", f"results_dir={tmp_path}", timeout=120)
-    assert r.returncode != 0 and "model.path=/dir" in r.stderr
+@pytest.mark.parametrize("overrides,message", [
+    (["model=bert_base", "task=rte"], "model.path=/dir"),            # the hub is unreachable here
+    ([*SMOKE, "task=mnli"], "task.data_dir=/path/to/glue/MNLI"),      # no MNLI files anywhere
+])
+def test_missing_assets_name_the_override(tmp_path, monkeypatch, overrides, message):
+    from qexp.cli import compose, execute
 
-
-def test_missing_data_names_the_override(tmp_path):
-    r = qexp("run", *SMOKE, "task=mnli", f"results_dir={tmp_path}", timeout=120)
-    assert r.returncode != 0 and "task.data_dir=/path/to/glue/MNLI" in r.stderr
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    overrides = [*overrides, f"results_dir={tmp_path}", f"cache_dir={tmp_path / 'cache'}"]
+    with pytest.raises(SystemExit, match="qexp: error: ") as e:
+        execute(compose(overrides), overrides)
+    assert message in str(e.value.code)
 
 
 def test_multirun_over_seeds_and_recipes_writes_one_record_each(tmp_path):
@@ -98,7 +125,7 @@ def test_slurm_launcher_config_composes():
 
 
 def test_search_space_prints_the_paper_grids_as_sweeps():
-    from qexp.cli import sweep_commands
+    from qexp.config.search import sweep_commands
 
     qat = sweep_commands(["+recipe=qat_w8a8", "task=rte"])  # Table 10, RTE: LR {1,3,5}e-5, BS 8, E {3,6}, D {0,0.1}
     assert qat == [["run", "-m", "+recipe=qat_w8a8", "task=rte", "recipe.qat.learning_rate=1e-05,3e-05,5e-05",
@@ -117,9 +144,9 @@ def test_search_space_prints_the_paper_grids_as_sweeps():
     (["+recipe=qat_w8a8"], "no search space for task 'text_outliers'; it has one for: cola"),
     (["+recipe=w9a9", "task=rte"], "Could not find 'recipe/w9a9'"),
 ])
-def test_search_space_errors_are_clear(args, message):
-    r = qexp("search-space", *args)
-    assert r.returncode != 0 and message in r.stderr
+def test_search_space_errors_are_clear(capsys, args, message):
+    code, _, err = cli(capsys, "search-space", *args)
+    assert code != 0 and message in err
 
 
 def test_search_space_run_executes_and_resumes(tmp_path):

@@ -70,7 +70,7 @@ def test_launcher_configs_exist():
 def test_no_recipe_is_the_fp32_recipe():
     from omegaconf import OmegaConf
 
-    from qexp.runner import FP32
+    from qexp.config.quant import FP32
 
     assert OmegaConf.to_container(compose(["+recipe=fp32"]).recipe) == FP32
 

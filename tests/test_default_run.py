@@ -1,6 +1,6 @@
 """The embedded default (`qexp run` with no overrides) on the real MiniLM-L6 and real pydoc text, offline."""
 from qexp.cli import compose
-from qexp.runner import run
+from qexp.experiment.pipeline import run
 
 
 def test_default_run_on_the_real_model(tmp_path, minilm_dir, monkeypatch):

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qexp.inference import (
+from qexp.integer.backends import (
     Int8Activation,
     Int8Weight,
     IntegerBackendError,
@@ -19,6 +19,7 @@ from qexp.inference import (
     reference_gemm,
     weight_operand,
 )
+from qexp.common.registry import UnknownChoiceError
 from qexp.quant.affine import quantize_int
 from qexp.quant.granularity import (
     PerChannel,
@@ -37,7 +38,7 @@ def _quantizer(name, spec, data=None, kind="activation"):
     q = Quantizer(name, spec)
     q.kind = kind
     if not spec.granularity.dynamic:
-        q.estimator.observe(q._slots(data))
+        q.estimator.observe(q.slots(data))
         q.compute_encodings()
     q.set_state("fixed")
     return q
@@ -174,7 +175,7 @@ def test_unsupported_layers_are_clear_errors():
     weight_only = _layer(32, 8, W_SPECS["per_channel"], I_SPECS["per_token_sym"], x_cal)
     weight_only.input_quantizer = Quantizer("lin.input", QuantSpec(enabled=False))
     assert "lin.weight (weight only)" in _errors(weight_only)
-    with pytest.raises(IntegerBackendError, match=r"unknown inference backend 'int4'; valid: \('fake'"):
+    with pytest.raises(UnknownChoiceError, match=r"unknown inference backend 'int4'; valid choices: cupy_int8, fake, torch_int"):
         attach(nn.Sequential(weight_only), "int4")
     nothing = QLinear(nn.Linear(4, 4), "lin")
     with pytest.raises(IntegerBackendError, match="quantizes no linear layer"):
@@ -182,7 +183,7 @@ def test_unsupported_layers_are_clear_errors():
 
 
 def test_cupy_backend_without_a_gpu_says_why():
-    from qexp.kernels import KernelError, kernels_available
+    from qexp.integer.kernels import KernelError, kernels_available
 
     if kernels_available():
         pytest.skip("this machine can run the kernels")
@@ -223,6 +224,6 @@ def test_runner_refuses_a_weight_only_recipe_on_an_integer_backend(tmp_path, wik
     with pytest.raises(IntegerBackendError, match=r"weight only\)"):
         run_cfg(tmp_path, "+recipe=zq_w48a16", "recipe.groups=16", "model=tiny_gpt2", "task=wikitext2",
                 f"task.data_dir={wikitext_like}", "inference.backend=torch_int")
-    with pytest.raises(ValueError, match=r"unknown inference.backend 'int2'; valid: \['fake', 'torch_int', 'cupy_int8'\]"):
+    with pytest.raises(UnknownChoiceError, match=r"unknown inference backend 'int2'; valid choices: cupy_int8, fake, torch_int"):
         run_cfg(tmp_path, "model=tiny_gpt2", "task=wikitext2", f"task.data_dir={wikitext_like}",
                 "inference.backend=int2")

@@ -5,7 +5,7 @@ core instruction (mma.sync m16n8k32 on s8), ldmatrix and cp.async, so a kernel t
 fails here, and ptxas reports no register spills.
 
 On a CUDA GPU (marker ``gpu``; `make test-gpu`): the CuPy kernels against the torch integer reference
-(qexp.inference.reference_gemm / activation_operand) on random and ragged shapes, with every output buffer poisoned
+(qexp.integer.backends.reference_gemm / activation_operand) on random and ragged shapes, with every output buffer poisoned
 (NaN / sentinel codes) before each launch, so an element the kernel forgot to write fails the comparison."""
 import re
 import shutil
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from qexp.kernels import CONFIGS, KERNEL_DIR, OUT_TYPES
+from qexp.integer.kernels import CONFIGS, KERNEL_DIR, OUT_TYPES
 
 NVCC = shutil.which("nvcc")
 ARCHS = ("sm_80", "sm_90")
@@ -85,7 +85,7 @@ def _operands(m, n, kp, seed, dev="cuda"):
 
 
 def _reference(a, b, sx, sw, zx, wsum, bias, gelu, out_dtype):
-    from qexp.inference import Int8Activation, Int8Weight, reference_gemm
+    from qexp.integer.backends import Int8Activation, Int8Weight, reference_gemm
 
     zp = zx if zx is not None else torch.zeros_like(sx, dtype=torch.int32)
     return reference_gemm(Int8Activation(a, sx, zp), Int8Weight(b, sw, wsum if wsum is not None else b.int().sum(1),
@@ -97,7 +97,7 @@ def _reference(a, b, sx, sw, zx, wsum, bias, gelu, out_dtype):
 @pytest.mark.parametrize("impl", ["mma", "dp4a"])
 @pytest.mark.parametrize("out_dtype", list(OUT_TYPES))
 def test_gemm_matches_the_reference(shape, impl, out_dtype):
-    from qexp.kernels import gemm
+    from qexp.integer.kernels import gemm
 
     m, n, kp = shape
     if impl == "dp4a" and m * n * kp > 2 ** 31:
@@ -121,7 +121,7 @@ def test_gemm_matches_the_reference(shape, impl, out_dtype):
 @pytest.mark.gpu
 @pytest.mark.parametrize("cfg", CONFIGS, ids=str)
 def test_every_tile_configuration_is_exact_on_a_ragged_shape(cfg):
-    from qexp.kernels import fitting_configs, gemm
+    from qexp.integer.kernels import fitting_configs, gemm
 
     if cfg not in fitting_configs():
         pytest.skip("does not fit this GPU's shared memory")
@@ -137,8 +137,8 @@ def test_every_tile_configuration_is_exact_on_a_ragged_shape(cfg):
 @pytest.mark.parametrize("shape", [(1, 5), (33, 768), (257, 3072)])
 @pytest.mark.parametrize("nonnegative", [False, True])
 def test_per_token_quantize_kernel_matches_the_reference(dtype, shape, nonnegative):
-    from qexp.inference import activation_operand, padded
-    from qexp.kernels import quantize_per_token
+    from qexp.integer.backends import activation_operand, padded
+    from qexp.integer.kernels import quantize_per_token
     from qexp.quant.granularity import PerToken
     from qexp.quant.quantizer import Quantizer, QuantSpec
 
@@ -156,13 +156,13 @@ def test_per_token_quantize_kernel_matches_the_reference(dtype, shape, nonnegati
 
 @pytest.mark.gpu
 def test_static_quantize_kernel_matches_the_reference():
-    from qexp.inference import activation_operand, padded
-    from qexp.kernels import quantize_static
+    from qexp.integer.backends import activation_operand, padded
+    from qexp.integer.kernels import quantize_static
     from qexp.quant.quantizer import Quantizer, QuantSpec
 
     x = torch.randn(70, 100, device="cuda") * 2 + 0.5
     q = Quantizer("x.input", QuantSpec(bits=8, symmetric=False))
-    q.estimator.observe(q._slots(x))
+    q.estimator.observe(q.slots(x))
     q.compute_encodings()
     q.set_state("fixed")
     ref = activation_operand(q, x)

@@ -4,9 +4,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from qexp.lkd import LKDConfig, LKDError, apply_lkd, block_io, make_teacher, random_token_sampler
+from qexp.train.lkd import LKDConfig, LKDError, apply_lkd, block_io, make_teacher, random_token_sampler
 from qexp.models.loading import load_model
-from qexp.models.quantizable import quantizable
+from qexp.models.families import quantizable
 from qexp.quant.calibrate import calibrate
 from qexp.quant.sites import configure
 

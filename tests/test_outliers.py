@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from qexp.outliers import LayerActivations, outlier_dims, outlier_mask
+from qexp.report.outliers import LayerActivations, outlier_dims, outlier_mask
 
 from .helpers import qexp
 
@@ -39,7 +39,7 @@ def test_analyze_finds_a_planted_outlier_dimension(tmp_path):
     from qexp.cli import compose
     from qexp.models.loading import load_model
     from qexp.models.quant_bert import QuantEncoder
-    from qexp.outliers import collect
+    from qexp.report.outliers import collect
 
     cfg = compose(["model=tiny_bert"])
     model = QuantEncoder(load_model(cfg.model, num_labels=None).model).eval()

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from qexp import qat
+from qexp.train import qat
 from qexp.quant.estimators import CalibrationError
 from qexp.quant.quantizer import Quantizer, QuantSpec
 
@@ -152,7 +152,7 @@ def test_qat_export_reproduces_the_evaluation_exactly_after_reload(tmp_path):
     configure(qmodel, W8A8)
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(5, 64, (16, 12), generator=g)
-    calibrate(qmodel, lambda: [{"input_ids": ids[:8]}], progress=False)
+    calibrate(qmodel, lambda: [{"input_ids": ids[:8]}], 1, progress=False)
     train = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist(),
                                "labels": (ids[:, 0] % 2).tolist()})
     hp = {"learning_rate": 1e-2, "batch_size": 4, "epochs": 1, "attn_dropout": 0.0, "warmup_ratio": 0.1,
@@ -172,7 +172,7 @@ def test_qat_export_reproduces_the_evaluation_exactly_after_reload(tmp_path):
     # and the export really carries the learned ranges: a freshly calibrated model differs
     fresh = QuantEncoder(_tiny_classifier(tmp_path)[0])
     configure(fresh, W8A8)
-    calibrate(fresh, lambda: [{"input_ids": ids[:8]}], progress=False)
+    calibrate(fresh, lambda: [{"input_ids": ids[:8]}], 1, progress=False)
     with torch.no_grad():
         assert not torch.equal(fresh(input_ids=test_ids).logits, after)
 
@@ -201,7 +201,7 @@ def test_qat_on_real_minilm_moves_ranges_and_lowers_the_training_loss(tmp_path, 
     configure(qmodel, W8A8)
     task = compose(["task=rte"]).task
     train = encode(limit(load_split(task, "train", str(glue_dir / "RTE")), 32), tok, 128, False)
-    calibrate(qmodel, lambda: [next(iter(loader(train, tok, 8)))], progress=False)
+    calibrate(qmodel, lambda: [next(iter(loader(train, tok, 8)))], 1, progress=False)
 
     def loss_on_subset() -> float:
         qmodel.eval()

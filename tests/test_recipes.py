@@ -51,7 +51,7 @@ def test_recipe_runs_on_a_glue_task(recipe, tmp_path, rte_like):
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_runs_on_the_label_free_task(recipe, tmp_path):
     if recipe.startswith("qat_"):
-        with pytest.raises(ValueError, match="needs labels.*label-free"):
+        with pytest.raises(ValueError, match=r"trains \(QAT\) on labelled data.*label_free task"):
             run_cfg(tmp_path, f"+recipe={recipe}", *_short(recipe), layers=12)
         return
     rec = run_cfg(tmp_path, f"+recipe={recipe}", *_short(recipe), layers=12)
@@ -124,7 +124,7 @@ def _bert_base_specs(recipe):
     from qexp.cli import compose
     from qexp.models.quant_bert import QuantEncoder
     from qexp.quant.sites import configure, quantizers
-    from qexp.runner import quant_config
+    from qexp.config.quant import quant_config
 
     cfg = compose([f"+recipe={recipe}", "task=rte"])
     with torch.device("meta"):
@@ -168,7 +168,8 @@ def _bert_base_footprint(recipe):
     from qexp.cli import compose
     from qexp.models.quant_bert import QuantEncoder
     from qexp.quant.sites import configure
-    from qexp.runner import memory_footprint, quant_config
+    from qexp.config.quant import quant_config
+    from qexp.experiment.summary import memory_footprint
 
     cfg = compose([f"+recipe={recipe}", "task=rte"])
     with torch.device("meta"):

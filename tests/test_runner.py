@@ -5,7 +5,7 @@ import pytest
 
 from qexp.quant.estimators import CalibrationError
 from qexp.quant.sites import SiteError
-from qexp.records import load_records
+from qexp.experiment.records import load_records
 
 from .helpers import run_cfg
 
@@ -90,7 +90,7 @@ def test_site_rule_typo_fails_before_any_work(tmp_path):
 def test_records_are_written_atomically(tmp_path, monkeypatch):
     import os
 
-    from qexp import records
+    from qexp.experiment import records
 
     def crash(*a, **k):
         raise OSError("disk full")

@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from ..hub import from_hub
+from ..common.hub import from_hub
+from .families import FAMILIES
 from .tiny import byte_tokenizer, char_tokenizer, tiny_bert_config, tiny_gpt2_config
 
 SOURCES = ("hub", "package", "random")
-FAMILIES = ("bert", "decoder")
 CAUSAL = "causal"  # num_labels=CAUSAL loads a causal LM
 
 
@@ -70,8 +70,9 @@ def load_model(cfg, num_labels=None, seed: int = 0) -> LoadedModel:
     absent).  ``family: decoder`` models always load as causal LMs (``num_labels`` must be None)."""
     family = cfg.get("family", "bert")
     if family not in FAMILIES:
-        raise ModelLoadError(f"unknown model family {family!r}; valid choices: {', '.join(FAMILIES)}")
-    if family == "decoder":
+        raise ModelLoadError(f"unknown model family {family!r}; valid choices: {', '.join(FAMILIES.names())}")
+    causal = FAMILIES.get(family).causal
+    if causal:
         if num_labels is not None:
             raise ModelLoadError(f"model {cfg.get('name')!r} is a decoder (causal LM); it runs language-model tasks "
                                  f"(perplexity, lm-eval), not a {num_labels}-label classification task")
@@ -111,6 +112,6 @@ def load_model(cfg, num_labels=None, seed: int = 0) -> LoadedModel:
             tok = char_tokenizer()
             config = tiny_bert_config(vocab_size=len(tok), num_labels=num_labels or 2, **arch)
             model = (AutoModel if num_labels is None else AutoModelForSequenceClassification).from_config(config)
-        kind = "decoder:" if family == "decoder" else ""  # encoder identities predate decoders (cache keys)
+        kind = "decoder:" if causal else ""  # encoder identities predate decoders (cache keys)
         return LoadedModel(model, tok, f"random:{kind}{sorted(arch.items())}@{cfg.get('init_seed', seed)}")
     raise ModelLoadError(f"unknown model source {source!r}; valid choices: {', '.join(SOURCES)} (or model.path=/dir)")

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..analysis import full_precision
+from .analysis import full_precision
 from .modules import QLinear
 
 
@@ -103,7 +103,7 @@ def adaround_layer(layer: QLinear, x_q: torch.Tensor, y_fp: torch.Tensor, cfg: A
     w = layer.inner.weight.detach()
     bias = layer.inner.bias.detach() if layer.inner.bias is not None else None
     q.rounding = None
-    p = q.qparams_for(w)
+    p = q.grid(w)
     w_rtn = q(w).detach()
     err_rtn = reconstruction_error(w_rtn, bias, x_q, y_fp)
     w_floor = torch.floor(w / p.scale)

@@ -41,6 +41,12 @@ class QParams:
     q_min: int
     q_max: int
 
+    @property
+    def steps(self) -> int:
+        """Grid steps the range spans (``x_max - x_min = steps * scale`` after the range is widened to hold 0): the
+        positive half of a signed grid (its scale is max(|x_min|, x_max) / q_max), else the whole grid."""
+        return self.q_max if self.q_min < 0 else self.q_max - self.q_min
+
 
 def qparams(x_min: torch.Tensor, x_max: torch.Tensor, n_bits: int, symmetric: bool) -> QParams:
     """Scale and zero point from a range; differentiable in (x_min, x_max) for learned ranges."""

@@ -11,12 +11,14 @@ estimating); see README "Deviations" for how this differs from the authors' code
 from __future__ import annotations
 
 from contextlib import contextmanager
+from itertools import islice
 from typing import Callable, Iterable
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .estimators import CalibrationError
 from .sites import quantizers
 
 
@@ -45,16 +47,19 @@ def calibrate_weights(model: nn.Module) -> None:
     for m in owners:
         q = m.weight_quantizer
         if q.spec.enabled and not q.spec.granularity.dynamic:
-            q.estimator.observe(q._slots(m.inner.weight.detach()))
+            q.estimator.observe(q.slots(m.inner.weight.detach()))
             q.compute_encodings()
         q.set_state("fixed" if q.spec.enabled else "off")
 
 
 @torch.no_grad()
-def calibrate(model: nn.Module, batches: Callable[[], Iterable[dict]], n_batches: int | None = None,
-              progress: bool = True, after_weights: Callable[[nn.Module], None] | None = None) -> None:
-    """``batches()`` returns a fresh iterable of model inputs (dicts) each time it is called.  ``after_weights`` runs
-    once the weight ranges are fixed and before any activation is calibrated (AdaRound's place)."""
+def calibrate(model: nn.Module, batches: Callable[[], Iterable[dict]], num_batches: int, progress: bool = True,
+              after_weights: Callable[[nn.Module], None] | None = None) -> None:
+    """``batches()`` returns a fresh iterable of model inputs (dicts) each time it is called; every data pass takes
+    exactly its first ``num_batches`` batches (fewer is an error).  ``after_weights`` runs once the weight ranges are
+    fixed and before any activation is calibrated (AdaRound's and LKD's place)."""
+    if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 0:
+        raise CalibrationError(f"calibration num_batches={num_batches!r} must be a positive integer")
     was_training = model.training
     model.eval()
     calibrate_weights(model)
@@ -66,8 +71,16 @@ def calibrate(model: nn.Module, batches: Callable[[], Iterable[dict]], n_batches
     acts = list(quantizers(model, "activation"))
 
     def run(desc: str) -> None:
-        for batch in tqdm(batches(), total=n_batches, desc=desc, disable=not progress, leave=False):
+        if num_batches < 1:
+            raise CalibrationError(f"{desc} needs data but num_batches={num_batches}; valid: a positive integer")
+        seen = 0
+        for batch in tqdm(islice(batches(), num_batches), total=num_batches, desc=desc, disable=not progress,
+                          leave=False):
             model(**batch)
+            seen += 1
+        if seen < num_batches:
+            raise CalibrationError(f"calibration asked for num_batches={num_batches} but the data gave only {seen} "
+                                   f"batches; lower calibration.num_batches or calibration.batch_size")
 
     if any(q.needs_permutation for q in acts):
         for q in acts:

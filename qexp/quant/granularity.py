@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..registry import name_and_kwargs
+from ..common.registry import Registry, name_and_kwargs
 
 
 class GranularityError(ValueError):
@@ -33,18 +33,25 @@ class GranularityError(ValueError):
 
 @dataclass(frozen=True)
 class Granularity:
-    """Base class; subclasses implement :meth:`slots` and :meth:`expand`."""
+    """Base class; subclasses implement :meth:`slots` and :meth:`expand`.
+
+    ``perm`` is the permutation a granularity that :attr:`permutes` measured on calibration data (PEG's range-based
+    permutation); the others ignore it, so callers never ask which granularity they hold."""
 
     dynamic = False  # True when ranges must be recomputed in every forward
+
+    @property
+    def permutes(self) -> bool:
+        return False
 
     def check(self, shape: torch.Size) -> None:  # pragma: no cover - trivial default
         if len(shape) == 0:
             raise GranularityError(f"{self} needs a tensor with at least one dimension")
 
-    def slots(self, x: torch.Tensor) -> torch.Tensor:
+    def slots(self, x: torch.Tensor, perm: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
 
-    def expand(self, p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def expand(self, p: torch.Tensor, x: torch.Tensor, perm: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
 
     def num_slots(self, shape: torch.Size) -> int:
@@ -56,10 +63,10 @@ class PerTensor(Granularity):
     def check(self, shape: torch.Size) -> None:
         pass
 
-    def slots(self, x: torch.Tensor) -> torch.Tensor:
+    def slots(self, x: torch.Tensor, perm: torch.Tensor | None = None) -> torch.Tensor:
         return x.reshape(1, -1)
 
-    def expand(self, p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def expand(self, p: torch.Tensor, x: torch.Tensor, perm: torch.Tensor | None = None) -> torch.Tensor:
         return p.reshape(())
 
     def __str__(self) -> str:
@@ -74,11 +81,11 @@ class PerChannel(Granularity):
         if not -len(shape) <= self.axis < len(shape):
             raise GranularityError(f"{self}: axis {self.axis} is out of range for a tensor of shape {tuple(shape)}")
 
-    def slots(self, x: torch.Tensor) -> torch.Tensor:
+    def slots(self, x: torch.Tensor, perm: torch.Tensor | None = None) -> torch.Tensor:
         self.check(x.shape)
         return x.movedim(self.axis, 0).reshape(x.shape[self.axis], -1)
 
-    def expand(self, p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def expand(self, p: torch.Tensor, x: torch.Tensor, perm: torch.Tensor | None = None) -> torch.Tensor:
         shape = [1] * x.dim()
         shape[self.axis] = -1
         return p.reshape(shape)
@@ -95,11 +102,11 @@ class PerToken(Granularity):
         if len(shape) < 2:
             raise GranularityError(f"{self} needs (..., tokens, features); got shape {tuple(shape)}")
 
-    def slots(self, x: torch.Tensor) -> torch.Tensor:
+    def slots(self, x: torch.Tensor, perm: torch.Tensor | None = None) -> torch.Tensor:
         self.check(x.shape)
         return x.reshape(-1, x.shape[-1])
 
-    def expand(self, p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def expand(self, p: torch.Tensor, x: torch.Tensor, perm: torch.Tensor | None = None) -> torch.Tensor:
         return p.reshape(*x.shape[:-1], 1)
 
     def __str__(self) -> str:
@@ -123,11 +130,11 @@ class PerGroup(Granularity):
                 f"{self}: n_groups={self.n_groups} does not divide the {numel} elements of a tensor of shape "
                 f"{tuple(shape)}; n_groups that keep whole rows together: {fits}")
 
-    def slots(self, x: torch.Tensor) -> torch.Tensor:
+    def slots(self, x: torch.Tensor, perm: torch.Tensor | None = None) -> torch.Tensor:
         self.check(x.shape)
         return x.reshape(self.n_groups, -1)
 
-    def expand(self, p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def expand(self, p: torch.Tensor, x: torch.Tensor, perm: torch.Tensor | None = None) -> torch.Tensor:
         if x.dim() and x.shape[0] % self.n_groups == 0:  # whole rows per group: broadcast along rows
             return p.reshape(-1, 1).repeat_interleave(x.shape[0] // self.n_groups, 0).reshape(
                 x.shape[0], *([1] * (x.dim() - 1)))
@@ -175,6 +182,10 @@ class PerEmbeddingGroup(Granularity):
         per_dim[perm] = per_dim_sorted
         return per_dim
 
+    @property
+    def permutes(self) -> bool:
+        return self.permute
+
     def __str__(self) -> str:
         return f"per_embedding_group(n_groups={self.n_groups}, permute={self.permute})"
 
@@ -184,13 +195,10 @@ def range_permutation(dim_ranges: torch.Tensor) -> torch.Tensor:
     return torch.argsort(dim_ranges, stable=True)
 
 
-GRANULARITIES = {
-    "per_tensor": PerTensor,
-    "per_channel": PerChannel,
-    "per_token": PerToken,
-    "per_group": PerGroup,
-    "per_embedding_group": PerEmbeddingGroup,
-}
+GRANULARITIES: Registry[type[Granularity]] = Registry("granularity", GranularityError)
+for _name, _cls in (("per_tensor", PerTensor), ("per_channel", PerChannel), ("per_token", PerToken),
+                    ("per_group", PerGroup), ("per_embedding_group", PerEmbeddingGroup)):
+    GRANULARITIES.register(_name)(_cls)
 
 
 def make_granularity(spec) -> Granularity:
@@ -198,9 +206,8 @@ def make_granularity(spec) -> Granularity:
     if isinstance(spec, Granularity):
         return spec
     name, kwargs = name_and_kwargs(spec, "granularity")
-    if name not in GRANULARITIES:
-        raise GranularityError(f"unknown granularity {name!r}; valid choices: {sorted(GRANULARITIES)}")
+    cls = GRANULARITIES.get(name)
     try:
-        return GRANULARITIES[name](**kwargs)
+        return cls(**kwargs)
     except TypeError as e:
         raise GranularityError(f"bad arguments {kwargs} for granularity {name!r}: {e}") from None

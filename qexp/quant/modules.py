@@ -55,7 +55,7 @@ class QLinear(_WeightQuantMixin, nn.Module):
         self.input_quantizer = input_quantizer(f"{name}.input")
         self.weight_quantizer = weight_quantizer(f"{name}.weight")
         self.output_quantizer = act_quantizer(name) if quantize_output else None
-        self.integer = None  # an integer backend's execution of this layer (qexp.inference.attach), else fake quant
+        self.integer = None  # an integer backend's execution of this layer (qexp.integer.backends.attach), else fake quant
 
     @property
     def weight(self) -> torch.Tensor:  # HF code reads ``.weight`` of its linears (dtype checks, tied embeddings)

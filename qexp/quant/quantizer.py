@@ -19,7 +19,7 @@ from torch import nn
 
 from .affine import QParams, check_bits, fake_quantize, fake_quantize_rounded, qparams
 from .estimators import CalibrationError, make_estimator
-from .granularity import Granularity, GranularityError, PerEmbeddingGroup, PerTensor, make_granularity, range_permutation
+from .granularity import Granularity, GranularityError, PerTensor, make_granularity, range_permutation
 
 STATES = ("off", "estimating", "measuring", "fixed", "learned")
 
@@ -107,17 +107,16 @@ class Quantizer(nn.Module):
 
     @property
     def needs_permutation(self) -> bool:
-        g = self.spec.granularity
-        return self.spec.enabled and isinstance(g, PerEmbeddingGroup) and g.permute
+        return self.spec.enabled and self.spec.granularity.permutes
 
     # -- layout -----------------------------------------------------------------------------------------------
-    def _slots(self, x: torch.Tensor) -> torch.Tensor:
-        g = self.spec.granularity
-        return g.slots(x, self.perm) if isinstance(g, PerEmbeddingGroup) else g.slots(x)
+    def slots(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` as this site's slot view ``(n_slots, n_elements)`` (what estimators observe)."""
+        return self.spec.granularity.slots(x, self.perm)
 
-    def _expand(self, p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        g = self.spec.granularity
-        return g.expand(p, x, self.perm) if isinstance(g, PerEmbeddingGroup) else g.expand(p, x)
+    def expand(self, p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Per-slot values ``p`` broadcast back to ``x``'s layout."""
+        return self.spec.granularity.expand(p, x, self.perm)
 
     # -- calibration ------------------------------------------------------------------------------------------
     def finish_measuring(self) -> None:
@@ -143,7 +142,7 @@ class Quantizer(nn.Module):
             return x
         if state == "estimating":
             try:
-                self.estimator.observe(self._slots(x))
+                self.estimator.observe(self.slots(x))
             except CalibrationError as e:
                 raise CalibrationError(f"quantizer {self.name!r}: {e}") from None
             return x
@@ -155,16 +154,27 @@ class Quantizer(nn.Module):
             self._dim_max = hi if self._dim_max is None else torch.maximum(self._dim_max, hi)
             return x
         if self.spec.granularity.dynamic:
-            slots = self._slots(x)
+            slots = self.slots(x)
             return self._quantize(x, slots.amin(dim=1), slots.amax(dim=1))
         return self._quantize(x, self.x_min, self.x_max)
+
+    def grid(self, x: torch.Tensor | None = None) -> QParams:
+        """This site's integer grid: scale, zero point, q_min, q_max -- the one place QAT, AdaRound, the integer
+        backends and the kernels' callers take it from.  Without ``x``: one entry per slot, from the static range.
+        With ``x``: broadcast to ``x``; a dynamic (per-token) site takes its ranges from ``x`` itself."""
+        if x is None:
+            return qparams(self.x_min, self.x_max, self.spec.bits, self.spec.symmetric)
+        if self.spec.granularity.dynamic:
+            slots = self.slots(x)
+            return self.qparams_for(x, slots.amin(dim=1), slots.amax(dim=1))
+        return self.qparams_for(x)
 
     def qparams_for(self, x: torch.Tensor, x_min: torch.Tensor | None = None,
                     x_max: torch.Tensor | None = None) -> QParams:
         """Scale and zero point broadcast to ``x``, from the given ranges or else this site's static ones."""
         x_min = self.x_min if x_min is None else x_min
         x_max = self.x_max if x_max is None else x_max
-        lo, hi = self._expand(x_min, x).to(x.dtype), self._expand(x_max, x).to(x.dtype)
+        lo, hi = self.expand(x_min, x).to(x.dtype), self.expand(x_max, x).to(x.dtype)
         return qparams(lo, hi, self.spec.bits, self.spec.symmetric)
 
     def _quantize(self, x: torch.Tensor, x_min: torch.Tensor, x_max: torch.Tensor) -> torch.Tensor:

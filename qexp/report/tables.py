@@ -14,44 +14,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..records import load_records, run_id
+from ..experiment.records import load_records, run_id
+from .spec import GLUE_TASKS, MEMORY, TableSpec, register
 
 REFERENCE = Path(__file__).parent / "reference"
-GLUE_COLUMNS = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "qqp": "QQP", "mnli": "MNLI",
-                "qnli": "QNLI", "rte": "RTE"}
-
-
-@dataclass(frozen=True)
-class PaperTable:
-    name: str                              # file stem under results/tables and qexp/report/reference
-    title: str
-    rows: tuple[tuple[str, str], ...]      # (row label as printed in the paper, recipe name)
-    tasks: tuple[str, ...]                 # column tasks, in the paper's order
-    average: str | None = None             # name of a mean-over-all-columns column (only when every column exists)
-    literature: tuple[str, ...] = ()       # rows of other papers' methods: reference data only, never run
-    summary: bool = False                  # paper prints only the memory reduction and the average (Table 7)
-
-    @property
-    def columns(self) -> list[str]:
-        return [GLUE_COLUMNS[t] for t in self.tasks]
-
-    @property
-    def printed(self) -> list[str]:
-        """The result columns as the paper prints them."""
-        if self.summary:
-            return [MEMORY, self.average]
-        return [*self.columns, *([self.average] if self.average else [])]
-
-
-MEMORY = "Memory reduction"
+GLUE_COLUMNS = {t: g.label for t, g in GLUE_TASKS.items()}
 
 
 _PROBLEM_TASKS = ("stsb", "mnli", "qnli", "rte")
-TABLES = [
-    PaperTable("bondarenko2021_table1", "Bondarenko et al. 2021, Table 1: W8A8 post-training quantization, GLUE dev",
+TABLES = register(
+    TableSpec("bondarenko2021_table1", "Bondarenko et al. 2021, Table 1: W8A8 post-training quantization, GLUE dev",
                (("FP32", "fp32"), ("W8A8", "w8a8_ptq"), ("W32A8", "w32a8_ptq"), ("W8A32", "w8a32_ptq")),
-               tuple(GLUE_COLUMNS), average="GLUE"),
-    PaperTable("bondarenko2021_table2", "Bondarenko et al. 2021, Table 2: leave-one-out over activation quantizers "
+               average="GLUE"),
+    TableSpec("bondarenko2021_table2", "Bondarenko et al. 2021, Table 2: leave-one-out over activation quantizers "
                "(W32, current min-max on one sequence)",
                (("none (FP32 model)", "fp32"), ("all", "loo_all"), ("all, except softmax input", "loo_softmax_input"),
                 ("all, except sum of embeddings", "loo_embedding_sums"),
@@ -59,31 +34,31 @@ TABLES = [
                 ("all, except softmax output", "loo_softmax_output"),
                 ("all, except residual connections after FFN", "loo_ffn_residual"),
                 ("same as above, but for layers 10, 11 only", "loo_ffn_residual_l10_11")), _PROBLEM_TASKS),
-    PaperTable("bondarenko2021_table4", "Bondarenko et al. 2021, Table 4: mixed-precision PTQ",
+    TableSpec("bondarenko2021_table4", "Bondarenko et al. 2021, Table 4: mixed-precision PTQ",
                (("FP32", "fp32"), ("W8A8 PTQ", "w8a8_ptq"), ("MP-PTQ*", "mp_ptq_r16"), ("MP-PTQ*†", "mp_ptq_r16_io16"),
                 ("MP-PTQ*†‡", "mp_ptq_r16_io16_out16")), _PROBLEM_TASKS),
-    PaperTable("bondarenko2021_table5", "Bondarenko et al. 2021, Table 5: per-embedding-group PTQ",
+    TableSpec("bondarenko2021_table5", "Bondarenko et al. 2021, Table 5: per-embedding-group PTQ",
                (("FP32", "fp32"), ("1 (= per-tensor)", "w8a8_ptq"), ("768 (= per-embd.)", "peg_embd"),
                 ("768 (only FFN)*", "peg_embd_ffn"), ("6 (only FFN)", "peg_k6_ffn"), ("3 (only FFN)", "peg_k3_ffn"),
                 ("3 + P (only FFN)", "peg_k3p_ffn"), ("6 + P (only FFN)", "peg_ptq")), _PROBLEM_TASKS),
-    PaperTable("bondarenko2021_table6", "Bondarenko et al. 2021, Table 6: 8-bit quantization, all proposed methods",
+    TableSpec("bondarenko2021_table6", "Bondarenko et al. 2021, Table 6: 8-bit quantization, all proposed methods",
                (("FP32 baseline", "fp32"), ("Our W8A8 PTQ", "w8a8_ptq"),
                 ("Our W8A{8,16} MP-PTQ", "mp_ptq_r16_io16_out16"), ("Our W8A8 PEG-PTQ", "peg_ptq"),
-                ("Our W8A8 QAT", "qat_w8a8")), tuple(GLUE_COLUMNS), average="GLUE",
+                ("Our W8A8 QAT", "qat_w8a8")), average="GLUE",
                literature=("Q8BERT W8A8 PTQ", "Q8BERT W8A8 QAT", "Q-BERT W8A8 QAT")),
-    PaperTable("bondarenko2021_table7", "Bondarenko et al. 2021, Table 7: low-bit weights and token embeddings",
+    TableSpec("bondarenko2021_table7", "Bondarenko et al. 2021, Table 7: low-bit weights and token embeddings",
                (("FP32 baseline", "fp32"), ("W6A32 PTQ", "w6a32_ptq"), ("W4A32 PTQ", "w4a32_ptq"),
                 ("W4A32 AdaRound (PTQ)", "w4a32_adaround"), ("W4A32 QAT", "qat_w4a32"), ("W4A8 QAT", "qat_w4a8"),
-                ("W4A8, 2-bit embd. QAT", "qat_w4a8_emb2")), tuple(GLUE_COLUMNS), average="GLUE", summary=True),
-    PaperTable("bondarenko2021_table12", "Bondarenko et al. 2021, Table 12: low-bit weights and token embeddings, "
+                ("W4A8, 2-bit embd. QAT", "qat_w4a8_emb2")), average="GLUE", summary=True),
+    TableSpec("bondarenko2021_table12", "Bondarenko et al. 2021, Table 12: low-bit weights and token embeddings, "
                "per task",
                (("FP32 baseline", "fp32"), ("Our W8A32, 6-bit embd. PTQ", "w8a32_emb6_ptq"),
                 ("Our W8A32, 4-bit embd. PTQ", "w8a32_emb4_ptq"), ("Our W8A32, 2-bit embd. PTQ", "w8a32_emb2_ptq"),
                 ("Our W6A32 PTQ", "w6a32_ptq"), ("Our W4A32 PTQ", "w4a32_ptq"),
                 ("Our W4A32 AdaRound (PTQ)", "w4a32_adaround"), ("Our W4A32 QAT", "qat_w4a32"),
                 ("Our W4A8 QAT", "qat_w4a8"), ("Our W4A8, 2-bit embd. QAT", "qat_w4a8_emb2")),
-               tuple(GLUE_COLUMNS), average="GLUE", literature=("Q-BERT W4A8 QAT*", "Q-BERT W4A8 QAT*†")),
-]
+               average="GLUE", literature=("Q-BERT W4A8 QAT*", "Q-BERT W4A8 QAT*†")),
+)
 
 
 def variant(config: dict) -> str:
@@ -109,9 +84,9 @@ def warn_mixed(sub: pd.DataFrame, keys: list[str]) -> None:
                           f"median pools them. Records: {sorted(g.path.dropna())}", stacklevel=2)
 
 
-def paper_table(df: pd.DataFrame, spec: PaperTable) -> tuple[pd.DataFrame, pd.DataFrame]:
+def paper_table(df: pd.DataFrame, spec: TableSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(wide table in the paper's layout, one row per model and paper row; long comparison with the paper)."""
-    recipes = {recipe: label for label, recipe in spec.rows}
+    recipes = {recipe: label for label, recipe in spec.rows if recipe}
     sub = df[df.task.isin(spec.tasks) & df.recipe.isin(list(recipes))].copy()
     sub["column"] = sub.task.map(GLUE_COLUMNS)
     warn_mixed(sub, ["model", "recipe", "column"])
@@ -148,7 +123,7 @@ def _fmt(x) -> str:
     return "–" if pd.isna(x) else f"{x:.2f}"
 
 
-def paper_markdown(wide: pd.DataFrame, spec: PaperTable) -> str:
+def paper_markdown(wide: pd.DataFrame, spec: TableSpec) -> str:
     paper = pd.read_csv(REFERENCE / f"{spec.name}.csv").set_index("configuration")
     cols = spec.printed
     lines = [f"{spec.title}. Cells: ours (paper, BERT-base); median over seeds.", ""]

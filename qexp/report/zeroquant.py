@@ -11,48 +11,39 @@ Published numbers sit beside ours ("ours (paper)") in the Markdown; the CSVs hol
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from .spec import ZEROQUANT_ORDER, TableSpec, register
+
 REFERENCE = Path(__file__).parent / "reference"
 
-# (column, task, eval split, metrics)
-GLUE = [("CoLA", "cola", "validation", ["matthews_correlation"]), ("MNLI-m", "mnli", "matched", ["accuracy"]),
-        ("MNLI-mm", "mnli", "mismatched", ["accuracy"]), ("MRPC", "mrpc", "validation", ["accuracy", "f1"]),
-        ("QNLI", "qnli", "validation", ["accuracy"]), ("QQP", "qqp", "validation", ["accuracy", "f1"]),
-        ("RTE", "rte", "validation", ["accuracy"]), ("SST-2", "sst2", "validation", ["accuracy"]),
-        ("STS-B", "stsb", "validation", ["pearson", "spearmanr"])]
+
+def _glue(name: str, title: str, rows: tuple) -> TableSpec:
+    return TableSpec(name, title, rows, ZEROQUANT_ORDER, average="Ave.")
 
 
-@dataclass(frozen=True)
-class GlueTable:
-    name: str
-    title: str
-    rows: tuple[tuple[str, str | None], ...]  # (row label as printed, recipe; None = the paper's only)
-
-
-GLUE_TABLES = [
-    GlueTable("zeroquant_tableC1", "ZeroQuant Table C.1: PTQ of BERT-base (static per-tensor), GLUE dev",
+GLUE_TABLES = register(
+    _glue("zeroquant_tableC1", "ZeroQuant Table C.1: PTQ of BERT-base (static per-tensor), GLUE dev",
               (("W16A16", "fp32"), ("W8A16", "zq_ptq_w8a16"), ("W16A8", "zq_ptq_w16a8"), ("W8A8", "zq_ptq_w8a8"),
                ("W4/8A16", "zq_ptq_w48a16"))),
-    *[GlueTable(f"zeroquant_table{t}", f"ZeroQuant Table {t[0]}.{t[1]}: ZeroQuant-LKD on BERT-{size}, GLUE dev",
+    *[_glue(f"zeroquant_table{t}", f"ZeroQuant Table {t[0]}.{t[1]}: ZeroQuant-LKD on BERT-{size}, GLUE dev",
                 (("W16A16 (Baseline)", "fp32"), ("W8A8 (ZeroQuant-LKD No Tuning)", "zq_lkd_w8a8"),
                  ("W8A8 (ZeroQuant-LKD Tuned)", None), ("W4/8A16 (ZeroQuant-LKD No Tuning)", "zq_lkd_w48a16"),
                  ("W4/8A16 (ZeroQuant-LKD Tuned)", None), ("W4/8A8 (ZeroQuant-LKD No Tuning)", "zq_lkd_w48a8"),
                  ("W4/8A8 (ZeroQuant-LKD Tuned)", None))) for t, size in (("E1", "base"), ("E2", "large"))],
-    *[GlueTable(f"zeroquant_table{t}", f"ZeroQuant Table {t[0]}.{t[1]}: symmetric vs asymmetric PTQ and ZeroQuant, "
+    *[_glue(f"zeroquant_table{t}", f"ZeroQuant Table {t[0]}.{t[1]}: symmetric vs asymmetric PTQ and ZeroQuant, "
                 f"BERT-{size}, GLUE dev",
                 (("W16A16 (Baseline)", "fp32"), ("W8A8 (PTQ, Symmetric)", "zq_ptq_w8a8"),
                  ("W8A8 (PTQ, Asymmetric)", "zq_ptq_w8a8_asym"), ("W8A8 (ZeroQuant)", "zq_w8a8")))
       for t, size in (("G5", "base"), ("G6", "large"))],
-    GlueTable("zeroquant_tableG9", "ZeroQuant Table G.9: group-wise (GQ) and token-wise (TQ) quantization, GLUE dev",
+    _glue("zeroquant_tableG9", "ZeroQuant Table G.9: group-wise (GQ) and token-wise (TQ) quantization, GLUE dev",
               (("W16A16", "fp32"), ("W8A8, GQ no, TQ no", "zq_ptq_w8a8"), ("W8A8, GQ yes, TQ no", "zq_w8a8_gq"),
                ("W8A8, GQ yes, TQ yes", "zq_w8a8"))),
-    GlueTable("zeroquant_tableG12", "ZeroQuant Table G.12: LKD loss, W4/8A8 BERT-base, GLUE dev",
+    _glue("zeroquant_tableG12", "ZeroQuant Table G.12: LKD loss, W4/8A8 BERT-base, GLUE dev",
               (("W16A16 (Baseline)", "fp32"), ("W4/8A8 (L1)", "zq_lkd_w48a8_l1"), ("W4/8A8 (L2)", "zq_lkd_w48a8"))),
-]
+)
 
 # Table I.1/I.2 rows -> the lm-eval task names that fill them (a local copy counts too)
 ZERO_SHOT_ROWS = {"HellaSwag": ["hellaswag"], "LAMBADA": ["lambada_openai"], "TriviaQA": ["triviaqa"],
@@ -106,7 +97,7 @@ def _records(records: list[dict]) -> pd.DataFrame:
                         columns=["model", "task", "recipe", "seed", "score", "metrics", "relative_error", "setting"])
 
 
-def _glue_cell(g: pd.DataFrame, split: str, metrics: list[str]) -> list[float] | None:
+def _glue_cell(g: pd.DataFrame, split: str, metrics: tuple[str, ...]) -> list[float] | None:
     vals = []
     for m in metrics:
         xs = [r[split][m] for r in g.metrics if split in r and m in r[split]]
@@ -116,27 +107,26 @@ def _glue_cell(g: pd.DataFrame, split: str, metrics: list[str]) -> list[float] |
     return vals
 
 
-def glue_table(df: pd.DataFrame, spec: GlueTable) -> tuple[pd.DataFrame, pd.DataFrame]:
+def glue_table(df: pd.DataFrame, spec: TableSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(ours: numbers as the paper prints them, e.g. "86.27/90.57"; ours beside the paper, for the Markdown)."""
     paper = pd.read_csv(REFERENCE / f"{spec.name}.csv", dtype=str).set_index("configuration")
-    recipes = [r for _, r in spec.rows if r]
-    sub = df[df.recipe.isin(recipes) & df.task.isin({t for _, t, _, _ in GLUE})]
+    sub = df[df.recipe.isin(spec.recipes) & df.task.isin(spec.tasks)]
     ours, both = [], []
     for model in sorted(sub.model.unique()):
         for label, recipe in spec.rows:
             row = {"model": model, "configuration": label}
             avg = []
-            for col, task, split, metrics in GLUE:
+            for col, task, split, metrics in spec.split_columns:
                 g = sub[(sub.model == model) & (sub.recipe == recipe) & (sub.task == task)] if recipe else sub[:0]
                 vals = _glue_cell(g, split, metrics) if len(g) else None
                 row[col] = "/".join(f"{v:.2f}" for v in vals) if vals else ""
                 avg.append(sum(vals) / len(vals) if vals else None)
-            row["Ave."] = f"{sum(avg) / len(avg):.2f}" if all(a is not None for a in avg) else ""
+            row[spec.average] = f"{sum(avg) / len(avg):.2f}" if all(a is not None for a in avg) else ""
             seeds = sub[(sub.model == model) & (sub.recipe == recipe)].seed.nunique() if recipe else 0
             ours.append({**row, "seeds": seeds})
             both.append({**{k: (f"{v or '–'} ({paper.loc[label, k]})" if k not in ("model", "configuration") else v)
                             for k, v in row.items()}, "seeds": seeds})
-    cols = ["model", "configuration", *[c for c, *_ in GLUE], "Ave.", "seeds"]
+    cols = ["model", "configuration", *[c for c, *_ in spec.split_columns], spec.average, "seeds"]
     return pd.DataFrame(ours, columns=cols), pd.DataFrame(both, columns=cols)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import datasets
 import pandas as pd
 
-from ..hub import from_hub
+from ..common.hub import from_hub
 
 
 class DataError(RuntimeError):

@@ -14,7 +14,7 @@ import numpy as np
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-from ..registry import Registry
+from ..common.registry import Registry
 
 METRICS: Registry = Registry("metric")
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..hub import from_hub
-from ..registry import Registry
+from ..common.hub import from_hub
+from ..common.registry import Registry
 
 DETOKENIZERS: Registry = Registry("detokenizer")
 

@@ -9,17 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from ..analysis import ErrorAccumulator, OutlierAccumulator, full_precision, record_activations
-from ..registry import Registry
-
-TEXT_SOURCES: Registry = Registry("text source")
-
-
-@TEXT_SOURCES.register("pydoc_topics")
-def pydoc_topics() -> str:
-    from pydoc_data.topics import topics
-
-    return "\n\n".join(topics[k] for k in sorted(topics))
+from ..quant.analysis import ErrorAccumulator, OutlierAccumulator, full_precision, record_activations
+from .texts import TEXT_SOURCES  # noqa: F401  (re-exported: the task's text sources)
 
 
 def windows(tokenizer, text: str, max_length: int, n: int) -> torch.Tensor:

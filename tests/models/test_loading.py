@@ -3,7 +3,7 @@ import time
 import pytest
 from omegaconf import OmegaConf
 
-from qexp import hub
+from qexp.common import hub
 from qexp.models.loading import ModelLoadError, load_model
 from qexp.models.quant_bert import QuantEncoder
 from qexp.quant.sites import site_names

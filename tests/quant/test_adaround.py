@@ -101,7 +101,7 @@ def test_adaround_on_a_real_minilm_layer_at_4_bits(minilm_dir):
     real text as input, learned rounding beats round-to-nearest on the optimisation data and on held-out windows."""
     from transformers import AutoModel, AutoTokenizer
 
-    from qexp.analysis import full_precision
+    from qexp.quant.analysis import full_precision
     from qexp.models.quant_bert import QuantEncoder
     from qexp.quant.adaround import _capture_input
     from qexp.quant.sites import configure
@@ -117,7 +117,7 @@ def test_adaround_on_a_real_minilm_layer_at_4_bits(minilm_dir):
         if hasattr(m, "weight_quantizer") and m is not layer:
             m.weight_quantizer.set_state("off")
     q = layer.weight_quantizer
-    q.estimator.observe(q._slots(layer.inner.weight.detach()))
+    q.estimator.observe(q.slots(layer.inner.weight.detach()))
     q.compute_encodings()
     q.set_state("fixed")
     ids = windows(tok, TEXT_SOURCES.get("pydoc_topics")(), 64, 48)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from qexp.quant.estimators import CalibrationError, make_estimator
-from qexp.registry import UnknownChoiceError
+from qexp.common.registry import UnknownChoiceError
 
 from .reference import np_quantize
 

@@ -62,7 +62,7 @@ def test_permutation_groups_the_largest_ranges_together():
     assert sorted(perm[-3:].tolist()) == outliers  # ascending by range: outliers last
     spec = QuantSpec(granularity=PerEmbeddingGroup(4, permute=True))
     q = _calibrated(spec, x, perm)
-    x_max = q._expand(q.x_max, x)
+    x_max = q.expand(q.x_max, x)
     group_of = {int(dim): pos // 3 for pos, dim in enumerate(perm)}
     assert len({group_of[i] for i in outliers}) == 1  # one group holds every outlier dimension
     normal = [i for i in range(d) if i not in outliers]

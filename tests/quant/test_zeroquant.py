@@ -19,7 +19,7 @@ from qexp.quant.granularity import GranularityError, PerGroup, make_granularity
 from qexp.quant.modules import QLinear
 from qexp.quant.quantizer import QuantSpec, Quantizer
 from qexp.quant.sites import configure, quantizers
-from qexp.runner import quant_config
+from qexp.config.quant import quant_config
 
 
 def reference_symmetric(x: np.ndarray, groups: np.ndarray, bits: int, stored_range=np.float64):
@@ -33,7 +33,7 @@ def reference_symmetric(x: np.ndarray, groups: np.ndarray, bits: int, stored_ran
 
 def _fixed_weight_quantizer(w: torch.Tensor, spec: QuantSpec) -> Quantizer:
     q = Quantizer("w", spec)
-    q.estimator.observe(q._slots(w))
+    q.estimator.observe(q.slots(w))
     q.compute_encodings()
     q.set_state("fixed")
     return q

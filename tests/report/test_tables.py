@@ -4,16 +4,15 @@ import json
 import pandas as pd
 import pytest
 
-from qexp.records import SCHEMA
+from qexp.experiment.records import SCHEMA
 from qexp.report.tables import build_all
 
-ROWS = {"fp32": "FP32", "w8a8_ptq": "W8A8", "w32a8_ptq": "W32A8", "w8a32_ptq": "W8A32"}
 
 
 def write(runs, model, task, recipe, seed, score, calibration="default", **metrics):
     rec = {"schema": SCHEMA, "model": model, "task": task, "recipe": recipe, "seed": seed, "score": score,
            "metrics": metrics, "config": {"seed": seed, "calibration": calibration, "recipe": {
-               "name": recipe, "table_row": {"table": "bondarenko2021_table1", "row": ROWS.get(recipe, recipe)}}}}
+               "name": recipe}}}
     (runs / f"{model}_{task}_{recipe}_{seed}.json").write_text(json.dumps(rec))
 
 

@@ -3,7 +3,7 @@ import time
 import pytest
 from omegaconf import OmegaConf
 
-from qexp import hub
+from qexp.common import hub
 from qexp.cli import compose
 from qexp.tasks.glue import DataError, load_split
 

@@ -1,9 +1,10 @@
 import numpy as np
 import torch
 
-from qexp.analysis import ErrorAccumulator, inf_norm, kurtosis
+from qexp.quant.analysis import ErrorAccumulator, inf_norm, kurtosis
 from qexp.models.tiny import char_tokenizer
-from qexp.tasks.text_outliers import pydoc_topics, windows
+from qexp.tasks.text_outliers import windows
+from qexp.tasks.texts import pydoc_topics
 
 
 def test_windows_are_full_and_unpadded():

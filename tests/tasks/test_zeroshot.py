@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 pytest.importorskip("lm_eval")
 
 from qexp.models.loading import load_model  # noqa: E402
-from qexp.models.quantizable import quantizable  # noqa: E402
+from qexp.models.families import quantizable  # noqa: E402
 from qexp.quant.calibrate import calibrate  # noqa: E402
 from qexp.quant.sites import configure, quantizers  # noqa: E402
 from qexp.tasks import zeroshot  # noqa: E402

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from qexp.registry import Registry, name_and_kwargs
+from qexp.common.registry import Registry, name_and_kwargs
 
 ESTIMATORS: Registry[type["RangeEstimator"]] = Registry("range estimator")
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-KERNEL_DIR = Path(os.environ.get("QEXP_KERNEL_DIR", Path(__file__).resolve().parents[1] / "kernels"))
+KERNEL_DIR = Path(os.environ.get("QEXP_KERNEL_DIR", Path(__file__).resolve().parents[2] / "kernels"))
 SOURCES = ("int8_gemm.cu", "quantize.cu")
 MIN_CAPABILITY = (8, 0)
 K_ALIGN = 16
@@ -200,7 +200,7 @@ def gemm(a: torch.Tensor, b: torch.Tensor, sx: torch.Tensor, sw: torch.Tensor, *
     m, kp = a.shape
     n = b.shape[0]
     if kp % K_ALIGN:
-        raise KernelError(f"K = {kp} is not a multiple of {K_ALIGN}: zero-pad both operands (qexp.inference.padded)")
+        raise KernelError(f"K = {kp} is not a multiple of {K_ALIGN}: zero-pad both operands (qexp.integer.backends.padded)")
     if m == 0 or n == 0:
         return torch.empty(m, n, dtype=out_dtype, device=a.device)
     _check(a, "a", torch.int8)

@@ -4,7 +4,7 @@ gemm: for each shape (the paper's BERT and GPT rows: M = bsz x seq, a square d x
 shapes and large squares) and each implementation available on the device:
   fp16_cublas   torch.nn.functional.linear in fp16 (cuBLAS)
   int8_cublaslt torch._int_mm (cuBLASLt INT8 -> INT32, no dequantization; its rules: M > 16, K and N % 8 == 0)
-  ours          qexp.kernels.gemm: INT8 mma.sync GEMM with the fused dequantization epilogue, fp16 output (autotuned)
+  ours          qexp.integer.kernels.gemm: INT8 mma.sync GEMM with the fused dequantization epilogue, fp16 output (autotuned)
   ours+quant    our per-token quantize kernel (fp16 -> int8 + scales) followed by the GEMM: the real cost of a layer
   dp4a          the CUDA-core reference kernel (correctness baseline)
   fp32_cpu / int_reference_cpu   on a machine without CUDA (plumbing only: these are not the paper's numbers)
@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import records
+from ..common import provenance
 
 PEAK_INT8_TOPS = {"H100 SXM": 1979.0, "H100 PCIe": 1513.0, "H200": 1979.0, "A100": 624.0}  # dense, datasheets
 PEAK_FP16_TFLOPS = {"H100 SXM": 989.0, "H100 PCIe": 756.0, "H200": 989.0, "A100": 312.0}
@@ -41,6 +41,9 @@ G8_ROWS = ([("BERT", b, s, d) for b in (1, 64) for s in (128, 256) for d in (768
 EXTRA_ROWS = [("BERT-base FFN", 64, 128, (768, 3072)), ("BERT-base FFN", 64, 128, (3072, 768)),
               ("large", 1, 4096, 4096), ("large", 1, 8192, 8192)]
 SMALL_ROWS = [("BERT", 1, 16, 64), ("BERT", 2, 16, 96)]  # --shapes small: a CPU smoke of the harness
+
+
+BENCH_SCHEMA = 1  # results/bench/*.json (read by qexp.report.gemm)
 
 
 class BenchError(RuntimeError):
@@ -124,7 +127,7 @@ def _implementations(cuda: bool, wanted: list[str] | None):
 
 def _gemm_case(impl: str, m: int, k: int, n: int, dev: str):
     """(fn(i), bytes per buffer set, skip reason or None) for one implementation and shape."""
-    from .inference import Int8Activation, Int8Weight, padded, reference_gemm
+    from .backends import Int8Activation, Int8Weight, padded, reference_gemm
 
     g = torch.Generator(device=dev).manual_seed(0)
     if impl in ("fp16_cublas", "fp32_cpu"):
@@ -213,13 +216,13 @@ def bench_layer(bsz: int = 64, seq: int = 128, repeats: int = 30, progress: bool
     from omegaconf import OmegaConf
     from transformers import BertConfig, BertModel
 
-    from .analysis import full_precision
-    from .cli import compose
-    from .inference import attach
-    from .models.quant_bert import QuantEncoder
-    from .quant.calibrate import calibrate
-    from .quant.sites import configure
-    from .runner import quant_config
+    from ..config.compose import compose
+    from ..config.quant import quant_config
+    from ..models.families import quantizable
+    from ..quant.analysis import full_precision
+    from ..quant.calibrate import calibrate
+    from ..quant.sites import configure
+    from .backends import attach
 
     cuda = device.startswith("cuda")
     if backend == "cupy_int8":
@@ -230,7 +233,7 @@ def bench_layer(bsz: int = 64, seq: int = 128, repeats: int = 30, progress: bool
         raise BenchError(f"device={device!r} but CUDA is not available; valid here: cpu")
     torch.manual_seed(0)
     hf = BertModel(BertConfig(num_hidden_layers=1), add_pooling_layer=False)  # BERT-base sizes, random weights
-    qmodel = QuantEncoder(hf).to(device).eval()
+    qmodel = quantizable(hf, "bert").to(device).eval()
     if cuda:
         qmodel = qmodel.half()
     cfg = compose(["+recipe=zq_w8a8", "recipe.groups=48"])
@@ -278,12 +281,12 @@ def _event():
 
 def write_record(result: dict, out_dir: Path, device: str) -> Path:
     gpu = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-    stamp = records.now().replace(":", "").replace("+0000", "Z")
+    stamp = provenance.now().replace(":", "").replace("+0000", "Z")
     name = f"{result['kind']}__{re.sub(r'[^A-Za-z0-9]+', '_', gpu)}__{stamp}.json"
-    rec = {"schema": records.SCHEMA, "bench": result, "device": {"type": device, "gpu": gpu if device == "cuda" else None},
-           "finished": records.now(), "git": records.git_state(), "versions": records.versions()}
+    rec = {"schema": BENCH_SCHEMA, "bench": result, "device": {"type": device, "gpu": gpu if device == "cuda" else None},
+           "finished": provenance.now(), "git": provenance.git_state(), "versions": provenance.versions()}
     path = Path(out_dir) / name
-    records.write_atomic(path, rec)
+    provenance.write_atomic(path, rec)
     return path
 
 

@@ -15,8 +15,11 @@ class UnknownChoiceError(KeyError):
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str):
-        self.kind = kind
+    """``kind`` names the entries in messages; ``error`` is what an unknown name raises (a domain's own error type,
+    so callers catch one class per domain; the message always lists the valid choices)."""
+
+    def __init__(self, kind: str, error: type[Exception] = UnknownChoiceError):
+        self.kind, self.error = kind, error
         self._items: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -32,7 +35,7 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            raise UnknownChoiceError(
+            raise self.error(
                 f"unknown {self.kind} {name!r}; valid choices: {', '.join(sorted(self._items))}") from None
 
     def __contains__(self, name: str) -> bool:
@@ -40,6 +43,9 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return sorted(self._items)
+
+    def items(self) -> list[tuple[str, T]]:
+        return sorted(self._items.items())
 
 
 def name_and_kwargs(spec, kind: str) -> tuple[str, dict]:

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
 
-from .quant.sites import quantizers
+from ..quant.sites import quantizers
 
 RANGES_FILE = "qexp_ranges.safetensors"
 META_FILE = "qexp_qat.json"
@@ -95,11 +95,8 @@ def range_change(before: dict, after: dict) -> dict:
 
 
 def grid_steps(q) -> int:
-    """How many grid steps a quantizer's range spans: x_max - x_min = steps * scale."""
-    bits = q.spec.bits
-    if not q.spec.symmetric:
-        return 2 ** bits - 1
-    return 2 ** (bits - 1) - 1 if bool((q.x_min < 0).any()) else 2 ** bits - 1
+    """How many grid steps a quantizer's range spans: x_max - x_min = steps * scale (the quantizer's own grid)."""
+    return q.grid().steps
 
 
 def param_groups(model: nn.Module, hp: dict) -> list[dict]:
@@ -204,16 +201,17 @@ def save_qat(qmodel: nn.Module, tokenizer, folder: Path, meta: dict) -> Path:
 
 
 def load_qat(folder: Path, quant_cfg) -> nn.Module:
-    """A ``QuantEncoder`` with the exported weights and ranges, configured by ``quant_cfg`` and ready to evaluate."""
+    """The encoder wrapper (family ``bert``: QAT trains GLUE classifiers) with the exported weights and ranges,
+    configured by ``quant_cfg`` and ready to evaluate."""
     from transformers import AutoModelForSequenceClassification
 
-    from .models.quant_bert import QuantEncoder
-    from .quant.sites import configure
+    from ..models.families import quantizable
+    from ..quant.sites import configure
 
     folder = Path(folder)
     if not (folder / RANGES_FILE).exists():
         raise FileNotFoundError(f"{folder} holds no {RANGES_FILE}: not a qexp QAT export")
-    qmodel = QuantEncoder(AutoModelForSequenceClassification.from_pretrained(str(folder))).eval()
+    qmodel = quantizable(AutoModelForSequenceClassification.from_pretrained(str(folder)), "bert").eval()
     configure(qmodel, quant_cfg)
     load_quantizer_state(qmodel, load_file(str(folder / RANGES_FILE)))
     return qmodel

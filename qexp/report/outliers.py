@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .analysis import record_activations
+from ..quant.analysis import record_activations
 
 SIGMAS = 6.0
 TENSORS = {"ffn.input": "FFN input", "ffn.output": "FFN output"}
@@ -145,16 +145,21 @@ def summary(dims: pd.DataFrame) -> str:
 
 def analyze(cfg, layers: list[int] | None, sequences: int, top: int, out: Path) -> dict:
     """The ``qexp analyze outliers`` command on a composed config."""
-    from .finetune import load_cached
-    from .models.loading import load_model
-    from .models.quant_bert import QuantEncoder
-    from .runner import absolute_paths, finetune_folder
-    from .tasks.encode import encode, limit
-    from .tasks.glue import load_split
-    from .tasks.text_outliers import split_windows
+    from ..config.paths import absolute_paths
+    from ..kinds.glue import finetune_folder
+    from ..models.families import family_of
+    from ..models.loading import load_model
+    from ..tasks.encode import encode, limit
+    from ..tasks.glue import load_split
+    from ..tasks.text_outliers import split_windows
+    from ..train.finetune import load_cached
 
     absolute_paths(cfg, Path.cwd())  # as `qexp run` does, so the fine-tuning cache key matches
-    task = cfg.task
+    task, family = cfg.task, family_of(cfg.model)
+    if family.causal or task.kind not in ("glue", "label_free"):
+        raise ValueError(f"analyze outliers maps the FFN sites of an encoder on a GLUE or label-free task; got model "
+                         f"{cfg.model.name!r} (family {family.name!r}) on task {task.name!r} ({task.kind}); valid "
+                         f"families: bert; valid task kinds: glue, label_free")
     glue = task.kind == "glue"
     loaded = load_model(cfg.model, num_labels=int(task.num_labels) if glue else None, seed=int(cfg.seed))
     tok = loaded.tokenizer
@@ -175,7 +180,7 @@ def analyze(cfg, layers: list[int] | None, sequences: int, top: int, out: Path) 
         _, eval_ids = split_windows(tok, task)
         seqs = [{"input_ids": eval_ids[i:i + 1]} for i in range(min(sequences, len(eval_ids)))]
         data = f"{task.name} held-out windows, first {len(seqs)}"
-    qmodel = QuantEncoder(model).eval()
+    qmodel = family.wrap(model).eval()
     n_layers = len(qmodel.layers)
     layers = list(range(n_layers)) if layers is None else layers
     bad = [i for i in layers if not 0 <= i < n_layers]

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from .quant.sites import quantizers
+from .sites import quantizers
 
 
 def kurtosis(x: torch.Tensor) -> torch.Tensor:

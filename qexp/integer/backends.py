@@ -7,7 +7,7 @@ quantizer both enabled) as an INT8 GEMM of integer codes with a fused dequantiza
 
 ``torch_int`` emulates that arithmetic exactly in torch (the accumulator through float64, which holds every int32 sum
 exactly; the epilogue in fp32 in the kernel's order) on any device: it is the oracle of the CuPy kernels and their CPU
-fallback.  ``cupy_int8`` runs the kernels of ``kernels/`` (``qexp.kernels``) on an NVIDIA GPU.
+fallback.  ``cupy_int8`` runs the kernels of ``kernels/`` (``qexp.integer.kernels``) on an NVIDIA GPU.
 
 Supported, and checked when the backend is attached (anything else is an error that names the site):
 - weights: symmetric on the signed grid, 2-8 bits (INT4 codes run on the INT8 GEMM), one scale per output row
@@ -23,11 +23,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .quant.affine import QParams
-from .quant.granularity import PerTensor, PerToken
-from .quant.modules import QLinear
+from ..common.registry import Registry
+from ..quant.affine import QParams
+from ..quant.granularity import PerTensor, PerToken
+from ..quant.modules import QLinear
 
-BACKENDS = ("fake", "torch_int", "cupy_int8")
+BACKENDS: Registry = Registry("inference backend")  # name -> backend class (``fake``: None, fake quantization)
+BACKENDS.register("fake")(None)
 K_ALIGN = 16          # the GEMM's K (and row strides) are padded to a multiple of 16 bytes (16-byte cp.async)
 INT32_MAX = 2 ** 31 - 1
 
@@ -95,7 +97,7 @@ def weight_operand(q, weight: torch.Tensor) -> Int8Weight:
     w = weight.detach().float()
     if w.dim() != 2:
         raise IntegerBackendError(f"{q.name}: the integer path needs a 2-D weight, got {tuple(w.shape)}")
-    p = q.qparams_for(w)
+    p = q.grid(w)
     _check_bits(p, q.name)
     if not q.spec.symmetric or p.q_min >= 0:
         raise IntegerBackendError(f"{q.name}: the integer path needs symmetric weights on the signed grid "
@@ -130,11 +132,7 @@ def activation_operand(q, x2d: torch.Tensor) -> Int8Activation:
     """Torch reference of the quantize kernels: the integer codes of ``x2d`` (M, K) under input quantizer ``q``,
     computed in fp32 with the quantizer's own parameters (so they equal fake quantization's codes)."""
     x = x2d.float()
-    if q.spec.granularity.dynamic:
-        slots = q._slots(x)
-        p = q.qparams_for(x, slots.amin(dim=1), slots.amax(dim=1))
-    else:
-        p = q.qparams_for(x)
+    p = q.grid(x)
     _check_bits(p, q.name)
     m, k = x.shape
     scale = _per_row(p.scale, m, k, f"{q.name}: the input scale")
@@ -163,6 +161,7 @@ def reference_gemm(a: Int8Activation, w: Int8Weight, bias: torch.Tensor | None =
     return y.to(out_dtype)
 
 
+@BACKENDS.register("torch_int")
 class TorchIntBackend:
     name = "torch_int"
 
@@ -176,6 +175,7 @@ class TorchIntBackend:
         return reference_gemm(a, w, bias, out_dtype=out_dtype)
 
 
+@BACKENDS.register("cupy_int8")
 class CupyInt8Backend:
     name = "cupy_int8"
 
@@ -196,7 +196,7 @@ class CupyInt8Backend:
         if q.spec.granularity.dynamic:
             codes, scale, zp = k.quantize_per_token(x2d, bits=q.spec.bits, ldq=padded(x2d.shape[1]))
             return Int8Activation(codes, scale, zp)
-        p = q.qparams_for(x2d[:1].float())
+        p = q.grid(x2d[:1].float())  # static: the site's own range
         s, z = float(p.scale.reshape(-1)[0]), float(p.zero_point.reshape(-1)[0])
         shift = 128 if p.q_min >= 0 and p.q_max > 127 else 0
         codes = k.quantize_static(x2d, s, z, p.q_min, p.q_max, shift, ldq=padded(x2d.shape[1]))
@@ -210,11 +210,10 @@ class CupyInt8Backend:
 
 
 def make_backend(name: str):
-    if name == "torch_int":
-        return TorchIntBackend()
-    if name == "cupy_int8":
-        return CupyInt8Backend()
-    raise IntegerBackendError(f"unknown inference backend {name!r}; valid: {BACKENDS}")
+    cls = BACKENDS.get(name)  # an unknown name lists the valid ones
+    if cls is None:
+        raise IntegerBackendError(f"inference backend {name!r} is fake quantization: it has no integer GEMM")
+    return cls()
 
 
 class IntegerLinear:
@@ -235,13 +234,12 @@ class IntegerLinear:
 def attach(model: nn.Module, backend_name: str) -> dict:
     """Run every quantized linear of ``model`` on ``backend_name``; the other layers stay as they are.  Returns a
     summary for the run record.  ``fake`` detaches.  Call after calibration (weight ranges fixed)."""
+    BACKENDS.get(backend_name)  # an unknown name lists the valid ones
     layers = [m for m in model.modules() if isinstance(m, QLinear)]
     for m in layers:
         m.integer = None
     if backend_name == "fake":
         return {"backend": "fake", "integer_linears": 0}
-    if backend_name not in BACKENDS:
-        raise IntegerBackendError(f"unknown inference backend {backend_name!r}; valid: {BACKENDS}")
     half = [f"{m.weight_quantizer.name} ({'weight' if m.weight_quantizer.spec.enabled else 'input'} only)"
             for m in layers if m.weight_quantizer.spec.enabled != m.input_quantizer.spec.enabled]
     if half:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .quant.sites import quantizers
+from ..quant.sites import quantizers
 
 LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss}
 SOURCES = ("task", "random", "text")
@@ -123,7 +123,7 @@ def refresh_weight_ranges(block: nn.Module) -> None:
     for m in block.modules():
         q, inner = getattr(m, "weight_quantizer", None), getattr(m, "inner", None)
         if q is not None and inner is not None and q.spec.enabled and not q.spec.granularity.dynamic:
-            q.estimator.observe(q._slots(inner.weight.detach()))
+            q.estimator.observe(q.slots(inner.weight.detach()))
             q.compute_encodings()
 
 
@@ -195,7 +195,7 @@ def random_token_sampler(vocab_size: int, length: int, device) -> Callable[[int,
 
 def window_sampler(ids: torch.Tensor, length: int, device) -> Callable[[int, torch.Generator], dict]:
     """Windows of ``length`` tokens at random offsets of a (1, n) token stream."""
-    from .tasks.perplexity import random_windows
+    from ..tasks.perplexity import random_windows
 
     if ids.shape[1] < length:
         raise LKDError(f"the LKD text has {ids.shape[1]} tokens, fewer than one sequence of {length}")

@@ -1,0 +1,38 @@
+"""Where the Hydra config tree lives, and composing a config from overrides outside a Hydra app.
+
+The configs live in the checkout's ``conf/`` (qexp is installed from its repository with ``pip install -e .``, so
+results, caches and configs sit side by side); ``QEXP_CONF=/dir`` points at another config tree.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class ConfigTreeError(RuntimeError):
+    pass
+
+
+def conf_dir() -> Path:
+    d = Path(os.environ.get("QEXP_CONF") or REPO / "conf")
+    if not (d / "config.yaml").exists():
+        raise ConfigTreeError(f"no config tree at {d} (qexp runs from its repository checkout: pip install -e .; "
+                              f"or set QEXP_CONF=/path/to/conf)")
+    return d
+
+
+def compose(overrides: list[str]):
+    """The config ``qexp run OVERRIDES`` would run (no Hydra run directory, no logging set-up)."""
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir())):
+        return hcompose("config", overrides=overrides)
+
+
+def group_options(group: str) -> list[str]:
+    """The public options of a config group (files starting with ``_`` are shared partials)."""
+    root = conf_dir() / group
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml") if not p.stem.startswith("_"))

@@ -1,0 +1,101 @@
+"""``qexp run``: one experiment, the same pipeline for every task kind.
+
+    validate (before anything loads) -> load (+ wrap, configure once; GLUE fine-tunes, cached) -> calibrate weights
+    -> post-weight steps (AdaRound, LKD) -> calibrate activations -> QAT -> attach the inference backend
+    -> evaluate -> one atomic record
+
+What differs between kinds (data, model family, metrics) lives in :mod:`qexp.kinds`; this module knows none of them.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from ..config.paths import absolute_paths
+from ..config.quant import FP32, effective_calibration, enabled, quant_config
+from ..kinds.base import RunContext, kind
+from . import records
+from .steps import PostWeightSteps
+from .summary import memory_footprint, relative_errors, site_summary
+from .timer import Timer, pick_device
+
+log = logging.getLogger("qexp")
+
+
+def backend_name(cfg) -> str:
+    """``inference.backend`` (fake quantization unless a config says otherwise)."""
+    return str((cfg.get("inference") or {}).get("backend", "fake"))
+
+
+def prepare(cfg: DictConfig, cwd: Path) -> DictConfig:
+    """No recipe means FP32; relative paths become absolute (they enter run ids and cache keys)."""
+    if cfg.get("recipe") is None:
+        OmegaConf.set_struct(cfg, False)
+        cfg.recipe = FP32
+        OmegaConf.set_struct(cfg, True)
+    absolute_paths(cfg, cwd)
+    return cfg
+
+
+def run(cfg: DictConfig, overrides: list[str] | None = None, cwd: Path | None = None) -> dict:
+    cfg = prepare(cfg, Path(cwd or Path.cwd()))
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    path = records.record_path(Path(cfg.results_dir), resolved)
+    if path.exists() and not cfg.force:
+        log.info("skip: a record for this config and seed exists: %s (force=true re-runs it)", path)
+        return {"skipped": True, "path": str(path)}
+
+    # validate: every check that needs no model, before anything expensive
+    from ..integer.backends import BACKENDS
+
+    kind_cls, backend = kind(str(cfg.task.kind)), backend_name(cfg)
+    BACKENDS.get(backend)  # an unknown backend lists the valid ones
+    calibration = effective_calibration(cfg)
+    rid, timer = records.run_id(resolved), Timer()
+    ctx = RunContext(cfg, quant_config(resolved["recipe"], calibration), calibration, pick_device(str(cfg.device)),
+                     timer, rid)
+    task = kind_cls(ctx)
+    task.check()
+    steps = PostWeightSteps.from_recipe(cfg.recipe)
+    if enabled(cfg.recipe, "qat"):
+        from ..train.qat import hyperparameters
+
+        hyperparameters(cfg.recipe.qat)
+    started, git = records.now(), records.git_state()  # the code that runs, before anything can change it
+
+    from ..integer.backends import attach
+    from ..quant.calibrate import calibrate
+
+    report = {}
+    with timer.stage("total"):
+        with timer.stage("load"):
+            loaded = task.load()
+        model = loaded.model
+        with timer.stage("calibrate"):
+            batches = task.calibration_batches()
+            calibrate(model, batches, int(calibration.num_batches), progress=ctx.progress,
+                      after_weights=steps.hook(task))
+            report.update(steps.reports)
+            report.update(relative_errors(model, next(iter(batches()))))
+        if enabled(cfg.recipe, "qat"):
+            with timer.stage("qat"):
+                report["qat"] = task.train(model)
+        report["inference"] = attach(model, backend)
+        with timer.stage("evaluate"):
+            result = task.evaluate(model)
+    record = {
+        "schema": records.SCHEMA, "run_id": rid, "started": started, "finished": records.now(),
+        "model": cfg.model.name, "task": cfg.task.name, "task_version": cfg.task.version,
+        "recipe": cfg.recipe.name, "seed": int(cfg.seed),
+        "metrics": result.metrics, "score": result.score, "data_source": result.data_source,
+        "model_identity": loaded.identity, **loaded.record,
+        "sites": site_summary(model), "memory": memory_footprint(model), **report,
+        "config": resolved, "overrides": list(overrides or []), "git": git,
+        "versions": records.versions(), "device": records.device_info(ctx.device), "timings": timer.stages,
+    }
+    records.write_atomic(path, record)
+    log.info("%s / %s / %s / seed %s: score %.2f -> %s", cfg.model.name, cfg.task.name, cfg.recipe.name, cfg.seed,
+             record["score"], path)
+    return record

@@ -1,0 +1,147 @@
+"""What every task kind provides to the pipeline (:mod:`qexp.experiment.pipeline`), and the registry of kinds.
+
+A kind (GLUE, label-free text, perplexity, lm-eval, next pre-training) is one module in ``qexp/kinds/`` holding one
+registered :class:`TaskKind` subclass; ``task.kind`` in ``conf/task/*.yaml`` names it.  The pipeline calls, in
+order: :meth:`TaskKind.check` (before anything loads), :meth:`~TaskKind.load` (the wrapped, configured model),
+:meth:`~TaskKind.calibration_batches`, optionally :meth:`~TaskKind.adaround_batches` / :meth:`~TaskKind.lkd_sampler`
+(post-weight steps) and :meth:`~TaskKind.train` (QAT), then :meth:`~TaskKind.evaluate`.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar, Iterable
+
+from ..common.registry import Registry
+from ..config.quant import enabled
+from ..models.families import family_of
+
+Batches = Callable[[], Iterable[dict]]          # a fresh iterable of model inputs each call
+Sampler = Callable[[int, "object"], dict]       # (n, torch.Generator) -> one batch of n sequences
+
+
+class KindError(ValueError):
+    pass
+
+
+@dataclass
+class RunContext:
+    """One run's resolved inputs, computed once by the pipeline."""
+    cfg: object                 # the composed DictConfig (paths absolute)
+    quant: dict                 # qexp.config.quant.quant_config(...)
+    calibration: object         # the effective calibration group (QAT's init_calibration merged)
+    device: str
+    timer: object               # qexp.experiment.timer.Timer
+    run_id: str
+
+    @property
+    def seed(self) -> int:
+        return int(self.cfg.seed)
+
+    @property
+    def progress(self) -> bool:
+        return bool(self.cfg.progress)
+
+
+@dataclass
+class Evaluation:
+    metrics: dict
+    score: float
+    data_source: str
+
+
+@dataclass
+class Loaded:
+    """A kind's model after :meth:`TaskKind.load`: the quantizable wrapper (configured, on the device, eval mode)."""
+    model: object
+    tokenizer: object
+    identity: str
+    record: dict = field(default_factory=dict)   # kind-specific record fields (e.g. GLUE's ``finetune``)
+
+
+class TaskKind:
+    name: ClassVar[str]
+    causal: ClassVar[bool | None] = None      # True: needs a decoder family, False: an encoder, None: either
+    trains: ClassVar[bool] = False            # whether QAT (a labelled training set) applies
+
+    def __init__(self, ctx: RunContext):
+        self.ctx, self.cfg, self.task = ctx, ctx.cfg, ctx.cfg.task
+        self.loaded: Loaded | None = None
+
+    # -- before anything loads ------------------------------------------------------------------------------------
+    def check(self) -> None:
+        """Refuse a config this kind cannot honour (model family, QAT, LKD sequence length)."""
+        family = family_of(self.cfg.model)
+        if self.causal is not None and family.causal != self.causal:
+            want = "a decoder model (a causal LM)" if self.causal else "an encoder model"
+            raise KindError(f"task {self.task.name!r} ({self.name}) needs {want}, but model {self.cfg.model.name!r} "
+                            f"is of family {family.name!r}; `qexp ls models` lists the models")
+        recipe = self.cfg.recipe
+        if enabled(recipe, "qat") and not self.trains:
+            raise KindError(f"recipe {recipe.name!r} trains (QAT) on labelled data, but task {self.task.name!r} is a "
+                            f"{self.name} task; valid: the GLUE tasks (`qexp ls tasks`)")
+        if enabled(recipe, "lkd") and recipe.lkd.get("data", "task") == "task":
+            fixed, asked = self.lkd_fixed_length(), recipe.lkd.get("seq_length")
+            if fixed is not None and asked is not None and int(asked) != fixed:
+                raise KindError(f"recipe.lkd.seq_length={asked} cannot apply to task {self.task.name!r}: its own "
+                                f"sequences have {fixed} tokens (LKD on task data uses them); valid: "
+                                f"recipe.lkd.seq_length={fixed} or null, or recipe.lkd.data=random|text")
+
+    def lkd_fixed_length(self) -> int | None:
+        """The length of the task's own LKD sequences when the kind cannot change it (None: any length works)."""
+        return None
+
+    # -- the pipeline's steps -------------------------------------------------------------------------------------
+    def load(self) -> Loaded:
+        raise NotImplementedError
+
+    def calibration_batches(self) -> Batches:
+        """Exactly ``calibration.num_batches`` batches of ``calibration.batch_size`` sequences."""
+        raise NotImplementedError
+
+    def adaround_batches(self, n: int) -> Batches:
+        """``n`` task sequences for AdaRound (another draw than calibration's)."""
+        raise NotImplementedError
+
+    def lkd_length(self) -> int:
+        """LKD's sequence length when the recipe gives none."""
+        raise NotImplementedError
+
+    def lkd_sampler(self, length: int) -> Sampler:
+        """Batches of the task's own inputs for LKD (``recipe.lkd.data=task``)."""
+        raise NotImplementedError
+
+    def bar(self, it, desc: str, total: int | None = None):
+        """``it`` with a progress bar when ``progress=true``."""
+        from tqdm.auto import tqdm
+
+        return tqdm(it, desc=desc, total=total, disable=not self.ctx.progress, leave=False)
+
+    def train(self, model) -> dict:
+        raise KindError(f"task kind {self.name!r} does not train")
+
+    def evaluate(self, model) -> Evaluation:
+        raise NotImplementedError
+
+
+KINDS: Registry[type[TaskKind]] = Registry("task kind")
+
+
+def register(cls: type[TaskKind]) -> type[TaskKind]:
+    return KINDS.register(cls.name)(cls)
+
+
+def load_kinds() -> Registry[type[TaskKind]]:
+    """Import every module of ``qexp.kinds`` (each registers its kind): a new kind is one new module."""
+    from .. import kinds as package
+
+    for mod in pkgutil.iter_modules(package.__path__):
+        if mod.name != "base":
+            importlib.import_module(f"{package.__name__}.{mod.name}")
+    return KINDS
+
+
+def kind(name: str) -> type[TaskKind]:
+    """The kind class registered as ``name`` (an unknown name lists the valid ones)."""
+    return load_kinds().get(name)

@@ -1,0 +1,129 @@
+"""GLUE classification/regression: fine-tune FP32 (cached), then quantize; QAT trains on the task's training set."""
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..models.families import family_of
+from ..models.loading import load_model
+from ..quant.sites import configure
+from ..tasks.encode import encode, limit, loader, sample
+from ..tasks.glue import load_split
+from ..tasks.metrics import compute, task_score
+from ..train.finetune import cache_dir_for, cache_key, finetune, load_cached
+from .base import Evaluation, Loaded, TaskKind, register
+
+log = logging.getLogger("qexp")
+
+
+def data_source(task) -> str:
+    """Where a GLUE task's data comes from (part of the fine-tuning cache key and of the record)."""
+    return f"tsv:{task.data_dir}" if task.data_dir else f"hub:{task.hub.path}/{task.hub.name}"
+
+
+def finetune_folder(cfg, model_identity: str) -> Path:
+    """The fine-tuning cache folder of (model, task data, seed, hyper-parameters)."""
+    key = cache_key(model_identity, cfg.task, data_source(cfg.task), int(cfg.seed))
+    return cache_dir_for(Path(cfg.cache_dir), cfg.model.name, key)
+
+
+def to_device(batch: dict, device: str) -> dict:
+    return {k: v.to(device) for k, v in batch.items() if k != "labels"}
+
+
+@torch.no_grad()
+def predict(model, batches, device):
+    model.eval()
+    logits, labels = [], []
+    for batch in batches:
+        logits.append(model(**to_device(batch, device)).logits.float().cpu())
+        labels.append(batch["labels"])
+    return torch.cat(logits).numpy(), torch.cat(labels).numpy()
+
+
+@register
+class Glue(TaskKind):
+    name = "glue"
+    causal = False
+    trains = True
+
+    def lkd_fixed_length(self) -> int:
+        return int(self.task.max_length)  # the authors' LKD batches: training inputs padded to max_length
+
+    def _encode(self, ds, pad: bool | None = None):
+        pad = bool(self.task.pad_to_max_length) if pad is None else pad
+        return encode(ds, self.loaded.tokenizer, int(self.task.max_length), pad)
+
+    def load(self) -> Loaded:
+        from transformers import set_seed
+
+        cfg, task, ctx = self.cfg, self.task, self.ctx
+        set_seed(ctx.seed)  # the new classification head's init depends on the seed
+        hf = load_model(cfg.model, num_labels=int(task.num_labels), seed=ctx.seed)
+        model = family_of(cfg.model).wrap(hf.model)
+        configure(model, ctx.quant)  # once, and before any training: bad site rules fail here
+        self.loaded = Loaded(model, hf.tokenizer, hf.identity)
+        self.train_raw = limit(load_split(task, "train", task.data_dir), task.limit.train)
+        folder = finetune_folder(cfg, hf.identity)
+        cached = load_cached(folder)
+        if cached is not None:
+            hf.model.load_state_dict(cached[0].state_dict())  # the wrapper borrows hf.model's parameters
+            meta = {**cached[1], "cached": True}
+            log.info("fine-tuned checkpoint found in cache: %s", folder)
+        else:
+            with ctx.timer.stage("finetune"):
+                train = self._encode(self.train_raw)
+                meta = {**finetune(hf.model, hf.tokenizer, train, task, ctx.seed, folder, ctx.device, ctx.progress),
+                        "cached": False}
+        self.loaded.record["finetune"] = {**meta, "checkpoint": str(folder)}
+        model.to(ctx.device).eval()
+        return self.loaded
+
+    def calibration_batches(self):
+        cal, tok, device = self.ctx.calibration, self.loaded.tokenizer, self.ctx.device
+        n = int(cal.batch_size) * int(cal.num_batches)
+        data = self._encode(sample(self.train_raw, n, self.ctx.seed), bool(cal.pad_to_max_length))
+        return lambda: (to_device(b, device) for b in loader(data, tok, int(cal.batch_size)))
+
+    def adaround_batches(self, n: int):
+        data = self._encode(sample(self.train_raw, n, self.ctx.seed + 1))
+        return lambda: (to_device(b, self.ctx.device) for b in loader(data, self.loaded.tokenizer, 64))
+
+    def lkd_length(self) -> int:
+        return int(self.task.max_length)
+
+    def lkd_sampler(self, length: int):
+        data = self._encode(self.train_raw, True).with_format("torch")
+        table = {c: data[c] for c in ("input_ids", "attention_mask", "token_type_ids") if c in data.column_names}
+        device = self.ctx.device
+        return lambda n, g: {c: v[torch.randint(len(v), (n,), generator=g)].to(device) for c, v in table.items()}
+
+    def train(self, model) -> dict:
+        from ..train import qat
+
+        ctx, cfg = self.ctx, self.cfg
+        hp = qat.hyperparameters(cfg.recipe.qat)
+        train = self._encode(self.train_raw)
+        folder = (Path(cfg.cache_dir) / "qat" /
+                  f"{cfg.model.name}__{self.task.name}__{cfg.recipe.name}__seed{ctx.seed}__{ctx.run_id}")
+        with tempfile.TemporaryDirectory(prefix="qexp-qat-") as work:
+            meta = qat.train_qat(model, train, self.loaded.tokenizer, hp, ctx.seed, ctx.device, ctx.progress,
+                                 Path(work))
+        qat.save_qat(model, self.loaded.tokenizer, folder, {**meta, "run_id": ctx.run_id, "quant": ctx.quant})
+        return {**meta, "export": str(folder)}
+
+    def evaluate(self, model) -> Evaluation:
+        task, metrics = self.task, {}
+        for split in task.eval_splits:
+            ds = self._encode(limit(load_split(task, split.name, task.data_dir), task.limit.eval))
+            dl = loader(ds, self.loaded.tokenizer, int(task.finetune.eval_batch_size))
+            logits, labels = predict(model, self.bar(dl, "evaluation"), self.ctx.device)
+            if not np.isfinite(logits).all():
+                raise FloatingPointError(f"non-finite logits on {task.name}/{split.name}")
+            metrics[split.name] = {**compute(list(task.metrics), logits, labels, bool(task.regression)),
+                                   "n": int(len(labels))}
+        return Evaluation(metrics, task_score(metrics, list(task.score)), data_source(task))

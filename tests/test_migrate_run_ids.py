@@ -1,0 +1,60 @@
+"""scripts/migrate_run_ids.py: records written while recipes carried ``table_row`` get the id the code gives now."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from qexp.experiment.records import record_path, run_id, write_atomic
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "migrate_run_ids.py"
+spec = importlib.util.spec_from_file_location("migrate_run_ids", SCRIPT)
+migrate_run_ids = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(migrate_run_ids)
+
+
+def _old_record(runs: Path, seed=0) -> Path:
+    cfg = {"model": {"name": "m"}, "task": {"name": "rte"}, "seed": seed, "results_dir": str(runs),
+           "recipe": {"name": "w8a8_ptq", "table_row": {"table": "bondarenko2021_table1", "row": "W8A8"}}}
+    path = record_path(runs, cfg)
+    write_atomic(path, {"schema": 1, "run_id": run_id(cfg), "config": cfg, "score": 1.0})
+    return path
+
+
+def test_migration_renames_and_keeps_the_old_id(tmp_path):
+    old = _old_record(tmp_path)
+    old_id = json.loads(old.read_text())["run_id"]
+    new = migrate_run_ids.migrate(old, dry_run=False)
+    rec = json.loads(new.read_text())
+    assert not old.exists() and new.exists() and new != old
+    assert "table_row" not in rec["config"]["recipe"]
+    assert rec["run_id"] == run_id(rec["config"]) != old_id and rec["previous_run_ids"] == [old_id]
+    assert new == record_path(tmp_path, rec["config"])  # where `qexp run` looks for it now: the run resumes
+    assert migrate_run_ids.migrate(new, dry_run=False) is None  # idempotent
+
+
+def test_dry_run_changes_nothing_and_a_foreign_id_is_refused(tmp_path):
+    old = _old_record(tmp_path)
+    before = old.read_text()
+    assert migrate_run_ids.migrate(old, dry_run=True) is not None and old.read_text() == before
+    rec = json.loads(before)
+    rec["run_id"] = "000000000000"
+    old.write_text(json.dumps(rec))
+    with pytest.raises(SystemExit, match="is not the id of its own config"):
+        migrate_run_ids.migrate(old, dry_run=False)
+
+
+def test_no_recipe_carries_a_table_row():
+    conf = Path(__file__).resolve().parents[1] / "conf" / "recipe"
+    assert not [p.name for p in conf.glob("*.yaml") if "table_row" in p.read_text()]
+
+
+def test_every_committed_record_has_its_current_id():
+    from qexp.experiment.records import load_records
+
+    runs = Path(__file__).resolve().parents[1] / "results" / "runs"
+    recs = load_records(runs)
+    assert recs, "no committed records"
+    bad = [r["_path"] for r in recs if r["run_id"] != run_id(r["config"]) or Path(r["_path"]) != record_path(
+        runs, r["config"])]
+    assert not bad, bad
