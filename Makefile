@@ -8,6 +8,8 @@ RUNS      ?= results/runs
 TABLES    ?= results/tables
 GLUE      ?= ../shared/data/glue
 SEEDS     ?= 0,1,2
+# pytest-xdist workers for `make test` (one torch thread each; this machine has 2 cores)
+JOBS      ?= 2
 
 .PHONY: help install install-gpu demo test test-slow test-gpu check-kernels bench tables table1-rte bondarenko2021-mini table9-rte figure2 clean-cache
 
@@ -23,8 +25,8 @@ demo: install  ## the embedded offline demo: MiniLM-L6 on pydoc text, FP32 / W8A
 	qexp run -m +recipe=fp32,w8a8_ptq,w8a32_ptq,w32a8_ptq results_dir=$(RUNS)
 	qexp tables --runs $(RUNS) --out $(TABLES) --show text_outliers
 
-test: install  ## the test suite (CPU; GPU tests are deselected, real-data runs marked slow too)
-	$(PY) -m pytest -q
+test: install  ## the test suite (CPU; GPU tests are deselected, real-data runs marked slow too), JOBS workers
+	$(PY) -m pytest -q -n $(JOBS)
 
 test-slow: install  ## the slow real-data tests (minutes on a CPU)
 	$(PY) -m pytest -q -m slow

@@ -21,9 +21,10 @@ NVCC = shutil.which("nvcc")
 ARCHS = ("sm_80", "sm_90")
 
 
-def _nvcc(source: str, arch: str, what: str, out: Path) -> str:
+def _nvcc(source: str, arch: str, what: str, out: Path, keep: Path | None = None) -> str:
+    """nvcc's ptxas log; with ``keep`` the intermediate PTX of a cubin build stays there (one compile, both checked)."""
     cmd = [NVCC, "-std=c++17", "-DQEXP_NVCC_CHECK", f"-arch={arch}", f"-{what}", "-o", str(out),
-           str(KERNEL_DIR / source), "-Xptxas", "-v"]
+           str(KERNEL_DIR / source), "-Xptxas", "-v", *(["--keep", "--keep-dir", str(keep)] if keep else [])]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stderr}"
     return r.stderr
@@ -32,8 +33,11 @@ def _nvcc(source: str, arch: str, what: str, out: Path) -> str:
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
 @pytest.mark.parametrize("arch", ARCHS)
 def test_gemm_compiles_to_tensor_core_code(arch, tmp_path):
-    _nvcc("int8_gemm.cu", arch, "ptx", tmp_path / "g.ptx")
-    ptx = (tmp_path / "g.ptx").read_text()
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    log = _nvcc("int8_gemm.cu", arch, "cubin", tmp_path / "g.cubin", keep=keep)
+    (ptx_file,) = keep.glob("*.ptx")  # the PTX ptxas compiled into that cubin
+    ptx = ptx_file.read_text()
     entries = re.findall(r"\.entry\s+(\S+)\(", ptx)
     mma_entries = [e for e in entries if "int8_gemm_mma" in e]
     assert len(mma_entries) >= 6, entries  # the instantiated tile configurations
@@ -47,7 +51,6 @@ def test_gemm_compiles_to_tensor_core_code(arch, tmp_path):
             assert "cp.async.wait_group" in body
     assert any("int8_gemm_dp4a" in e for e in entries)
     assert "dp4a.s32.s32" in ptx
-    log = _nvcc("int8_gemm.cu", arch, "cubin", tmp_path / "g.cubin")
     assert "spill stores" in log and not re.search(r"[1-9]\d* bytes spill stores", log), log
 
 
