@@ -26,9 +26,10 @@ commands:
                          rebuild every paper table as CSV (+ Markdown) from the run records
   bench gemm [--shapes g8|extra|all|small] [--impl NAME] [--device auto|cuda|cpu]
                          INT8 GEMM throughput (ZeroQuant Table G.8 layout): FP16 cuBLAS, INT8 cuBLASLt, our
-                         CuPy kernels; writes results/bench/ (`make tables` -> zeroquant_tableG8.csv)
-  bench layer [--bsz 64] [--seq 128]
-                         BERT-base encoder-layer latency, FP16 vs ZeroQuant W8A8 on inference.backend=cupy_int8
+                         CuPy kernels; on the CPU FP32 vs oneDNN INT8 (cpu_int8); writes results/bench/
+                         (`make tables` -> zeroquant_tableG8.csv)
+  bench layer [--bsz 64] [--seq 128] [--device cuda|cpu] [--backend cupy_int8|cpu_int8|torch_int]
+                         BERT-base encoder-layer latency, float vs ZeroQuant W8A8 on an integer backend
 
 examples:
   qexp run                                          # label-free default: real MiniLM-L6, FP32

@@ -31,6 +31,15 @@ def test_cpu_timer_rotates_buffer_sets():
     assert calls == [0, *range(15)] and ms >= 0  # one warm-up call, then 5 groups of 3 consecutive set indices
 
 
+def test_cpu_timer_interleaves_the_implementations():
+    from qexp.integer.bench import time_cpu_interleaved
+
+    calls = []
+    ms = time_cpu_interleaved({"a": lambda i: calls.append(("a", i)), "b": lambda i: calls.append(("b", i))}, 2, 2)
+    assert calls == [("a", 0), ("b", 0), ("a", 0), ("a", 1), ("b", 0), ("b", 1), ("a", 2), ("a", 3), ("b", 2),
+                     ("b", 3)] and set(ms) == {"a", "b"}
+
+
 def test_bench_gemm_cli_writes_a_record_and_make_tables_renders_it(tmp_path):
     out = tmp_path / "bench"
     r = qexp("bench", "gemm", "--shapes", "small", "--device", "cpu", "--repeats", "2", "--inner", "1",
@@ -40,13 +49,21 @@ def test_bench_gemm_cli_writes_a_record_and_make_tables_renders_it(tmp_path):
     rec = json.loads(rec_file.read_text())
     assert rec["git"]["commit"] and rec["versions"]["torch"] and rec["device"]["type"] == "cpu"
     rows = rec["bench"]["rows"]
-    assert {r["impl"] for r in rows} == {"fp32_cpu", "int_reference_cpu"} and all(r["time_ms"] > 0 for r in rows)
+    assert {r["impl"] for r in rows} >= {"fp32_cpu", "int_reference_cpu"}
+    assert all(r["time_ms"] > 0 for r in rows) and rec["bench"]["threads"] >= 1
+    from qexp.integer.cpu_int8 import available
+
+    if available():
+        assert {r["impl"] for r in rows} >= {"cpu_int8", "cpu_int8+quant", "cpu_int8_single"}
+        assert rec["bench"]["cpu_int8"]["path"] and rec["bench"]["cpu_int8"]["isa"]  # which oneDNN path ran
     r = rows[0]
     assert r["tflops"] == pytest.approx(2 * r["M"] * r["K"] * r["N"] / (r["time_ms"] * 1e-3) / 1e12)
     t = table_g8(out)
     assert len(t) == 14 + 2 and t.paper_A100_int8_cutlass_ms.notna().sum() == 14
-    measured = t[t.device == "cpu"]
+    measured = t[t.device == f"cpu ({rec['bench']['threads']} threads)"]
     assert len(measured) == 2 and measured.fp32_cpu_ms.notna().all()
+    if "cpu_int8_ms" in measured:
+        assert (measured.cpu_int8_speedup_vs_fp32 == measured.fp32_cpu_ms / measured.cpu_int8_ms).all()
 
 
 def test_table_g8_layout_with_a_gpu_record(tmp_path):
@@ -73,9 +90,25 @@ def test_bench_layer_plumbing_on_the_cpu():
     assert res["time_ms"]["fp32"] > 0 and res["time_ms"]["torch_int"] > 0
 
 
+def test_bench_layer_on_cpu_int8():
+    from qexp.integer.bench import bench_layer
+    from qexp.integer.cpu_int8 import available
+
+    if not available():
+        pytest.skip("this torch has no oneDNN INT8 ops")
+    res = bench_layer(2, 16, repeats=1, progress=False, device="cpu", backend="cpu_int8")
+    assert res["integer_linears"] == 6 and res["time_ms"]["cpu_int8"] > 0
+
+
 def test_bench_errors_are_clear(tmp_path):
-    with pytest.raises(BenchError, match=r"implementation\(s\) \['ours'\] are not available here; valid on this "
-                                         r"machine: \['fp32_cpu', 'int_reference_cpu'\]"):
+    import re
+
+    from qexp.integer.cpu_int8 import available
+
+    valid = ["fp32_cpu", *(["cpu_int8", "cpu_int8+quant", "cpu_int8_single"] if available() else []),
+             "int_reference_cpu"]
+    with pytest.raises(BenchError, match=re.escape(f"implementation(s) ['ours'] are not available here; valid on this "
+                                                   f"machine: {valid}")):
         bench_gemm("small", ["ours"], device="cpu", progress=False)
     if not torch.cuda.is_available():
         r = qexp("bench", "layer", "--out", str(tmp_path))

@@ -175,7 +175,7 @@ def test_unsupported_layers_are_clear_errors():
     weight_only = _layer(32, 8, W_SPECS["per_channel"], I_SPECS["per_token_sym"], x_cal)
     weight_only.input_quantizer = Quantizer("lin.input", QuantSpec(enabled=False))
     assert "lin.weight (weight only)" in _errors(weight_only)
-    with pytest.raises(UnknownChoiceError, match=r"unknown inference backend 'int4'; valid choices: cupy_int8, fake, torch_int"):
+    with pytest.raises(UnknownChoiceError, match=r"unknown inference backend 'int4'; valid choices: cpu_int8, cupy_int8, fake, torch_int"):
         attach(nn.Sequential(weight_only), "int4")
     nothing = QLinear(nn.Linear(4, 4), "lin")
     with pytest.raises(IntegerBackendError, match="quantizes no linear layer"):
@@ -224,6 +224,6 @@ def test_runner_refuses_a_weight_only_recipe_on_an_integer_backend(tmp_path, wik
     with pytest.raises(IntegerBackendError, match=r"weight only\)"):
         run_cfg(tmp_path, "+recipe=zq_w48a16", "recipe.groups=16", "model=tiny_gpt2", "task=wikitext2",
                 f"task.data_dir={wikitext_like}", "inference.backend=torch_int")
-    with pytest.raises(UnknownChoiceError, match=r"unknown inference backend 'int2'; valid choices: cupy_int8, fake, torch_int"):
+    with pytest.raises(UnknownChoiceError, match=r"unknown inference backend 'int2'; valid choices: cpu_int8, cupy_int8, fake, torch_int"):
         run_cfg(tmp_path, "model=tiny_gpt2", "task=wikitext2", f"task.data_dir={wikitext_like}",
                 "inference.backend=int2")

@@ -1,4 +1,4 @@
-"""Integer inference for quantized linear layers: ``inference.backend`` = fake | torch_int | cupy_int8.
+"""Integer inference for quantized linear layers: ``inference.backend`` = fake | torch_int | cupy_int8 | cpu_int8.
 
 ``fake`` (default) is fake quantization.  The two integer backends execute every quantized linear (weight and input
 quantizer both enabled) as an INT8 GEMM of integer codes with a fused dequantization epilogue:
@@ -7,7 +7,8 @@ quantizer both enabled) as an INT8 GEMM of integer codes with a fused dequantiza
 
 ``torch_int`` emulates that arithmetic exactly in torch (the accumulator through float64, which holds every int32 sum
 exactly; the epilogue in fp32 in the kernel's order) on any device: it is the oracle of the CuPy kernels and their CPU
-fallback.  ``cupy_int8`` runs the kernels of ``kernels/`` (``qexp.integer.kernels``) on an NVIDIA GPU.
+fallback.  ``cupy_int8`` runs the kernels of ``kernels/`` (``qexp.integer.kernels``) on an NVIDIA GPU; ``cpu_int8``
+runs PyTorch's oneDNN INT8 GEMMs on x86 CPUs (``qexp.integer.cpu_int8``).
 
 Supported, and checked when the backend is attached (anything else is an error that names the site):
 - weights: symmetric on the signed grid, 2-8 bits (INT4 codes run on the INT8 GEMM), one scale per output row
@@ -18,147 +19,16 @@ Supported, and checked when the backend is attached (anything else is an error t
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from ..common.registry import Registry
-from ..quant.affine import QParams
-from ..quant.granularity import PerTensor, PerToken
 from ..quant.modules import QLinear
+from .operands import (INT32_MAX, K_ALIGN, Int8Activation, Int8Weight, IntegerBackendError,  # noqa: F401  (re-exported)
+                       activation_operand, check_input_spec, padded, reference_gemm, to_int8, weight_operand)
 
-BACKENDS: Registry = Registry("inference backend")  # name -> backend class (``fake``: None, fake quantization)
+BACKENDS: Registry = Registry("inference backend")  # name -> backend factory (``fake``: None, fake quantization)
 BACKENDS.register("fake")(None)
-K_ALIGN = 16          # the GEMM's K (and row strides) are padded to a multiple of 16 bytes (16-byte cp.async)
-INT32_MAX = 2 ** 31 - 1
-
-
-class IntegerBackendError(ValueError):
-    pass
-
-
-@dataclass
-class Int8Weight:
-    """A quantized weight as the GEMM reads it: codes (N, Kp) int8 zero-padded, one fp32 scale per output row,
-    the row sums of the codes (for activation zero points), and the true K."""
-
-    codes: torch.Tensor
-    scale: torch.Tensor
-    wsum: torch.Tensor
-    k: int
-
-    def to(self, device) -> Int8Weight:
-        return Int8Weight(self.codes.to(device), self.scale.to(device), self.wsum.to(device), self.k)
-
-
-@dataclass
-class Int8Activation:
-    """Quantized activations: codes (M, Kp) int8 zero-padded, per-row fp32 scale and int32 zero point,
-    x ~ scale[m] * (codes[m, k] - zero_point[m])."""
-
-    codes: torch.Tensor
-    scale: torch.Tensor
-    zero_point: torch.Tensor
-
-
-def padded(k: int) -> int:
-    return -(-k // K_ALIGN) * K_ALIGN
-
-
-def _pad_k(t: torch.Tensor) -> torch.Tensor:
-    k = t.shape[1]
-    return t if k == padded(k) else torch.nn.functional.pad(t, (0, padded(k) - k))
-
-
-def _per_row(t: torch.Tensor, rows: int, cols: int, what: str) -> torch.Tensor:
-    """A scale / zero point broadcastable to (rows, cols) as one value per row, or an error if it varies along K."""
-    full = t.expand(rows, cols) if t.dim() <= 2 else None
-    if full is None or not bool((full == full[:, :1]).all()):
-        raise IntegerBackendError(f"{what} varies along the reduction dimension, so it cannot be factored out of the "
-                                  f"integer sum; the integer path needs one scale per row")
-    return full[:, 0].contiguous()
-
-
-def _check_bits(p: QParams, what: str) -> None:
-    if p.q_max - p.q_min > 255:
-        raise IntegerBackendError(f"{what}: a grid of {p.q_max - p.q_min + 1} levels does not fit INT8; the integer "
-                                  f"backends run 2-8 bit codes")
-
-
-def to_int8(codes: torch.Tensor, zero_point: torch.Tensor, p: QParams) -> tuple[torch.Tensor, torch.Tensor]:
-    """Codes on [q_min, q_max] as int8 plus the matching zero point: an unsigned grid shifts by -128."""
-    shift = 128 if p.q_min >= 0 and p.q_max > 127 else 0
-    return (codes - shift).to(torch.int8), (zero_point.round().to(torch.int32) - shift)
-
-
-def weight_operand(q, weight: torch.Tensor) -> Int8Weight:
-    """The integer codes of ``weight`` under weight quantizer ``q`` (state fixed), exactly those of fake quantization."""
-    w = weight.detach().float()
-    if w.dim() != 2:
-        raise IntegerBackendError(f"{q.name}: the integer path needs a 2-D weight, got {tuple(w.shape)}")
-    p = q.grid(w)
-    _check_bits(p, q.name)
-    if not q.spec.symmetric or p.q_min >= 0:
-        raise IntegerBackendError(f"{q.name}: the integer path needs symmetric weights on the signed grid "
-                                  f"(zero point 0); the recipe sets symmetric={q.spec.symmetric}")
-    n, k = w.shape
-    try:
-        scale = _per_row(p.scale, n, k, f"{q.name}: the weight scale ({q.spec.granularity})")
-    except IntegerBackendError as e:
-        raise IntegerBackendError(f"{e}: per_tensor, per_channel, or per_group with n_groups dividing the {n} rows "
-                                  f"(whole rows per group)") from None
-    if q.rounding is not None:  # AdaRound's learned decisions
-        codes = torch.clamp(torch.floor(w / p.scale) + q.rounding + p.zero_point, p.q_min, p.q_max)
-    else:
-        codes = torch.clamp(torch.round(w / p.scale) + p.zero_point, p.q_min, p.q_max)
-    codes = codes.to(torch.int32)
-    return Int8Weight(_pad_k(codes.to(torch.int8)), scale.float(), codes.sum(dim=1).to(torch.int32), k)
-
-
-def check_input_spec(q, backend: str) -> None:
-    g = q.spec.granularity
-    if not isinstance(g, (PerToken, PerTensor)):
-        raise IntegerBackendError(f"{q.name}: input granularity {g} is not supported by the integer path; valid: "
-                                  f"per_token (dynamic) or per_tensor (static)")
-    if q.spec.bits > 8:
-        raise IntegerBackendError(f"{q.name}: {q.spec.bits}-bit inputs do not fit INT8; valid: 2-8 bits")
-    if backend == "cupy_int8" and isinstance(g, PerToken) and not q.spec.symmetric:
-        raise IntegerBackendError(f"{q.name}: the per-token quantize kernel is symmetric (ZeroQuant's token-wise "
-                                  f"activations); asymmetric per-token inputs run on inference.backend=torch_int")
-
-
-def activation_operand(q, x2d: torch.Tensor) -> Int8Activation:
-    """Torch reference of the quantize kernels: the integer codes of ``x2d`` (M, K) under input quantizer ``q``,
-    computed in fp32 with the quantizer's own parameters (so they equal fake quantization's codes)."""
-    x = x2d.float()
-    p = q.grid(x)
-    _check_bits(p, q.name)
-    m, k = x.shape
-    scale = _per_row(p.scale, m, k, f"{q.name}: the input scale")
-    zp = _per_row(p.zero_point, m, k, f"{q.name}: the input zero point")
-    codes = torch.clamp(torch.round(x / p.scale) + p.zero_point, p.q_min, p.q_max).to(torch.int32)
-    codes8, zp8 = to_int8(codes, zp, p)
-    return Int8Activation(_pad_k(codes8), scale.float(), zp8)
-
-
-def reference_gemm(a: Int8Activation, w: Int8Weight, bias: torch.Tensor | None = None, gelu: bool = False,
-                   out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The kernels' arithmetic, exactly: int32 accumulation (checked), zero-point fold, fp32 epilogue in their order."""
-    if a.codes.shape[1] != w.codes.shape[1]:
-        raise IntegerBackendError(f"padded K differs: activations {tuple(a.codes.shape)}, weights "
-                                  f"{tuple(w.codes.shape)}")
-    acc = a.codes.double() @ w.codes.double().T  # every partial sum is an integer below 2^53: exact
-    if bool((a.zero_point != 0).any()):
-        acc = acc - a.zero_point.double()[:, None] * w.wsum.double()[None, :]
-    if bool((acc.abs() > INT32_MAX).any()):
-        raise IntegerBackendError(f"the int32 accumulator overflows (max |acc| = {int(acc.abs().max())}) at K={w.k}")
-    y = acc.float() * (a.scale[:, None] * w.scale[None, :])
-    if bias is not None:
-        y = y + bias.float()
-    if gelu:
-        y = (0.5 * y) * (1.0 + torch.erf(y * 0.70710678118654752))
-    return y.to(out_dtype)
 
 
 @BACKENDS.register("torch_int")
@@ -209,6 +79,14 @@ class CupyInt8Backend:
                                  wsum=None if zero else w.wsum, bias=bias, out_dtype=out_dtype)
 
 
+@BACKENDS.register("cpu_int8")
+def _cpu_int8():
+    """oneDNN's INT8 GEMMs on x86 CPUs (qexp.integer.cpu_int8; imported on first use)."""
+    from .cpu_int8 import CpuInt8Backend
+
+    return CpuInt8Backend()
+
+
 def make_backend(name: str):
     cls = BACKENDS.get(name)  # an unknown name lists the valid ones
     if cls is None:
@@ -256,4 +134,4 @@ def attach(model: nn.Module, backend_name: str) -> dict:
     for m in chosen:
         m.integer = IntegerLinear(m, backend)
     return {"backend": backend_name, "integer_linears": len(chosen),
-            "float_linears": len(layers) - len(chosen)}
+            "float_linears": len(layers) - len(chosen), **(backend.describe() if hasattr(backend, "describe") else {})}

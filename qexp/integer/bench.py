@@ -101,6 +101,21 @@ def time_cpu(fn, repeats: int, inner: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
+def time_cpu_interleaved(fns: dict, repeats: int, inner: int, warmup: int = 1) -> dict[str, float]:
+    """Median milliseconds per call of each fn(i), the implementations taking turns group by group (A B C A B C ...)."""
+    for fn in fns.values():
+        for i in range(warmup):
+            fn(i)
+    times = {name: [] for name in fns}
+    for r in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            for j in range(inner):
+                fn(r * inner + j)
+            times[name].append((time.perf_counter() - t0) * 1e3 / inner)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 def _n_sets(bytes_per_set: int, cuda: bool) -> int:
     if not cuda:
         return 2
@@ -116,7 +131,10 @@ def _implementations(cuda: bool, wanted: list[str] | None):
         if kernels_available():
             names += ["ours", "ours+quant", "dp4a"]
     else:
-        names = ["fp32_cpu", "int_reference_cpu"]
+        from .cpu_int8 import available
+
+        names = ["fp32_cpu", *(["cpu_int8", "cpu_int8+quant", "cpu_int8_single"] if available() else []),
+                 "int_reference_cpu"]
     if wanted:
         bad = [w for w in wanted if w not in names]
         if bad:
@@ -127,7 +145,7 @@ def _implementations(cuda: bool, wanted: list[str] | None):
 
 def _gemm_case(impl: str, m: int, k: int, n: int, dev: str):
     """(fn(i), bytes per buffer set, skip reason or None) for one implementation and shape."""
-    from .backends import Int8Activation, Int8Weight, padded, reference_gemm
+    from .operands import Int8Activation, Int8Weight, padded, reference_gemm
 
     g = torch.Generator(device=dev).manual_seed(0)
     if impl in ("fp16_cublas", "fp32_cpu"):
@@ -145,6 +163,8 @@ def _gemm_case(impl: str, m: int, k: int, n: int, dev: str):
                  torch.randint(-128, 128, (k, n), dtype=torch.int8, device=dev, generator=g))
                 for _ in range(_n_sets(per, True))]
         return (lambda i: torch._int_mm(*sets[i % len(sets)])), per, None
+    if impl in ("cpu_int8", "cpu_int8+quant", "cpu_int8_single"):
+        return _cpu_int8_case(impl, m, k, n, g)
     kp = padded(k)
     per = m * kp + n * kp + 2 * m * n
     sets = []
@@ -174,6 +194,35 @@ def _gemm_case(impl: str, m: int, k: int, n: int, dev: str):
     return quant_gemm, per + 2 * m * k, None
 
 
+def _cpu_int8_case(impl: str, m: int, k: int, n: int, g):
+    """oneDNN INT8: the weight packed once (as an attached layer holds it); ``+quant`` also quantizes the fp32 input
+    per token (ZeroQuant's activations) before the GEMM, as inference does.  ``cpu_int8_single`` times one plain u8*s8
+    GEMM whatever the CPU: the speed of the INT8 instructions, and on a CPU whose probe saturates (no VNNI) NOT the
+    exact result -- it shows what exactness costs there (the backend itself never runs it on such a CPU)."""
+    from ..quant.granularity import PerToken
+    from ..quant.quantizer import Quantizer, QuantSpec
+    from .operands import Int8Activation, Int8Weight
+    from .cpu_int8 import CpuInt8Backend
+
+    backend = CpuInt8Backend()
+    if impl == "cpu_int8_single":
+        backend.split = False
+    q = Quantizer("bench.input", QuantSpec(bits=8, symmetric=True, granularity=PerToken()))
+    q.set_state("fixed")
+    per = m * k + n * k + 4 * m * n
+    sets = []
+    for _ in range(_n_sets(per, False)):
+        codes = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
+        w = backend.prepare(Int8Weight(codes, torch.rand(n) * 1e-3, codes.to(torch.int32).sum(1), k), "cpu")
+        a = Int8Activation(torch.randint(-128, 128, (m, k), dtype=torch.int8, generator=g), torch.rand(m) * 1e-3,
+                           torch.zeros(m, dtype=torch.int32))
+        sets.append((a, w, torch.randn(m, k, generator=g) if impl == "cpu_int8+quant" else None))
+    if impl in ("cpu_int8", "cpu_int8_single"):
+        return (lambda i: backend.gemm(sets[i % len(sets)][0], sets[i % len(sets)][1], None, torch.float32)), per, None
+    return (lambda i: backend.gemm(backend.quantize(q, sets[i % len(sets)][2]), sets[i % len(sets)][1], None,
+                                   torch.float32)), per + 4 * m * k, None
+
+
 def bench_gemm(shape_set: str = "all", impls: list[str] | None = None, repeats: int = 50, inner: int = 10,
                device: str = "auto", progress: bool = True) -> dict:
     cuda = device != "cpu" and torch.cuda.is_available()
@@ -184,13 +233,16 @@ def bench_gemm(shape_set: str = "all", impls: list[str] | None = None, repeats: 
     gpu = torch.cuda.get_device_name() if cuda else None
     rows = []
     for s in shapes(shape_set):
+        cases = {impl: _gemm_case(impl, s["M"], s["K"], s["N"], dev) for impl in names}
+        if not cuda:  # CPU: the implementations take turns, so a drift of the machine's speed hits them all alike
+            cpu_ms = time_cpu_interleaved({i: fn for i, (fn, _, skip) in cases.items() if not skip}, repeats, inner)
         for impl in names:
-            fn, _, skip = _gemm_case(impl, s["M"], s["K"], s["N"], dev)
+            fn, _, skip = cases[impl]
             row = {**s, "impl": impl}
             if skip:
                 row.update(time_ms=None, tflops=None, note=skip)
             else:
-                ms = (time_cuda if cuda else time_cpu)(fn, repeats, inner)
+                ms = time_cuda(fn, repeats, inner) if cuda else cpu_ms[impl]
                 flops = 2.0 * s["M"] * s["K"] * s["N"]
                 row.update(time_ms=ms, tflops=flops / (ms * 1e-3) / 1e12)
                 if gpu and impl != "fp16_cublas":
@@ -204,7 +256,13 @@ def bench_gemm(shape_set: str = "all", impls: list[str] | None = None, repeats: 
                 t = "skip" if row["time_ms"] is None else f"{row['time_ms']:.4f} ms {row['tflops']:.1f} TFLOPS"
                 print(f"{s['group']:>13} bsz {s['bsz']:>3} seq {s['seq']:>5} dim {s['dim']!s:>9}  {impl:<17} {t}",
                       flush=True)
-    return {"kind": "gemm", "shape_set": shape_set, "repeats": repeats, "inner": inner, "rows": rows}
+    out = {"kind": "gemm", "shape_set": shape_set, "repeats": repeats, "inner": inner, "rows": rows,
+           "threads": torch.get_num_threads()}
+    if not cuda and any(r["impl"].startswith("cpu_int8") for r in rows):
+        from .cpu_int8 import CpuInt8Backend
+
+        out["cpu_int8"] = CpuInt8Backend().describe()
+    return out
 
 
 def bench_layer(bsz: int = 64, seq: int = 128, repeats: int = 30, progress: bool = True, device: str = "cuda",
@@ -270,7 +328,8 @@ def bench_layer(bsz: int = 64, seq: int = 128, repeats: int = 30, progress: bool
     attach(qmodel, "fake")
     return {"kind": "layer", "model": "bert-base layer (random weights)", "recipe": "zq_w8a8 (48 groups)", "bsz": bsz,
             "seq": seq, "repeats": repeats, "backend": backend, "integer_linears": summary.get("integer_linears"),
-            "time_ms": timings, "speedup": timings[float_name] / timings[backend]}
+            "inference": summary, "threads": torch.get_num_threads(), "time_ms": timings,
+            "speedup": timings[float_name] / timings[backend]}
 
 
 def _event():
@@ -304,8 +363,8 @@ def main(argv: list[str]) -> None:
     ly.add_argument("--bsz", type=int, default=64)
     ly.add_argument("--seq", type=int, default=128)
     ly.add_argument("--repeats", type=int, default=30)
-    ly.add_argument("--device", default="cuda", help="cuda | cpu (cpu: plumbing only, with --backend torch_int)")
-    ly.add_argument("--backend", default="cupy_int8", help="cupy_int8 | torch_int")
+    ly.add_argument("--device", default="cuda", help="cuda | cpu")
+    ly.add_argument("--backend", default="cupy_int8", help="cupy_int8 (cuda) | cpu_int8 (cpu, oneDNN) | torch_int")
     ly.add_argument("--out", default="results/bench")
     a = ap.parse_args(argv)
     if a.what == "gemm":

@@ -13,14 +13,22 @@ import pandas as pd
 
 REFERENCE = Path(__file__).parent / "reference"
 KEYS = ["group", "bsz", "seq", "dim"]
-IMPLS = ["fp16_cublas", "int8_cublaslt", "ours", "ours+quant", "dp4a", "fp32_cpu", "int_reference_cpu"]
+IMPLS = ["fp16_cublas", "int8_cublaslt", "ours", "ours+quant", "dp4a", "fp32_cpu", "cpu_int8", "cpu_int8+quant",
+         "cpu_int8_single", "int_reference_cpu"]
+
+
+def device_label(rec: dict) -> str:
+    """The GPU's name, or ``cpu (N threads)``: CPU timings at different thread counts are different rows."""
+    threads = rec["bench"].get("threads")
+    gpu = rec["device"].get("gpu")
+    return gpu or (f"{rec['device']['type']} ({threads} threads)" if threads else rec["device"]["type"])
 
 
 def newest_gemm_records(bench_dir: Path) -> list[dict]:
     by_device: dict[str, dict] = {}
     for f in sorted(Path(bench_dir).glob("gemm__*.json")) if Path(bench_dir).exists() else []:
         rec = json.loads(f.read_text())
-        dev = rec["device"].get("gpu") or rec["device"]["type"]
+        dev = device_label(rec)
         if dev not in by_device or rec["finished"] > by_device[dev]["finished"]:
             by_device[dev] = rec
     return list(by_device.values())
@@ -44,7 +52,10 @@ def table_g8(bench_dir: Path) -> pd.DataFrame:
         for impl in ("ours", "ours+quant", "int8_cublaslt"):
             if f"{impl}_ms" in wide and "fp16_cublas_ms" in wide:
                 wide[f"{impl}_speedup_vs_fp16"] = wide["fp16_cublas_ms"] / wide[f"{impl}_ms"]
-        wide.insert(0, "device", rec["device"].get("gpu") or rec["device"]["type"])
+        for impl in ("cpu_int8", "cpu_int8+quant", "cpu_int8_single"):
+            if f"{impl}_ms" in wide and "fp32_cpu_ms" in wide:
+                wide[f"{impl}_speedup_vs_fp32"] = wide["fp32_cpu_ms"] / wide[f"{impl}_ms"]
+        wide.insert(0, "device", device_label(rec))
         wide["git_commit"] = (rec.get("git") or {}).get("commit")
         frames.append(wide)
     ours = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["device", *KEYS])

@@ -1,0 +1,121 @@
+"""inference.backend=cpu_int8 (oneDNN's INT8 GEMMs) against the exact integer oracle (torch_int's reference_gemm).
+
+The oracle accumulates in float64 (every partial sum exact) and converts once to fp32; oneDNN accumulates in int32 and
+converts once, so the two agree bit for bit while |accumulator| < 2^24, and to one fp32 rounding of the accumulator
+beyond.  The saturation test uses data on which a u8*s8 GEMM without VNNI loses accuracy (255 * 127 pairs)."""
+import pytest
+import torch
+
+from qexp.integer import cpu_int8
+from qexp.integer.backends import Int8Activation, activation_operand, attach, reference_gemm, weight_operand
+
+from .test_inference import I_SPECS, W_SPECS, _inputs, _layer
+
+pytestmark = pytest.mark.skipif(not cpu_int8.available(), reason="this torch has no oneDNN INT8 ops")
+
+
+def _backend(split: bool | None = None) -> cpu_int8.CpuInt8Backend:
+    b = cpu_int8.CpuInt8Backend()
+    if split is not None:
+        b.split = split
+    return b
+
+
+def _oracle_and_ours(layer, x, backend):
+    wq, iq = layer.weight_quantizer, layer.input_quantizer
+    w = weight_operand(wq, layer.inner.weight.detach())
+    a = activation_operand(iq, x)
+    bias = layer.inner.bias.detach()
+    return reference_gemm(a, w, bias), backend.gemm(a, backend.prepare(w, "cpu"), bias, torch.float32), a, w
+
+
+def _acc_ulp(a, w) -> float:
+    """One fp32 rounding of the largest accumulator, in output units (0 where every |acc| < 2^24)."""
+    acc = (a.codes.double() - a.zero_point.double()[:, None]) @ w.codes.double().T
+    big = float(acc.abs().max())
+    scale = float((a.scale[:, None] * w.scale[None, :]).abs().max())
+    return 0.0 if big < 2 ** 24 else big * 2 ** -23 * scale * 2
+
+
+@pytest.mark.parametrize("wname", ["per_channel", "per_group_rows", "int4_groups"])
+@pytest.mark.parametrize("iname", list(I_SPECS))
+@pytest.mark.parametrize("m,k", [(37, 72), (5, 768), (3, 3072)])
+def test_cpu_int8_equals_the_integer_oracle(wname, iname, m, k):
+    x = _inputs(m, k, seed=m, nonnegative=iname.endswith("asym") and m == 5)
+    layer = _layer(k, 48, W_SPECS[wname], I_SPECS[iname], _inputs(64, k, seed=99))
+    ref, ours, a, w = _oracle_and_ours(layer, x, _backend())
+    uniform_zp = bool((a.zero_point == a.zero_point[0]).all())
+    if uniform_zp and _acc_ulp(a, w) == 0.0:
+        assert torch.equal(ours, ref)  # bit for bit
+    else:
+        scale = float((a.scale[:, None] * w.scale[None, :]).abs().max())
+        zp_term = float((a.zero_point.double().abs()[:, None] * w.wsum.double().abs()[None, :]).max())
+        tol = _acc_ulp(a, w) + 4 * 2 ** -23 * (zp_term + float(ref.abs().max()) / scale) * scale
+        assert (ours - ref).abs().max().item() <= tol + 1e-6
+
+
+def _biting_operands(k=256):
+    """Activation codes at the top of the unsigned grid and weights at +-127: every u8*s8 pair sum is 2 * 255 * 127,
+    beyond int16, so a saturating GEMM is off by far more than rounding."""
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randint(200, 256, (8, k), generator=g).to(torch.int16) - 128
+    a = Int8Activation(codes.to(torch.int8), torch.full((8,), 0.01), torch.full((8,), -128, dtype=torch.int32))
+    sign = torch.where(torch.rand(16, k, generator=g) < 0.9, 1, -1)
+    wcodes = (127 * sign).to(torch.int8)
+    from qexp.integer.backends import Int8Weight
+
+    w = Int8Weight(wcodes, torch.full((16,), 0.02), wcodes.to(torch.int32).sum(1).to(torch.int32), k)
+    return a, w
+
+
+def test_the_backend_is_exact_where_a_plain_int8_gemm_saturates():
+    a, w = _biting_operands()
+    ref = reference_gemm(a, w)
+    auto = _backend()
+    assert torch.equal(auto.gemm(a, auto.prepare(w, "cpu"), None, torch.float32), ref)
+    plain = _backend(split=False)
+    y_plain = plain.gemm(a, plain.prepare(w, "cpu"), None, torch.float32)
+    # the probe says what this CPU does, and it is right: a plain GEMM is exact iff it does not saturate
+    assert torch.equal(y_plain, ref) == (not cpu_int8.saturates())
+    assert auto.split == cpu_int8.saturates()
+    assert auto.describe()["path"].startswith("split" if auto.split else "single") and auto.describe()["isa"]
+
+
+def test_split_path_is_exact_on_any_cpu():
+    a, w = _biting_operands(k=512)
+    split = _backend(split=True)
+    assert torch.equal(split.gemm(a, split.prepare(w, "cpu"), None, torch.float32), reference_gemm(a, w))
+
+
+def test_attached_layer_equals_torch_int_and_the_record_says_which_path():
+    k = 96
+    layer = _layer(k, 48, W_SPECS["per_channel"], I_SPECS["per_token_sym"], _inputs(64, k, seed=1))
+    x = _inputs(10, k, seed=3).reshape(2, 5, k)
+    model = torch.nn.Sequential(layer)
+    attach(model, "torch_int")
+    ref = model(x)
+    info = attach(model, "cpu_int8")
+    assert torch.equal(model(x), ref)
+    assert info["backend"] == "cpu_int8" and info["integer_linears"] == 1 and "path" in info and "isa" in info
+    attach(model, "fake")
+    assert layer.integer is None
+
+
+def test_run_with_cpu_int8_scores_as_torch_int(tmp_path, wikitext_like):
+    from .helpers import run_cfg
+
+    common = ["model=tiny_gpt2", "task=wikitext2", f"task.data_dir={wikitext_like}", "+recipe=zq_w8a8",
+              "recipe.groups=16"]
+    ref = run_cfg(tmp_path, *common, "inference.backend=torch_int")
+    rec = run_cfg(tmp_path, *common, "inference.backend=cpu_int8")
+    assert rec["score"] == pytest.approx(ref["score"], rel=1e-5)
+    assert rec["inference"]["backend"] == "cpu_int8" and rec["inference"]["isa"]
+    assert rec["run_id"] != ref["run_id"]  # the backend is part of the run's identity
+
+
+def test_cpu_int8_refuses_a_gpu_model():
+    from qexp.integer.backends import IntegerBackendError
+
+    a, w = _biting_operands()
+    with pytest.raises(IntegerBackendError, match="runs on the CPU"):
+        _backend().prepare(w, "cuda")
