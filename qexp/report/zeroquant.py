@@ -108,25 +108,28 @@ def _glue_cell(g: pd.DataFrame, split: str, metrics: tuple[str, ...]) -> list[fl
 
 
 def glue_table(df: pd.DataFrame, spec: TableSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(ours: numbers as the paper prints them, e.g. "86.27/90.57"; ours beside the paper, for the Markdown)."""
+    """(ours: numbers as the paper prints them, e.g. "86.27/90.57"; ours beside the paper, for the Markdown).  One row
+    per model, evaluation setting (e.g. "backend cpu_int8") and paper row: runs of different settings never share a
+    cell."""
     paper = pd.read_csv(REFERENCE / f"{spec.name}.csv", dtype=str).set_index("configuration")
     sub = df[df.recipe.isin(spec.recipes) & df.task.isin(spec.tasks)]
     ours, both = [], []
-    for model in sorted(sub.model.unique()):
+    for model, setting in sorted(set(zip(sub.model, sub.setting))):
+        mdf = sub[(sub.model == model) & (sub.setting == setting)]
         for label, recipe in spec.rows:
-            row = {"model": model, "configuration": label}
+            row = {"model": model, "setting": setting, "configuration": label}
             avg = []
             for col, task, split, metrics in spec.split_columns:
-                g = sub[(sub.model == model) & (sub.recipe == recipe) & (sub.task == task)] if recipe else sub[:0]
+                g = mdf[(mdf.recipe == recipe) & (mdf.task == task)] if recipe else mdf[:0]
                 vals = _glue_cell(g, split, metrics) if len(g) else None
                 row[col] = "/".join(f"{v:.2f}" for v in vals) if vals else ""
                 avg.append(sum(vals) / len(vals) if vals else None)
             row[spec.average] = f"{sum(avg) / len(avg):.2f}" if all(a is not None for a in avg) else ""
-            seeds = sub[(sub.model == model) & (sub.recipe == recipe)].seed.nunique() if recipe else 0
+            seeds = mdf[mdf.recipe == recipe].seed.nunique() if recipe else 0
             ours.append({**row, "seeds": seeds})
-            both.append({**{k: (f"{v or '–'} ({paper.loc[label, k]})" if k not in ("model", "configuration") else v)
-                            for k, v in row.items()}, "seeds": seeds})
-    cols = ["model", "configuration", *[c for c, *_ in spec.split_columns], spec.average, "seeds"]
+            both.append({**{k: (f"{v or '–'} ({paper.loc[label, k]})" if k not in ("model", "setting", "configuration")
+                                else v) for k, v in row.items()}, "seeds": seeds})
+    cols = ["model", "setting", "configuration", *[c for c, *_ in spec.split_columns], spec.average, "seeds"]
     return pd.DataFrame(ours, columns=cols), pd.DataFrame(both, columns=cols)
 
 

@@ -186,3 +186,21 @@ def test_language_model_cells_never_mix_evaluation_settings():
     assert t[["setting", "ZeroQuant W8A8"]].values.tolist() == [
         ["20440 tokens, context 512", 23.5], ["4088 tokens, context 512", 26.2],
         ["4088 tokens, context 512; backend torch_int", 26.1]]
+
+
+def test_glue_cells_never_mix_inference_backends():
+    """ZeroQuant's GLUE tables: runs of one recipe on another inference backend get their own rows (found pooled into
+    one median when the first cpu_int8 records landed)."""
+    from qexp.report.spec import TABLE_SPECS
+    from qexp.report.zeroquant import _records, glue_table
+
+    def rec(acc, backend):
+        return {"model": "m", "task": "rte", "recipe": "zq_w8a8", "seed": 0, "score": 100 * acc,
+                "metrics": {"validation": {"accuracy": acc}}, "inference": {"backend": backend},
+                "config": {"task": {"kind": "glue"}}}
+
+    ours, _ = glue_table(_records([rec(0.5487, "fake"), rec(0.5523, "torch_int"), rec(0.5523, "cpu_int8")]),
+                         TABLE_SPECS.get("zeroquant_tableG5"))
+    zq = ours[ours.configuration == "W8A8 (ZeroQuant)"]
+    assert zq[["setting", "RTE", "seeds"]].values.tolist() == [
+        ["", "54.87", 1], ["backend cpu_int8", "55.23", 1], ["backend torch_int", "55.23", 1]]
