@@ -119,3 +119,20 @@ def test_cpu_int8_refuses_a_gpu_model():
     a, w = _biting_operands()
     with pytest.raises(IntegerBackendError, match="runs on the CPU"):
         _backend().prepare(w, "cuda")
+
+
+@pytest.mark.parametrize("iname", list(I_SPECS))
+@pytest.mark.parametrize("nonnegative", [False, True])
+def test_fast_quantize_gives_the_oracles_codes(iname, nonnegative):
+    """cpu_int8 quantizes straight to uint8 with one scale per row; the codes (moved to the unsigned domain) and the
+    zero points must be exactly activation_operand's, and its GEMM output exactly the oracle's."""
+    k = 72
+    layer = _layer(k, 48, W_SPECS["per_channel"], I_SPECS[iname], _inputs(64, k, seed=5, nonnegative=nonnegative))
+    x = _inputs(9, k, seed=7, nonnegative=nonnegative)
+    b = _backend()
+    ours, ref = b.quantize(layer.input_quantizer, x), activation_operand(layer.input_quantizer, x)
+    assert ours.codes.dtype == torch.uint8 and torch.equal(ours.codes.int(), ref.codes[:, :k].int() + 128)
+    assert torch.equal(ours.zero_point, ref.zero_point + 128) and torch.equal(ours.scale, ref.scale)
+    w = weight_operand(layer.weight_quantizer, layer.inner.weight.detach())
+    bias = layer.inner.bias.detach()
+    assert torch.equal(b.gemm(ours, b.prepare(w, "cpu"), bias, torch.float32), reference_gemm(ref, w, bias))

@@ -19,7 +19,8 @@ from functools import cache
 
 import torch
 
-from .operands import Int8Activation, Int8Weight, IntegerBackendError, activation_operand
+from ..quant.affine import qparams
+from .operands import Int8Activation, Int8Weight, IntegerBackendError
 
 
 def available() -> bool:
@@ -75,18 +76,37 @@ class CpuInt8Backend:
                             w.k)
 
     def quantize(self, q, x2d: torch.Tensor) -> Int8Activation:
-        return activation_operand(q, x2d)
+        """The input's codes straight onto the unsigned grid oneDNN reads: uint8 codes u and zero points in the same
+        domain (x ~ scale * (u - zero_point), as for int8 storage), with one scale per row computed from the row's
+        range (per token) or the site's static range.  The codes equal ``activation_operand``'s plus 128 (tested);
+        this path skips the oracle's per-element scale tensors."""
+        x = x2d.float()
+        if q.spec.granularity.dynamic:
+            lo, hi = torch.aminmax(q.slots(x), dim=1)
+        else:
+            lo, hi = q.x_min.reshape(-1).float(), q.x_max.reshape(-1).float()
+        p = qparams(lo, hi, q.spec.bits, q.spec.symmetric)
+        if p.q_max - p.q_min > 255:
+            raise IntegerBackendError(f"{q.name}: a grid of {p.q_max - p.q_min + 1} levels does not fit INT8")
+        m = x.shape[0]
+        scale, zp = p.scale.expand(m), p.zero_point.expand(m)
+        offset = 128 - (128 if p.q_min >= 0 and p.q_max > 127 else 0)  # signed grids move up by 128
+        codes = torch.clamp(torch.round(x / scale[:, None]) + zp[:, None], p.q_min, p.q_max).add_(offset)
+        return Int8Activation(codes.to(torch.uint8), scale.contiguous(), zp.round().to(torch.int32) + offset)
 
     def accumulate(self, a: Int8Activation, w: PackedWeight) -> torch.Tensor:
         """sum_k (a[m, k] - zp[m]) w[n, k] as fp32: exact in int32 inside oneDNN, one rounding on conversion (per
-        GEMM on the split path)."""
-        u = (a.codes[:, :w.k].to(torch.int16) + 128).to(torch.uint8)  # int8 storage -> the unsigned code
-        zp = a.zero_point.to(torch.int64) + 128
+        GEMM on the split path).  ``a`` holds uint8 codes (from :meth:`quantize`) or int8 storage (``code - 128``)."""
+        if a.codes.dtype == torch.uint8:
+            u, zp = a.codes[:, :w.k], a.zero_point.to(torch.int64)
+        else:  # int8 storage -> the unsigned code
+            u, zp = (a.codes[:, :w.k].to(torch.int16) + 128).to(torch.uint8), a.zero_point.to(torch.int64) + 128
+        u = u.contiguous()
         uniform = bool((zp == zp[0]).all()) if len(zp) else True
         z = int(zp[0]) if uniform and len(zp) else 128
         if self.split:
             hi = torch.clamp(u, max=127)
-            acc = _gemm_u8(hi, w.packed, w.n, z) + _gemm_u8(u - hi, w.packed, w.n, 0)
+            acc = _gemm_u8(hi, w.packed, w.n, z).add_(_gemm_u8(u - hi, w.packed, w.n, 0))
         else:
             acc = _gemm_u8(u, w.packed, w.n, z)
         if not uniform:  # per-token zero points: oneDNN takes one, the rest is folded here
@@ -94,7 +114,7 @@ class CpuInt8Backend:
         return acc
 
     def gemm(self, a: Int8Activation, w: PackedWeight, bias, out_dtype):
-        y = self.accumulate(a, w) * (a.scale[:, None] * w.scale[None, :])
+        y = self.accumulate(a, w).mul_(a.scale[:, None] * w.scale[None, :])  # the oracle's order: acc * (sx * sw)
         if bias is not None:
-            y = y + bias.float()
+            y = y.add_(bias.float())
         return y.to(out_dtype)
