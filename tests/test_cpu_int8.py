@@ -136,3 +136,19 @@ def test_fast_quantize_gives_the_oracles_codes(iname, nonnegative):
     w = weight_operand(layer.weight_quantizer, layer.inner.weight.detach())
     bias = layer.inner.bias.detach()
     assert torch.equal(b.gemm(ours, b.prepare(w, "cpu"), bias, torch.float32), reference_gemm(ref, w, bias))
+
+
+def test_a_backend_on_the_wrong_device_is_refused_before_any_work(tmp_path, rte_like, monkeypatch):
+    """cpu_int8 with device=cuda (or cupy_int8 on the CPU) fails at validation, not after fine-tuning."""
+    from qexp.integer.backends import IntegerBackendError
+
+    from .helpers import run_cfg
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # so device=cuda itself passes
+    with pytest.raises(IntegerBackendError, match="runs on device type 'cpu', but the run uses device='cuda'"):
+        run_cfg(tmp_path, "task=rte", f"task.data_dir={rte_like}", "+recipe=zq_w8a8", "recipe.groups=16",
+                "inference.backend=cpu_int8", "device=cuda")
+    with pytest.raises(IntegerBackendError, match="runs on device type 'cuda', but the run uses device='cpu'"):
+        run_cfg(tmp_path, "task=rte", f"task.data_dir={rte_like}", "+recipe=zq_w8a8", "recipe.groups=16",
+                "inference.backend=cupy_int8", "device=cpu")
+    assert not (tmp_path / "cache").exists()  # nothing was fine-tuned

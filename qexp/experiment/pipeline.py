@@ -48,14 +48,13 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, cwd: Path | None = 
         return {"skipped": True, "path": str(path)}
 
     # validate: every check that needs no model, before anything expensive
-    from ..integer.backends import BACKENDS
+    from ..integer.backends import check_backend
 
-    kind_cls, backend = kind(str(cfg.task.kind)), backend_name(cfg)
-    BACKENDS.get(backend)  # an unknown backend lists the valid ones
+    kind_cls, backend, device = kind(str(cfg.task.kind)), backend_name(cfg), pick_device(str(cfg.device))
+    check_backend(backend, device)
     calibration = effective_calibration(cfg)
     rid, timer = records.run_id(resolved), Timer()
-    ctx = RunContext(cfg, quant_config(resolved["recipe"], calibration), calibration, pick_device(str(cfg.device)),
-                     timer, rid)
+    ctx = RunContext(cfg, quant_config(resolved["recipe"], calibration), calibration, device, timer, rid)
     task = kind_cls(ctx)
     task.check()
     steps = PostWeightSteps.from_recipe(cfg.recipe)

@@ -87,6 +87,20 @@ def _cpu_int8():
     return CpuInt8Backend()
 
 
+DEVICES = {"cupy_int8": "cuda", "cpu_int8": "cpu"}  # backends bound to one device type (the others run anywhere)
+
+
+def check_backend(name: str, device: str) -> None:
+    """What can be checked before any model loads: the name (an unknown one lists the valid ones) and the device the
+    backend runs on, so a mismatch fails before fine-tuning and calibration, not at attach time."""
+    BACKENDS.get(name)
+    want = DEVICES.get(name)
+    if want is not None and torch.device(device).type != want:
+        other = "cpu_int8 or torch_int" if want == "cuda" else "cupy_int8 (CUDA) or torch_int"
+        raise IntegerBackendError(f"inference.backend={name} runs on device type {want!r}, but the run uses "
+                                  f"device={device!r}; set device={want}, or use inference.backend={other}")
+
+
 def make_backend(name: str):
     cls = BACKENDS.get(name)  # an unknown name lists the valid ones
     if cls is None:
