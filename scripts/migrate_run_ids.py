@@ -4,7 +4,8 @@ so the run id of every record written before that change is recomputed without i
 
 For each record in RUNS (default results/runs): drop ``config.recipe.table_row``, recompute the run id with
 ``qexp.experiment.records.run_id``, write the record under its new file name (atomically), keep the old id in
-``previous_run_ids``, then remove the old file.  Idempotent: a record without ``table_row`` is left alone.
+``previous_run_ids``, then remove the old file.  Idempotent: a record without ``table_row`` is left alone, and a run
+interrupted between writing the new file and removing the old one resumes.
 
     python scripts/migrate_run_ids.py [--runs results/runs] [--dry-run]
 """
@@ -32,7 +33,11 @@ def migrate(path: Path, dry_run: bool) -> Path | None:
     rec["previous_run_ids"] = [*rec.get("previous_run_ids", []), old]
     target = record_path(path.parent, rec["config"])
     if target.exists() and target != path:
-        raise SystemExit(f"{path}: {target.name} already exists; resolve the duplicate by hand")
+        if json.loads(target.read_text()) == rec:  # an interrupted migration wrote it and stopped before the unlink
+            if not dry_run:
+                path.unlink()
+            return target
+        raise SystemExit(f"{path}: {target.name} already exists and differs; resolve the duplicate by hand")
     if not dry_run:
         write_atomic(target, rec)
         if target != path:

@@ -44,6 +44,18 @@ def test_dry_run_changes_nothing_and_a_foreign_id_is_refused(tmp_path):
         migrate_run_ids.migrate(old, dry_run=False)
 
 
+def test_an_interrupted_migration_resumes(tmp_path, monkeypatch):
+    old = _old_record(tmp_path)
+    monkeypatch.setattr(Path, "unlink", lambda self, *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        migrate_run_ids.migrate(old, dry_run=False)  # killed after writing the new record, before removing the old
+    monkeypatch.undo()
+    assert len(list(tmp_path.glob("*.json"))) == 2
+    new = migrate_run_ids.migrate(old, dry_run=False)
+    assert list(tmp_path.glob("*.json")) == [new] and json.loads(new.read_text())["previous_run_ids"] == [
+        json.loads(_old_record(tmp_path / "again").read_text())["run_id"]]
+
+
 def test_no_recipe_carries_a_table_row():
     conf = Path(__file__).resolve().parents[1] / "conf" / "recipe"
     assert not [p.name for p in conf.glob("*.yaml") if "table_row" in p.read_text()]
