@@ -159,7 +159,7 @@ def _search_space(argv: list[str]) -> None:
 
     from hydra.errors import HydraException
 
-    execute = "--run" in argv
+    run_them = "--run" in argv
     overrides = [a for a in argv if a != "--run"]
     from .config.search import sweep_commands
 
@@ -170,7 +170,7 @@ def _search_space(argv: list[str]) -> None:
     for cmd in cmds:
         line = shlex.join(["qexp", *cmd])
         print(line, flush=True)
-        if execute:
+        if run_them:
             rc = subprocess.call([sys.executable, "-m", "qexp.cli", *cmd])
             if rc:
                 sys.exit(f"qexp: error: sweep failed (exit {rc}): {line}; re-run to resume (finished runs are skipped)")

@@ -68,5 +68,3 @@ def device_info(device) -> dict:
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-

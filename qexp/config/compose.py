@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from ..common.provenance import REPO
 
 
 class ConfigTreeError(RuntimeError):

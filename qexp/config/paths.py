@@ -8,7 +8,6 @@ from omegaconf import DictConfig
 from ..tasks.texts import is_named
 
 
-
 def absolute(path: str | None, cwd: Path) -> str | None:
     if not path:
         return None
