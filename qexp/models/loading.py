@@ -114,4 +114,7 @@ def load_model(cfg, num_labels=None, seed: int = 0) -> LoadedModel:
             model = (AutoModel if num_labels is None else AutoModelForSequenceClassification).from_config(config)
         kind = "decoder:" if causal else ""  # encoder identities predate decoders (cache keys)
         return LoadedModel(model, tok, f"random:{kind}{sorted(arch.items())}@{cfg.get('init_seed', seed)}")
+    if source == "scratch":
+        raise ModelLoadError(f"model {cfg.get('name')!r} has no weights: it is built from scratch and trained by the "
+                             f"pre-training tasks (task=pretrain_mlm | pretrain_clm)")
     raise ModelLoadError(f"unknown model source {source!r}; valid choices: {', '.join(SOURCES)} (or model.path=/dir)")

@@ -38,6 +38,7 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from ..quant.modules import QEmbedding, QLayerNorm, QLinear, act_quantizer
+from .attention import AttentionVariant
 
 
 @dataclass
@@ -90,6 +91,10 @@ class QAttention(nn.Module):
         self.residual_sum = act_quantizer(f"{prefix}.residual_sum")
         self.probs_dropout = sa.dropout
         self.dropout = out.dropout
+        # Bondarenko et al. 2023 variants (models built from scratch, qexp.models.scratch): the softmax from the
+        # config, the gate (floating point, never quantized) from the HF module that owns its parameters
+        self.variant = AttentionVariant(**(getattr(config, "qexp_attention", None) or {}))
+        self.gate = getattr(sa, "qexp_gate", None)
 
     def _heads(self, x):
         b, t, _ = x.shape
@@ -98,8 +103,10 @@ class QAttention(nn.Module):
     def forward(self, x, mask):
         q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
         scores = self.softmax_input(torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.d_head))
-        probs = self.softmax_output(torch.softmax(scores + mask, dim=-1))
+        probs = self.softmax_output(self.variant.probabilities(scores + mask))
         ctx = torch.matmul(self.probs_dropout(probs), v)
+        if self.gate is not None:  # per (head, token), before the context quantizer (the authors' BERT)
+            ctx = ctx * self.gate(x)
         ctx = self.context(ctx.transpose(1, 2).reshape(x.shape))
         return self.residual_sum(self.dropout(self.output(ctx)) + x)
 
@@ -155,6 +162,8 @@ class QuantEncoder(nn.Module):
         self.pooler = QLinear(pooler, "pooler", act=torch.tanh) if (pooler is not None and classifier is not None) else None
         self.classifier = QLinear(classifier, "classifier") if classifier is not None else None
         self.head_dropout = head_dropout if head_dropout is not None else nn.Identity()
+        # a masked-LM head (BertForMaskedLM.cls) stays in floating point, as in Bondarenko et al. 2023
+        self.mlm_head = getattr(hf, "cls", None) if classifier is None else None
 
     @property
     def blocks(self) -> nn.ModuleList:
@@ -174,6 +183,8 @@ class QuantEncoder(nn.Module):
         mask = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
         for layer in self.layers:
             x = layer(x, mask)
+        if self.mlm_head is not None:
+            return self._masked_lm(x, labels)
         if self.classifier is None:
             return EncoderOutput(last_hidden_state=x)
         h = x[:, 0]
@@ -186,6 +197,16 @@ class QuantEncoder(nn.Module):
                 loss = nn.functional.mse_loss(logits.squeeze(-1), labels.float())
             else:
                 loss = nn.functional.cross_entropy(logits, labels)
+        return EncoderOutput(last_hidden_state=x, logits=logits, loss=loss)
+
+    def _masked_lm(self, x, labels):
+        """Logits (and the loss) at the labelled positions only when labels are given (-100 = not predicted): the
+        vocabulary projection of unmasked tokens would be wasted work."""
+        if labels is None:
+            return EncoderOutput(last_hidden_state=x, logits=self.mlm_head(x))
+        keep = labels.ne(-100)
+        logits = self.mlm_head(x[keep])
+        loss = nn.functional.cross_entropy(logits, labels[keep]) if keep.any() else logits.sum() * 0.0
         return EncoderOutput(last_hidden_state=x, logits=logits, loss=loss)
 
     @property

@@ -1,0 +1,93 @@
+"""Evaluation of a language model being pre-trained (Bondarenko et al. 2023): perplexity and the outlier metrics.
+
+- Masked LM inputs: HF's ``DataCollatorForLanguageModeling`` (p = 0.15; 80 % [MASK], 10 % random, 10 % kept).  The
+  evaluation masks are drawn **once** from ``eval_mask_seed`` in a forked RNG, so every evaluation of every model (FP,
+  W8A8, any step) scores the same masked positions.  (The authors scored FP with seed 1000 and INT8 with 2000, so
+  their FP and INT8 masks differ: a documented deviation.)
+- Perplexity = exp(mean over evaluation batches of the batch's mean token loss), the authors' definition.
+- Outliers, on the tensors of :func:`qexp.models.scratch.metric_modules`: per tensor, the per-sample inf-norm
+  (max |x| over the flattened T x d) averaged over samples, and the per-sample kurtosis (unbiased std, not excess,
+  + 1e-6, :func:`qexp.quant.analysis.kurtosis`) averaged over samples.  Summaries: ``max_inf_norm`` = max over the
+  ``residual`` tensors (BERT: the FFN residual sum before the output LayerNorm; OPT: the decoder-layer outputs -- the
+  reading of the paper's "max inf-norm" the authors' logs support; issue #5 of their repository asks which BERT
+  tensor it is), ``max_inf_norm_all`` over every tensor, ``avg_kurtosis``/``max_kurtosis`` over the authors'
+  kurtosis tensors (BERT: FFN output and layer output; OPT: every tensor).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..models.scratch import metric_modules
+from ..quant.analysis import OutlierAccumulator
+
+KURTOSIS_ROLES = {"bert": ("ffn_output", "ln_output"), "opt": ("residual", "fc2", "ffn_ln", "attn_out", "attn_ln",
+                                                                 "final_ln")}
+
+
+def collator(tokenizer, objective: str, mlm_probability: float = 0.15):
+    from transformers import DataCollatorForLanguageModeling
+
+    if objective == "mlm":
+        return DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=mlm_probability)
+    return DataCollatorForLanguageModeling(tokenizer, mlm=False)
+
+
+def fixed_batches(blocks, tokenizer, objective: str, batch_size: int, seed: int, mlm_probability: float = 0.15,
+                  indices=None) -> list[dict]:
+    """``blocks`` (or the rows ``indices``) collated into batches once, the masks drawn from ``seed`` in a forked RNG."""
+    collate = collator(tokenizer, objective, mlm_probability)
+    rows = list(range(len(blocks))) if indices is None else [int(i) for i in indices]
+    out = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        for i in range(0, len(rows), batch_size):
+            out.append(dict(collate([blocks[j] for j in rows[i:i + batch_size]])))
+    return out
+
+
+def arch_of(wrapper) -> str:
+    return "bert" if hasattr(wrapper, "layers") else "opt"
+
+
+@torch.no_grad()
+def evaluate(wrapper, batches: list[dict], device: str, bar=None) -> dict:
+    """Loss, perplexity and outlier metrics of ``wrapper`` (eval mode inside; its mode restored after)."""
+    arch, modules = arch_of(wrapper), metric_modules(wrapper)
+    acc, state = OutlierAccumulator(), {"b": 1}
+
+    def hook(name):
+        def fn(_m, _i, out):
+            x = out[0] if isinstance(out, tuple) else out
+            acc.add(name, x.detach().reshape(state["b"], -1))
+        return fn
+
+    handles = [m.register_forward_hook(hook(name)) for name, (m, _) in modules.items()]
+    was_training = wrapper.training
+    wrapper.eval()
+    losses = []
+    try:
+        for batch in (bar(batches, "evaluate", len(batches)) if bar else batches):
+            batch = {k: v.to(device) for k, v in batch.items() if k != "special_tokens_mask"}
+            state["b"] = batch["input_ids"].shape[0]
+            losses.append(float(wrapper(**batch).loss))
+    finally:
+        for h in handles:
+            h.remove()
+        wrapper.train(was_training)
+    loss = sum(losses) / len(losses)
+    per_tensor = {name: {"role": role, "inf_norm": acc.inf_norm(name), "kurtosis": acc.kurtosis(name)}
+                  for name, (_, role) in modules.items()}
+    return {"loss": loss, "perplexity": math.exp(loss), "batches": len(batches),
+            "sequences": sum(int(b["input_ids"].shape[0]) for b in batches),
+            **summarize(per_tensor, arch), "per_tensor": per_tensor}
+
+
+def summarize(per_tensor: dict, arch: str) -> dict:
+    def vals(key, roles=None):
+        return [v[key] for v in per_tensor.values() if roles is None or v["role"] in roles]
+
+    kurt = vals("kurtosis", KURTOSIS_ROLES[arch])
+    return {"max_inf_norm": max(vals("inf_norm", ("residual",))), "max_inf_norm_all": max(vals("inf_norm")),
+            "avg_kurtosis": sum(kurt) / len(kurt), "max_kurtosis": max(kurt)}
