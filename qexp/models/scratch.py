@@ -149,12 +149,16 @@ def load(folder: Path, variant: AttentionVariant | None = None) -> nn.Module:
                                 f"the run asks for {variant}; pick the model.attention it was trained with")
     config._attn_implementation = "eager"
     model = _assemble(config, True)
-    missing, unexpected = model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
-    tied = set(getattr(model, "_tied_weights_keys", None) or [])
-    if unexpected or set(missing) - tied:
-        raise ScratchModelError(f"checkpoint {folder} does not fit its config: missing {sorted(set(missing) - tied)}"
-                                f", unexpected {sorted(unexpected)}")
+    state = load_file(str(folder / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(state, strict=False)
     model.tie_weights()
+    # a key may be missing only when it is one tensor with a stored key (tied embeddings; stored once)
+    current = model.state_dict()
+    stored = {current[k].data_ptr() for k in state if k in current}
+    untied = sorted(k for k in missing if current[k].data_ptr() not in stored)
+    if unexpected or untied:
+        raise ScratchModelError(f"checkpoint {folder} does not fit its config: missing {untied}, unexpected "
+                                f"{sorted(unexpected)}")
     return model
 
 
