@@ -30,6 +30,8 @@ commands:
                          (`make tables` -> zeroquant_tableG8.csv)
   bench layer [--bsz 64] [--seq 128] [--device cuda|cpu] [--backend cupy_int8|cpu_int8|torch_int]
                          BERT-base encoder-layer latency, float vs ZeroQuant W8A8 on an integer backend
+  bench pretrain [--model bert_cpu|opt_cpu] [--batch 16] [--seq 128] [--threads N]
+                         training-step time of clipped softmax / gated attention vs vanilla, side by side
 
 examples:
   qexp run                                          # label-free default: real MiniLM-L6, FP32

@@ -52,6 +52,11 @@ def test_pretrain_then_ptq_share_one_trained_model(task, attention, tmp_path, co
     assert math.isclose(m["perplexity"], math.exp(m["loss"]))
     assert m["max_inf_norm"] > 0 and m["avg_kurtosis"] > 0 and m["per_tensor"]
     assert fp["attention"]["gate" if attention.startswith("gated") else "softmax"] != "none"
+    mass = m["delimiter_attention"]   # per layer, per head: attention probability on delimiter keys
+    assert len(mass) == 2 and all(len(h) == 2 and all(0 <= v <= 1 for v in h) for h in mass)
+    maps = m["attention_maps"]
+    assert len(maps["probs"]) == 2 and len(maps["probs"][0][0]) == len(maps["tokens"]) == 24
+    assert "." in m["delimiters"]
     q = [_run(tmp_path, corpus, f"task={task}", f"model/attention={attention}", "+recipe=bq23_w8a8",
               f"calibration.seed={s}") for s in (0, 1)]
     for r in q:   # the cached model: no training, the same weights

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..common import provenance
+from ..common.timing import time_cpu, time_cpu_interleaved  # noqa: F401  (re-exported)
 
 PEAK_INT8_TOPS = {"H100 SXM": 1979.0, "H100 PCIe": 1513.0, "H200": 1979.0, "A100": 624.0}  # dense, datasheets
 PEAK_FP16_TFLOPS = {"H100 SXM": 989.0, "H100 PCIe": 756.0, "H200": 989.0, "A100": 312.0}
@@ -87,33 +88,6 @@ def time_cuda(fn, repeats: int, inner: int, warmup: int = 3) -> float:
         end.synchronize()
         times.append(start.elapsed_time(end) / inner)
     return statistics.median(times)
-
-
-def time_cpu(fn, repeats: int, inner: int, warmup: int = 1) -> float:
-    for i in range(warmup):
-        fn(i)
-    times = []
-    for r in range(repeats):
-        t0 = time.perf_counter()
-        for j in range(inner):
-            fn(r * inner + j)
-        times.append((time.perf_counter() - t0) * 1e3 / inner)
-    return statistics.median(times)
-
-
-def time_cpu_interleaved(fns: dict, repeats: int, inner: int, warmup: int = 1) -> dict[str, float]:
-    """Median milliseconds per call of each fn(i), the implementations taking turns group by group (A B C A B C ...)."""
-    for fn in fns.values():
-        for i in range(warmup):
-            fn(i)
-    times = {name: [] for name in fns}
-    for r in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            for j in range(inner):
-                fn(r * inner + j)
-            times[name].append((time.perf_counter() - t0) * 1e3 / inner)
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def _n_sets(bytes_per_set: int, cuda: bool) -> int:
@@ -366,7 +340,26 @@ def main(argv: list[str]) -> None:
     ly.add_argument("--device", default="cuda", help="cuda | cpu")
     ly.add_argument("--backend", default="cupy_int8", help="cupy_int8 (cuda) | cpu_int8 (cpu, oneDNN) | torch_int")
     ly.add_argument("--out", default="results/bench")
+    pt = sub.add_parser("pretrain", help="training-step cost of clipped softmax / gated attention vs vanilla (CPU)")
+    pt.add_argument("--model", action="append", help="repeatable; default: bert_cpu and opt_cpu")
+    pt.add_argument("--batch", type=int, default=16)
+    pt.add_argument("--seq", type=int, default=128)
+    pt.add_argument("--repeats", type=int, default=12)
+    pt.add_argument("--threads", type=int, default=None)
+    pt.add_argument("--out", default="results/bench")
     a = ap.parse_args(argv)
+    if a.what == "pretrain":
+        from ..train.bench_pretrain import VARIANTS, bench_pretrain
+
+        unknown = [m for m in a.model or [] if m not in VARIANTS]
+        if unknown:
+            raise BenchError(f"--model {unknown[0]!r} has no variant set; valid: {', '.join(VARIANTS)}")
+        res = bench_pretrain(tuple(a.model or VARIANTS), a.batch, a.seq, a.repeats, threads=a.threads)
+        for r in res["rows"]:
+            print(f"{r['model']:10s} {r['attention']:14s} {r['ms_per_step']:8.1f} ms/step "
+                  f"{r['tokens_per_s']:8.0f} tok/s  x{r['vs_vanilla']:.3f} vs vanilla")
+        print(f"wrote {write_record(res, Path(a.out), 'cpu')}")
+        return
     if a.what == "gemm":
         res = bench_gemm(a.shapes, a.impl, a.repeats, a.inner, a.device)
         device = "cuda" if a.device != "cpu" and torch.cuda.is_available() else "cpu"

@@ -165,9 +165,17 @@ class Pretrain(TaskKind):
         return sample
 
     # -- evaluation -----------------------------------------------------------------------------------------------
+    def delimiter_ids(self) -> list[int]:
+        tok = self.tokenizer
+        ids = [tok.cls_token_id, tok.sep_token_id, tok.eos_token_id, *tok.convert_tokens_to_ids([".", ","])]
+        return sorted({i for i in ids if i is not None and i != tok.unk_token_id})
+
     def evaluate(self, model) -> Evaluation:
         batches = self._eval_batches()
-        m = pretraining.evaluate(model, batches, self.ctx.device, self.bar)
+        m = pretraining.evaluate(model, batches, self.ctx.device, self.bar, delimiter_ids=self.delimiter_ids())
+        maps = m["attention_maps"]
+        maps["tokens"] = self.tokenizer.convert_ids_to_tokens(maps["token_ids"])
+        m["delimiters"] = self.tokenizer.convert_ids_to_tokens(self.delimiter_ids())
         m.update(eval_mask_seed=int(self.task.eval_mask_seed) if self.objective == "mlm" else None,
                  calibration_seed=self.calibration_seed(), tokenizer=self.loaded.record["tokenizer"]["name"])
         return Evaluation({"valid": m}, m["perplexity"], corpus.data_source(self.task))

@@ -234,3 +234,11 @@ def metric_modules(wrapper: nn.Module) -> dict[str, tuple[nn.Module, str]]:
     if decoder.final_layer_norm is not None:
         out["decoder.final_layer_norm"] = (decoder.final_layer_norm, "final_ln")
     return out
+
+
+def probability_sites(wrapper: nn.Module) -> list[nn.Module]:
+    """Per layer, the module whose output is the attention probabilities (B, H, T, T) (the ``softmax_output`` site)."""
+    if hasattr(wrapper, "layers"):  # QuantEncoder
+        return [layer.attn.softmax_output for layer in wrapper.layers]
+    return [layer.self_attn.softmax_output for layer in wrapper.model.model.decoder.layers
+            if isinstance(layer.self_attn, VariantOPTAttention)]

@@ -58,7 +58,7 @@ def frame(records: list[dict]) -> pd.DataFrame:
         rows.append({
             "model": r["model"], "arch": cfg["model"].get("arch"), "method": method_of(r.get("attention") or {}),
             "attention": att_cfg.get("name", "?"), "attention_cfg": json.dumps(att_cfg, sort_keys=True),
-            "gamma": (r.get("attention") or {}).get("gamma"), "zeta": (r.get("attention") or {}).get("zeta"),
+            "gamma": (r.get("attention") or {}).get("gamma", 0.0), "zeta": (r.get("attention") or {}).get("zeta", 1.0),
             "tokenizer": f"{tok.get('name')}/{tok.get('vocab_size')}", "setting": _setting(cfg),
             "scale": (f"{a.get('num_hidden_layers')}L/{a.get('hidden_size')}, {tr.get('max_steps')} steps x "
                       f"{tr.get('batch_size', 0) * tr.get('grad_accum', 1)} x {cfg['task'].get('seq_length')} tok"),
@@ -66,6 +66,7 @@ def frame(records: list[dict]) -> pd.DataFrame:
             "calibration_seed": m.get("calibration_seed"), "perplexity": m.get("perplexity"),
             "max_inf_norm": m.get("max_inf_norm"), "avg_kurtosis": m.get("avg_kurtosis"),
             "curves": (r.get("pretrain") or {}).get("curves") or [], "per_tensor": m.get("per_tensor") or {},
+            "maps": m.get("attention_maps"), "delimiter_attention": m.get("delimiter_attention"),
             "path": r.get("_path")})
     return pd.DataFrame(rows)
 
@@ -263,7 +264,35 @@ def figures(df: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written[path.stem] = path
+        path = _attention_maps(g.drop_duplicates("attention"), arch, out_dir, plt)
+        if path:
+            written[path.stem] = path
     return written
+
+
+def _attention_maps(g: pd.DataFrame, arch: str, out_dir: Path, plt) -> Path | None:
+    """The last layer's attention probabilities per head and variant (first evaluation sequence), titled with each
+    head's mean probability mass on delimiter keys: "no-op" heads put most of it on [SEP] / "." / </s>."""
+    g = g[g.maps.notna()]
+    if g.empty:
+        return None
+    heads = len(g.iloc[0].maps["probs"][-1])
+    fig, axes = plt.subplots(len(g), heads, figsize=(3.6 * heads, 3.6 * len(g)), squeeze=False)
+    for row, (_, r) in enumerate(g.iterrows()):
+        tokens = r.maps.get("tokens") or [str(i) for i in r.maps["token_ids"]]
+        for h in range(heads):
+            ax = axes[row][h]
+            ax.imshow(r.maps["probs"][-1][h], vmin=0, vmax=1, cmap="viridis")
+            mass = r.delimiter_attention[-1][h] if r.delimiter_attention else float("nan")
+            ax.set_title(f"{r.attention} s{r.seed}, head {h}: {mass:.2f} on delimiters", fontsize=8)
+            ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=5)
+            ax.set_yticks(range(len(tokens)), tokens, fontsize=5)
+    fig.suptitle(f"last-layer attention probabilities ({arch}); keys on x, queries on y")
+    path = out_dir / f"bondarenko2023_attention_{arch}.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def build(records: list[dict], out_dir: Path) -> dict[str, Path]:

@@ -12,6 +12,9 @@
   reading of the paper's "max inf-norm" the authors' logs support; issue #5 of their repository asks which BERT
   tensor it is), ``max_inf_norm_all`` over every tensor, ``avg_kurtosis``/``max_kurtosis`` over the authors'
   kurtosis tensors (BERT: FFN output and layer output; OPT: every tensor).
+- "No-op" heads (the paper's Sec. 3): per layer and head, the mean attention probability mass on delimiter keys
+  (``delimiter_ids``: [CLS] / [SEP] / "." / "," for BERT, </s> / "." / "," for OPT), and the probability map of the
+  first evaluation sequence's first ``MAP_TOKENS`` tokens (figures).
 """
 from __future__ import annotations
 
@@ -19,9 +22,10 @@ import math
 
 import torch
 
-from ..models.scratch import metric_modules
+from ..models.scratch import metric_modules, probability_sites
 from ..quant.analysis import OutlierAccumulator
 
+MAP_TOKENS = 24
 KURTOSIS_ROLES = {"bert": ("ffn_output", "ln_output"), "opt": ("residual", "fc2", "ffn_ln", "attn_out", "attn_ln",
                                                                  "final_ln")}
 
@@ -52,10 +56,12 @@ def arch_of(wrapper) -> str:
 
 
 @torch.no_grad()
-def evaluate(wrapper, batches: list[dict], device: str, bar=None) -> dict:
-    """Loss, perplexity and outlier metrics of ``wrapper`` (eval mode inside; its mode restored after)."""
+def evaluate(wrapper, batches: list[dict], device: str, bar=None, delimiter_ids=None) -> dict:
+    """Loss, perplexity and outlier metrics of ``wrapper`` (eval mode inside; its mode restored after); with
+    ``delimiter_ids`` also the attention mass on delimiters per head and the first sequence's attention maps."""
     arch, modules = arch_of(wrapper), metric_modules(wrapper)
     acc, state = OutlierAccumulator(), {"b": 1}
+    heads = _HeadStats(delimiter_ids) if delimiter_ids is not None else None
 
     def hook(name):
         def fn(_m, _i, out):
@@ -64,6 +70,8 @@ def evaluate(wrapper, batches: list[dict], device: str, bar=None) -> dict:
         return fn
 
     handles = [m.register_forward_hook(hook(name)) for name, (m, _) in modules.items()]
+    if heads is not None:
+        handles += [site.register_forward_hook(heads.hook(i)) for i, site in enumerate(probability_sites(wrapper))]
     was_training = wrapper.training
     wrapper.eval()
     losses = []
@@ -71,6 +79,8 @@ def evaluate(wrapper, batches: list[dict], device: str, bar=None) -> dict:
         for batch in (bar(batches, "evaluate", len(batches)) if bar else batches):
             batch = {k: v.to(device) for k, v in batch.items() if k != "special_tokens_mask"}
             state["b"] = batch["input_ids"].shape[0]
+            if heads is not None:
+                heads.ids = batch["input_ids"]
             losses.append(float(wrapper(**batch).loss))
     finally:
         for h in handles:
@@ -79,9 +89,38 @@ def evaluate(wrapper, batches: list[dict], device: str, bar=None) -> dict:
     loss = sum(losses) / len(losses)
     per_tensor = {name: {"role": role, "inf_norm": acc.inf_norm(name), "kurtosis": acc.kurtosis(name)}
                   for name, (_, role) in modules.items()}
-    return {"loss": loss, "perplexity": math.exp(loss), "batches": len(batches),
-            "sequences": sum(int(b["input_ids"].shape[0]) for b in batches),
-            **summarize(per_tensor, arch), "per_tensor": per_tensor}
+    out = {"loss": loss, "perplexity": math.exp(loss), "batches": len(batches),
+           "sequences": sum(int(b["input_ids"].shape[0]) for b in batches),
+           **summarize(per_tensor, arch), "per_tensor": per_tensor}
+    if heads is not None:
+        out.update(heads.result())
+    return out
+
+
+class _HeadStats:
+    """Attention mass on delimiter keys per (layer, head), and the first sequence's maps."""
+
+    def __init__(self, delimiter_ids):
+        self.delims = torch.tensor(sorted(set(int(i) for i in delimiter_ids)))
+        self.mass, self.n, self.maps, self.first_ids, self.ids = {}, {}, {}, None, None
+
+    def hook(self, layer):
+        def fn(_m, _i, probs):
+            keys = torch.isin(self.ids, self.delims.to(self.ids.device)).to(probs.dtype)   # (B, T)
+            m = (probs * keys[:, None, None, :]).sum(-1).mean(-1)                          # (B, H)
+            self.mass[layer] = self.mass.get(layer, 0) + m.sum(0).double().cpu()
+            self.n[layer] = self.n.get(layer, 0) + probs.shape[0]
+            if layer not in self.maps:
+                self.maps[layer] = probs[0, :, :MAP_TOKENS, :MAP_TOKENS].detach().float().cpu()
+                self.first_ids = self.ids[0, :MAP_TOKENS].tolist()
+        return fn
+
+    def result(self) -> dict:
+        return {"delimiter_attention": [[round(float(v), 4) for v in self.mass[i] / self.n[i]]
+                                        for i in sorted(self.mass)],
+                "attention_maps": {"token_ids": self.first_ids,
+                                   "probs": [[[[round(float(p), 3) for p in row] for row in head] for head in m]
+                                             for _, m in sorted(self.maps.items())]}}
 
 
 def summarize(per_tensor: dict, arch: str) -> dict:
