@@ -11,7 +11,7 @@ SEEDS     ?= 0,1,2
 # pytest-xdist workers for `make test` (one torch thread each; this machine has 2 cores)
 JOBS      ?= 2
 
-.PHONY: help install install-gpu demo test test-slow test-gpu check-kernels bench tables table1-rte bondarenko2021-mini table9-rte figure2 clean-cache
+.PHONY: help install install-gpu demo test test-slow test-gpu check-kernels bench tables table1-rte bondarenko2021-mini table9-rte bondarenko2023-cpu figure2 clean-cache
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -60,6 +60,12 @@ bondarenko2021-mini:  ## the measured mini-reproduction: FP32, W8A8, MP-PTQ, PEG
 table9-rte:  ## Table 9's range-estimator search on real RTE with MiniLM-L6 (42 calibrations x seeds; reuses the fine-tunes)
 	qexp search-space --run +recipe=estimator_search task=rte model=minilm_l6 task.data_dir=$(GLUE)/RTE seed=$(SEEDS) results_dir=$(RUNS) progress=false
 	qexp tables --runs $(RUNS) --out $(TABLES) --show bondarenko2021_table9
+
+bondarenko2023-cpu:  ## Bondarenko et al. 2023 Table 2 at CPU scale: BERT and OPT x vanilla / clipped / gated, 2 training x 3 calibration seeds (~2 h)
+	scripts/bondarenko2023_cpu.sh 0 $(RUNS)
+	scripts/bondarenko2023_cpu.sh 1 $(RUNS)
+	qexp run -m task=pretrain_mlm model=bert_cpu model/attention=vanilla,clipped,gated_mlp +recipe=bq23_w6a8,bq23_w6a8_mse,bq23_w4a8_mse,bq23_w6a6_mse seed=0,1 task.data_dir=../shared/data/brown_austen results_dir=$(RUNS) progress=false
+	qexp tables --runs $(RUNS) --out $(TABLES) --show bondarenko2023_table2
 
 figure2:  ## Figure 2 (outlier diagnostics) for MiniLM-L6 on real RTE dev: PNGs + CSV in results/analysis/outliers/
 	qexp analyze outliers model=minilm_l6 task=rte task.data_dir=$(GLUE)/RTE

@@ -55,6 +55,21 @@ def test_percentile_matches_numpy_both_tails():
     np.testing.assert_allclose(hi.numpy(), np.mean([np.percentile(b, 99.0, axis=1) for b in bs], 0), atol=1e-12)
 
 
+def test_running_percentile_is_an_ema_of_numpy_percentiles():
+    """The authors' 2023 OPT calibration: per-batch 99.999th percentiles, then running min-max with momentum 0.9."""
+    bs = batches(4, m=1001)
+    est = make_estimator({"name": "percentile", "percentile": 99.9, "momentum": 0.9})
+    lo, hi = observe_all(est, bs).compute_range(8, False)
+    r_lo, r_hi = np.percentile(bs[0], 0.1, axis=1), np.percentile(bs[0], 99.9, axis=1)
+    for b in bs[1:]:
+        r_lo = 0.9 * r_lo + 0.1 * np.percentile(b, 0.1, axis=1)
+        r_hi = 0.9 * r_hi + 0.1 * np.percentile(b, 99.9, axis=1)
+    np.testing.assert_allclose(lo.numpy(), r_lo, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(hi.numpy(), r_hi, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\) or null.*got 1.5"):
+        make_estimator({"name": "percentile", "momentum": 1.5})
+
+
 def np_mse_search(bs, bits, symmetric, k_max=100):
     """Brute force: candidate k/K of the first batch's range; summed squared error over all batches."""
     out_lo, out_hi = [], []
