@@ -115,6 +115,21 @@ def test_bench_errors_are_clear(tmp_path):
         assert r.returncode != 0 and "the CuPy INT8 kernels cannot run here" in r.stderr
 
 
+def test_bench_pretrain_plumbing(tmp_path, capsys):
+    """`qexp bench pretrain`: every variant of each preset timed, the vanilla ratio 1, a record (tiny shapes: the
+    plumbing only; the measured ratios are in the README)."""
+    from tests.helpers import cli
+
+    code, out, _ = cli(capsys, "bench", "pretrain", "--model", "opt_cpu", "--batch", "2", "--seq", "16",
+                       "--repeats", "1", "--out", str(tmp_path))
+    assert code == 0 and "gated_linear" in out and "clipped_alpha" in out
+    rec = json.loads(next(tmp_path.glob("pretrain_step__*.json")).read_text())
+    rows = {r["attention"]: r for r in rec["bench"]["rows"]}
+    assert set(rows) == {"vanilla", "clipped_alpha", "gated_linear"} and rows["vanilla"]["vs_vanilla"] == 1.0
+    code, _, err = cli(capsys, "bench", "pretrain", "--model", "bert_base")
+    assert code != 0 and "--model 'bert_base' has no variant set; valid: bert_cpu, opt_cpu" in err
+
+
 @pytest.mark.gpu
 def test_bench_gemm_and_layer_on_a_gpu(tmp_path):
     from qexp.integer.bench import bench_layer

@@ -47,7 +47,11 @@ def test_every_recipe_composes_with_every_task(recipe, task):
 @pytest.mark.parametrize("model", MODELS)
 def test_every_model_config(model):
     cfg = compose([f"model={model}"])
-    assert cfg.model.name == model and cfg.model.source in ("hub", "package", "random")
+    assert cfg.model.name == model and cfg.model.source in ("hub", "package", "random", "scratch")
+    if cfg.model.source == "scratch":   # from-scratch models default to vanilla attention (model/attention=...)
+        from qexp.models import scratch
+
+        assert scratch.check_arch(cfg.model) in ("bert", "opt") and cfg.model.attention.name == "vanilla"
 
 
 def test_unknown_group_options_list_the_choices():

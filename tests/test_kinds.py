@@ -15,7 +15,8 @@ def test_every_task_config_names_a_registered_kind():
     from qexp.config.compose import group_options
 
     kinds = {compose([f"task={t}"]).task.kind for t in group_options("task")}
-    assert kinds == set(load_kinds().names()) == {"glue", "label_free", "perplexity", "lm_eval"}
+    assert kinds == set(load_kinds().names()) == {"glue", "label_free", "perplexity", "lm_eval", "pretrain_mlm",
+                                                   "pretrain_clm"}
 
 
 def test_an_unknown_kind_lists_the_valid_ones(tmp_path):
