@@ -271,8 +271,9 @@ def figures(df: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
 
 
 def _attention_maps(g: pd.DataFrame, arch: str, out_dir: Path, plt) -> Path | None:
-    """The last layer's attention probabilities per head and variant (first evaluation sequence), titled with each
-    head's mean probability mass on delimiter keys: "no-op" heads put most of it on [SEP] / "." / </s>."""
+    """The last layer's attention probabilities per head and variant (the first ``MAP_TOKENS`` queries and keys of the
+    first evaluation sequence; colour scale up to each panel's maximum), titled with each head's mean probability
+    mass on delimiter keys over the whole evaluation set: "no-op" heads put most of it on [SEP] / "." / </s>."""
     g = g[g.maps.notna()]
     if g.empty:
         return None
@@ -282,7 +283,9 @@ def _attention_maps(g: pd.DataFrame, arch: str, out_dir: Path, plt) -> Path | No
         tokens = r.maps.get("tokens") or [str(i) for i in r.maps["token_ids"]]
         for h in range(heads):
             ax = axes[row][h]
-            ax.imshow(r.maps["probs"][-1][h], vmin=0, vmax=1, cmap="viridis")
+            probs = r.maps["probs"][-1][h]
+            im = ax.imshow(probs, vmin=0, vmax=max(max(row) for row in probs) or 1, cmap="viridis")
+            plt.colorbar(im, ax=ax, fraction=0.046)
             mass = r.delimiter_attention[-1][h] if r.delimiter_attention else float("nan")
             ax.set_title(f"{r.attention} s{r.seed}, head {h}: {mass:.2f} on delimiters", fontsize=8)
             ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=5)
