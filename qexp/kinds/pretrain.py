@@ -183,6 +183,7 @@ class Pretrain(TaskKind):
 
 @register
 class PretrainMLM(Pretrain):
+    """Masked-LM pre-training from scratch (BERT; Bondarenko et al. 2023), then PTQ: perplexity and outlier metrics."""
     name = "pretrain_mlm"
     causal = False
     objective, arch = "mlm", "bert"
@@ -190,6 +191,7 @@ class PretrainMLM(Pretrain):
 
 @register
 class PretrainCLM(Pretrain):
+    """Causal-LM pre-training from scratch (pre-LN OPT; Bondarenko et al. 2023), then PTQ: perplexity and outliers."""
     name = "pretrain_clm"
     causal = True
     objective, arch = "clm", "opt"
