@@ -70,7 +70,7 @@ class Pretrain(TaskKind):
             raise KindError(f"the corpus yields no blocks of {seq} tokens (train {len(self.blocks['train'])}, valid "
                             f"{len(self.blocks['valid'])}); lower task.seq_length or add text")
         self.blocks = {s: b.with_format("torch") for s, b in self.blocks.items()}
-        source = corpus.data_source(task)
+        self.source = source = corpus.data_source(task)   # hashes the corpus files: once per run
         variant = scratch.variant_of(cfg.model, seq)
         record = {"tokenizer": tok_desc, "attention": variant.as_dict(), "blocks": {s: len(b) for s, b in
                                                                                    self.blocks.items()}}
@@ -178,7 +178,7 @@ class Pretrain(TaskKind):
         m["delimiters"] = self.tokenizer.convert_ids_to_tokens(self.delimiter_ids())
         m.update(eval_mask_seed=int(self.task.eval_mask_seed) if self.objective == "mlm" else None,
                  calibration_seed=self.calibration_seed(), tokenizer=self.loaded.record["tokenizer"]["name"])
-        return Evaluation({"valid": m}, m["perplexity"], corpus.data_source(self.task))
+        return Evaluation({"valid": m}, m["perplexity"], self.source)
 
 
 @register

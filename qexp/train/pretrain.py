@@ -164,7 +164,7 @@ def pretrain(wrapper: nn.Module, hf: nn.Module, train_ds, collate, evaluate_fn, 
             curves.append({"step": h["step"], **{k: h[f"eval_{k}"] for k in CURVE_KEYS if f"eval_{k}" in h}})
     train_losses = [{"step": h["step"], "loss": h["loss"], "learning_rate": h.get("learning_rate")}
                     for h in history if "loss" in h and "eval_loss" not in h]
-    tokens_per_step = int(tr.batch_size) * int(tr.grad_accum) * int(train_ds[0]["input_ids"].__len__())
+    tokens_per_step = int(tr.batch_size) * int(tr.grad_accum) * len(train_ds[0]["input_ids"])
     steps_this_run = out.global_step - (int(Path(resume).name.split("-")[-1]) if resume else 0)
     meta = {"steps": out.global_step, "train_loss_mean": out.training_loss, "seconds_this_run": seconds,
             "resumed_from": Path(resume).name if resume else None, "steps_this_run": steps_this_run,
