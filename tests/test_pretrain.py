@@ -201,8 +201,8 @@ def test_a_checkpoint_of_another_variant_is_refused(tmp_path, corpus):
     scratch.save(scratch.build(cfg, 300, 32, {"pad_token_id": 0}, 0), tmp_path / "ckpt")
     c = compose(["task=pretrain_clm", "model=opt_cpu", *TINY, f"task.data_dir={corpus}",
                  f"task.checkpoint={tmp_path / 'ckpt'}", f"cache_dir={tmp_path}/c", "task.seq_length=32"])
-    with pytest.raises(ValueError, match=r"task.checkpoint='.*ckpt' was trained with attention .*gate='linear'.*but "
-                                         r"model.attention asks for .*gate='none'"):
+    with pytest.raises(ValueError, match=r"task.checkpoint='.*ckpt': .* was trained with attention .*gate='linear'.*"
+                                         r"but the run asks for .*gate='none'"):
         run(c)
     rec = _run(tmp_path, corpus, "task=pretrain_clm", "model/attention=gated_linear",
                f"task.checkpoint={tmp_path / 'ckpt'}")

@@ -50,13 +50,10 @@ class Pretrain(TaskKind):
             raise KindError(f"task.checkpoint={str(ckpt)!r} holds no model.safetensors (a folder written by a "
                             f"qexp pre-training run: cache_dir/pretrain/<name>)")
         if ckpt:
-            from transformers import AutoConfig
-
-            saved = getattr(AutoConfig.from_pretrained(str(ckpt)), "qexp_attention", None)
-            want = scratch.variant_of(model, int(task.seq_length))
-            if saved is not None and scratch.AttentionVariant(**saved) != want:
-                raise KindError(f"task.checkpoint={str(ckpt)!r} was trained with attention "
-                                f"{scratch.AttentionVariant(**saved)}, but model.attention asks for {want}")
+            try:
+                scratch.checkpoint_config(Path(ckpt), scratch.variant_of(model, int(task.seq_length)))
+            except scratch.ScratchModelError as e:
+                raise KindError(f"task.checkpoint={str(ckpt)!r}: {e}") from None
 
     # -- load: data, tokenizer, the trained model -------------------------------------------------------------------
     def load(self) -> Loaded:

@@ -134,9 +134,9 @@ def save(model: nn.Module, folder: Path) -> None:
     save_file(_plain_state(model), str(folder / "model.safetensors"), metadata={"format": "pt"})
 
 
-def load(folder: Path, variant: AttentionVariant | None = None) -> nn.Module:
-    """A model saved by :func:`save`; ``variant`` (the run's config) must be the one it was trained with."""
-    from safetensors.torch import load_file
+def checkpoint_config(folder: Path, variant: AttentionVariant | None = None):
+    """The HF config of a checkpoint written by :func:`save`; refused when it is not one, or when ``variant`` (the
+    run's) differs from the attention it was trained with."""
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(str(folder))
@@ -147,6 +147,14 @@ def load(folder: Path, variant: AttentionVariant | None = None) -> nn.Module:
     if variant is not None and AttentionVariant(**saved) != variant:
         raise ScratchModelError(f"checkpoint {folder} was trained with attention {AttentionVariant(**saved)}, but "
                                 f"the run asks for {variant}; pick the model.attention it was trained with")
+    return config
+
+
+def load(folder: Path, variant: AttentionVariant | None = None) -> nn.Module:
+    """A model saved by :func:`save`; ``variant`` (the run's config) must be the one it was trained with."""
+    from safetensors.torch import load_file
+
+    config = checkpoint_config(folder, variant)
     config._attn_implementation = "eager"
     model = _assemble(config, True)
     state = load_file(str(folder / "model.safetensors"))
