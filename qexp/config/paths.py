@@ -21,6 +21,9 @@ def absolute_paths(cfg: DictConfig, cwd: Path) -> None:
     cfg.cache_dir = absolute(cfg.cache_dir, cwd)
     if cfg.task.get("data_dir"):
         cfg.task.data_dir = absolute(cfg.task.data_dir, cwd)
+    for entry in (cfg.task.get("heldout") or {}).values():   # pre-training's held-out perplexity texts
+        if entry.get("data_dir"):
+            entry.data_dir = absolute(entry.data_dir, cwd)
     if cfg.model.get("path"):
         cfg.model.path = absolute(cfg.model.path, cwd)
     value = cfg.task.get("calibration_source")  # a text file path (names of built-in texts stay as they are)

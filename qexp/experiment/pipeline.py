@@ -95,6 +95,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, cwd: Path | None = 
         "versions": records.versions(), "device": records.device_info(ctx.device), "timings": timer.stages,
     }
     records.write_atomic(path, record)
-    log.info("%s / %s / %s / seed %s: score %.2f -> %s", cfg.model.name, cfg.task.name, cfg.recipe.name, cfg.seed,
-             record["score"], path)
+    score = "none (diverged)" if record["score"] is None else f"{record['score']:.2f}"
+    log.info("%s / %s / %s / seed %s: score %s -> %s", cfg.model.name, cfg.task.name, cfg.recipe.name, cfg.seed,
+             score, path)
     return record

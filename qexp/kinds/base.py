@@ -64,6 +64,7 @@ class TaskKind:
     name: ClassVar[str]
     causal: ClassVar[bool | None] = None      # True: needs a decoder family, False: an encoder, None: either
     trains: ClassVar[bool] = False            # whether QAT (a labelled training set) applies
+    quantized_training: ClassVar[bool] = False  # whether a recipe's qpt block (quantized pre-training) applies
 
     def __init__(self, ctx: RunContext):
         self.ctx, self.cfg, self.task = ctx, ctx.cfg, ctx.cfg.task
@@ -81,6 +82,10 @@ class TaskKind:
         if enabled(recipe, "qat") and not self.trains:
             raise KindError(f"recipe {recipe.name!r} trains (QAT) on labelled data, but task {self.task.name!r} is a "
                             f"{self.name} task; valid: the GLUE tasks (`qexp ls tasks`)")
+        if recipe.get("qpt") is not None and recipe.qpt.get("enabled", True) and not self.quantized_training:
+            raise KindError(f"recipe {recipe.name!r} quantizes training from scratch (qpt), but task "
+                            f"{self.task.name!r} is a {self.name} task; valid: the pre-training tasks "
+                            f"(pretrain_clm, qpt_clm, ...: `qexp ls tasks`)")
         if enabled(recipe, "lkd") and recipe.lkd.get("data", "task") == "task":
             fixed, asked = self.lkd_fixed_length(), recipe.lkd.get("seq_length")
             if fixed is not None and asked is not None and int(asked) != fixed:

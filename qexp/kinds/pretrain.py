@@ -13,11 +13,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
+from ..config.training_quant import TrainingQuantConfigError, training_quant
 from ..models import scratch
 from ..models.families import family_of
+from ..quant import training_linear
+from ..quant.optim import QuantizedAdamW
 from ..quant.sites import configure
-from ..tasks import corpus, pretraining
+from ..quant.training_linear import LinearQuant
+from ..tasks import corpus, perplexity, pretraining
 from ..train import pretrain as training
 from .base import Evaluation, KindError, Loaded, TaskKind, register
 
@@ -25,10 +30,25 @@ from .base import Evaluation, KindError, Loaded, TaskKind, register
 class Pretrain(TaskKind):
     objective: str
     arch: str
+    quantized_training = True
 
     def check(self) -> None:
         super().check()
         model, task = self.cfg.model, self.task
+        try:
+            self.tq = training_quant(self.cfg.recipe)
+        except TrainingQuantConfigError as e:
+            raise KindError(str(e)) from None
+        if self.tq is not None:
+            on = [g for g in ("weights", "activations", "inputs") if self.ctx.quant.get(g, {}).get("enabled")]
+            if on:
+                raise KindError(f"recipe {self.cfg.recipe.name!r} has both a qpt block (quantized training) and PTQ "
+                                f"quantizers ({', '.join(on)}); use one: qpt.during=eval quantizes a trained model")
+        for name, entry in (task.get("heldout") or {}).items():
+            if entry.get("data_dir"):
+                path = Path(entry.data_dir) / entry.files.eval
+                if not path.is_file():
+                    raise KindError(f"task.heldout.{name}: no file {path} (data_dir + files.eval)")
         if model.get("source") != "scratch":
             raise KindError(f"task {task.name!r} trains a model from scratch, but model {model.name!r} has source "
                             f"{model.get('source')!r}; use a from-scratch model (source: scratch): `qexp ls models`")
@@ -68,6 +88,7 @@ class Pretrain(TaskKind):
                             f"{len(self.blocks['valid'])}); lower task.seq_length or add text")
         self.blocks = {s: b.with_format("torch") for s, b in self.blocks.items()}
         self.source = source = corpus.data_source(task)   # hashes the corpus files: once per run
+        self.heldout = self._heldout_ids()                  # before training: a missing text fails now
         variant = scratch.variant_of(cfg.model, seq)
         record = {"tokenizer": tok_desc, "attention": variant.as_dict(), "blocks": {s: len(b) for s, b in
                                                                                    self.blocks.items()}}
@@ -78,6 +99,8 @@ class Pretrain(TaskKind):
             identity = f"checkpoint:{task.checkpoint}"
         else:
             key = training.cache_key(cfg.model, task, source, tok_desc, seq, ctx.seed)
+            if self.tq is not None and self.tq.trains:
+                key["qpt"] = self.tq.describe()   # absent for FP training: the FP baseline's key is unchanged
             folder = training.folder_for(cache, cfg.model.name, task.name, key)
             if training.read_meta(folder) is None:
                 with ctx.timer.stage("pretrain"):
@@ -87,6 +110,8 @@ class Pretrain(TaskKind):
             identity = f"pretrained:{folder.name}"
         model = family_of(cfg.model).wrap(hf)
         configure(model, ctx.quant)
+        if self.tq is not None:
+            record["qpt"] = {**self.tq.describe(), "layers": self._attach(model, self._eval_spec())}
         model = model.to(ctx.device).eval()
         self.loaded = Loaded(model, self.tokenizer, identity, record)
         return self.loaded
@@ -96,6 +121,14 @@ class Pretrain(TaskKind):
         hf = scratch.build(self.cfg.model, len(self.tokenizer), seq, corpus.special_ids(self.tokenizer), ctx.seed)
         wrapper = family_of(self.cfg.model).wrap(hf).to(ctx.device)
         tr = task.train
+        make_optimizer, extra = None, {}
+        if self.tq is not None and self.tq.trains:
+            extra["qpt_layers"] = self._attach(wrapper, self.tq.linear)
+            if self.tq.m1 is not None or self.tq.m2 is not None:
+                tq = self.tq
+
+                def make_optimizer(groups, **kw):
+                    return QuantizedAdamW(groups, m1=tq.m1, m2=tq.m2, timing=tq.timing, **kw)
         eval_batches = self._eval_batches(limit=int(tr.eval_batches) * int(task.eval.batch_size))
 
         def evaluate_fn(model):
@@ -104,7 +137,21 @@ class Pretrain(TaskKind):
         training.pretrain(wrapper, hf, self.blocks["train"], pretraining.collator(self.tokenizer, self.objective,
                                                                                     float(task.mlm_probability)),
                           evaluate_fn, tr, ctx.seed, folder, ctx.device, ctx.progress,
-                          save_fn=lambda path: self._save(hf, path))
+                          save_fn=lambda path: self._save(hf, path), make_optimizer=make_optimizer, extra_meta=extra)
+
+    # -- quantized training (recipe.qpt) --------------------------------------------------------------------------
+    def _eval_spec(self) -> LinearQuant | None:
+        """What a quantized model computes at evaluation: its forward quantizers (weights, activations)."""
+        lin = self.tq.linear
+        if lin.weights is None and lin.activations is None:
+            return None
+        return LinearQuant(weights=lin.weights, activations=lin.activations)
+
+    def _attach(self, model, spec: LinearQuant | None) -> int:
+        try:
+            return len(training_linear.attach(model, spec, list(self.tq.include), list(self.tq.exclude)))
+        except training_linear.TrainingQuantError as e:
+            raise KindError(f"recipe.qpt: {e}") from None
 
     def _save(self, hf, path: Path) -> None:
         scratch.save(hf, path)
@@ -167,7 +214,21 @@ class Pretrain(TaskKind):
         ids = [tok.cls_token_id, tok.sep_token_id, tok.eos_token_id, *tok.convert_tokens_to_ids([".", ","])]
         return sorted({i for i in ids if i is not None and i != tok.unk_token_id})
 
+    def _heldout_ids(self) -> dict:
+        """Token ids of each held-out text (``task.heldout``: WikiText-2 and PTB test for the causal LM)."""
+        out = {}
+        for name, entry in (self.task.get("heldout") or {}).items():
+            try:
+                text = perplexity.load_text(OmegaConf.merge({"name": f"heldout.{name}"}, entry), "eval")
+            except (FileNotFoundError, RuntimeError, OSError) as e:
+                raise KindError(f"task.heldout.{name}: {e}") from None
+            out[name] = perplexity.tokenize(self.tokenizer, text)
+        return out
+
     def evaluate(self, model) -> Evaluation:
+        diverged = (self.loaded.record.get("pretrain") or {}).get("diverged")
+        if diverged:
+            return Evaluation({"valid": {"diverged": diverged}}, None, self.source)   # no score, never a NaN
         batches = self._eval_batches()
         m = pretraining.evaluate(model, batches, self.ctx.device, self.bar, delimiter_ids=self.delimiter_ids())
         maps = m["attention_maps"]
@@ -175,7 +236,12 @@ class Pretrain(TaskKind):
         m["delimiters"] = self.tokenizer.convert_ids_to_tokens(self.delimiter_ids())
         m.update(eval_mask_seed=int(self.task.eval_mask_seed) if self.objective == "mlm" else None,
                  calibration_seed=self.calibration_seed(), tokenizer=self.loaded.record["tokenizer"]["name"])
-        return Evaluation({"valid": m}, m["perplexity"], self.source)
+        metrics = {"valid": m}
+        limit = (self.task.get("heldout_limit") or {}).get("windows")
+        for name, ids in self.heldout.items():
+            metrics[name] = perplexity.evaluate_batched(model, ids, int(self.task.seq_length), self.ctx.device,
+                                                        int(self.task.eval.batch_size), limit, self.bar)
+        return Evaluation(metrics, m["perplexity"], self.source)
 
 
 @register

@@ -22,6 +22,7 @@ from ..quant.modules import act_quantizer
 from .attention import AttentionVariant
 
 ARCHS = ("bert", "opt")
+ACTIVATIONS = ("relu", "gelu", "gelu_new")   # OPT's FFN; GPT-2 uses gelu_new (tanh approximation)
 
 
 class ScratchModelError(ValueError):
@@ -38,6 +39,10 @@ def check_arch(model_cfg) -> str:
         v = a.get(key)
         if not isinstance(v, int) or v < 1:
             raise ScratchModelError(f"model.architecture.{key}={v!r} must be a positive integer")
+    act = model_cfg.get("activation")
+    if act is not None and (arch != "opt" or act not in ACTIVATIONS):
+        raise ScratchModelError(f"model.activation={act!r} is not valid for arch {arch!r}; valid (arch opt): "
+                                f"{', '.join(ACTIVATIONS)}")
     if a.hidden_size % a.num_attention_heads:
         raise ScratchModelError(f"model.architecture.hidden_size={a.hidden_size} is not divisible by "
                                 f"num_attention_heads={a.num_attention_heads}")
@@ -69,7 +74,8 @@ def hf_config(model_cfg, vocab_size: int, seq_length: int, special: dict):
                            max_position_embeddings=seq_length, word_embed_proj_dim=a.hidden_size,
                            do_layer_norm_before=True, dropout=dropout,
                            attention_dropout=float(model_cfg.get("attention_dropout", 0.0)),
-                           init_std=float(model_cfg.get("init_std", 0.006)), **special)
+                           init_std=float(model_cfg.get("init_std", 0.006)),
+                           activation_function=str(model_cfg.get("activation", "relu")), **special)
     config._attn_implementation = "eager"
     config.qexp_attention = variant.as_dict()
     config.qexp_arch = arch
@@ -82,7 +88,23 @@ def build(model_cfg, vocab_size: int, seq_length: int, special: dict, seed: int)
 
     config = hf_config(model_cfg, vocab_size, seq_length, special)
     set_seed(int(seed))
-    return _assemble(config, bool((model_cfg.get("init") or {}).get("torch_default_attention", True)))
+    init = model_cfg.get("init") or {}
+    model = _assemble(config, bool(init.get("torch_default_attention", True)))
+    if init.get("scaled_residual"):
+        scale_residual_init(model, config)
+    return model
+
+
+def scale_residual_init(model: nn.Module, config) -> None:
+    """GPT-2's init of the projections that write into the residual stream (attention output, second FFN linear):
+    N(0, init_std / sqrt(2 * n_layers)) (Radford et al. 2019, Sec. 2.3; nanoGPT's ``c_proj`` init)."""
+    if config.qexp_arch != "opt":
+        raise ScratchModelError("model.init.scaled_residual applies to arch opt (the GPT-2-style decoder) only")
+    std = config.init_std / (2 * config.num_hidden_layers) ** 0.5
+    with torch.no_grad():
+        for layer in model.model.decoder.layers:
+            for lin in (layer.self_attn.out_proj, layer.fc2):
+                lin.weight.normal_(0.0, std)
 
 
 def _assemble(config, default_attention_init: bool) -> nn.Module:

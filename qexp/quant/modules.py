@@ -56,6 +56,7 @@ class QLinear(_WeightQuantMixin, nn.Module):
         self.weight_quantizer = weight_quantizer(f"{name}.weight")
         self.output_quantizer = act_quantizer(name) if quantize_output else None
         self.integer = None  # an integer backend's execution of this layer (qexp.integer.backends.attach), else fake quant
+        self.training_quant = None  # quantized training's forward/backward (qexp.quant.training_linear.attach)
 
     @property
     def weight(self) -> torch.Tensor:  # HF code reads ``.weight`` of its linears (dtype checks, tied embeddings)
@@ -74,6 +75,8 @@ class QLinear(_WeightQuantMixin, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.integer is not None and self.weight_quantizer.state == self.input_quantizer.state == "fixed":
             y = self.integer(x, self.inner.bias)  # quantizers switched off (an FP reference pass) fall through
+        elif self.training_quant is not None:
+            y = self.training_quant(x, self.inner.weight, self.inner.bias)
         else:
             y = F.linear(self.input_quantizer(x), self.quantized_weight(), self.inner.bias)
         if self.act is not None:

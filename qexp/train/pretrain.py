@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 META = "qexp_pretrain.json"
+SCHEDULES = ("linear", "cosine")   # warm-up, then linear decay to 0 (Bondarenko et al.) or a half cosine (nanoGPT)
 CURVE_KEYS = ("loss", "perplexity", "max_inf_norm", "max_inf_norm_all", "avg_kurtosis", "max_kurtosis")
 
 
@@ -49,6 +50,8 @@ def check_hyperparameters(tr) -> None:
     b1, b2 = (float(b) for b in tr.betas)
     if not (0 <= b1 < 1 and 0 <= b2 < 1):
         raise PretrainConfigError(f"task.train.betas={list(tr.betas)} must lie in [0, 1)")
+    if str(tr.get("lr_scheduler", "linear")) not in SCHEDULES:
+        raise PretrainConfigError(f"task.train.lr_scheduler={tr.get('lr_scheduler')!r}; valid: {', '.join(SCHEDULES)}")
     if str(tr.get("precision", "fp32")) not in ("fp32", "fp16", "bf16"):
         raise PretrainConfigError(f"task.train.precision={tr.get('precision')!r}; valid: fp32, fp16, bf16")
 
@@ -93,21 +96,45 @@ def param_groups(hf: nn.Module, weight_decay: float, wd_ln_gamma: bool) -> list[
 
 
 def _trainer_class():
-    from transformers import Trainer
+    from transformers import Trainer, TrainerCallback
+
+    class StopWhenDiverged(TrainerCallback):
+        """Ends training at the end of the step whose loss was not finite (no save, no evaluation of NaN weights)."""
+
+        def __init__(self, trainer):
+            self.trainer = trainer
+
+        def on_step_end(self, args, state, control, **kw):
+            if self.trainer.diverged is not None:
+                control.should_training_stop = True
+                control.should_save = control.should_evaluate = False
+            return control
 
     class PretrainTrainer(Trainer):
-        """The HF Trainer with the authors' AdamW groups and an evaluation that computes the outlier metrics."""
+        """The HF Trainer with the authors' AdamW groups (or ``make_optimizer``'s optimizer over them), an evaluation
+        that computes the outlier metrics, and divergence detection: a non-finite training loss stops training and is
+        recorded (``self.diverged``: step and reason) instead of training on NaNs."""
 
-        def __init__(self, *a, groups, evaluate_fn, **kw):
+        def __init__(self, *a, groups, evaluate_fn, make_optimizer=None, **kw):
             self._groups, self._evaluate_fn = groups, evaluate_fn
+            self._make_optimizer = make_optimizer or torch.optim.AdamW
+            self.diverged = None
             super().__init__(*a, **kw)
+            self.add_callback(StopWhenDiverged(self))
 
         def create_optimizer(self):
             if self.optimizer is None:
                 a = self.args
-                self.optimizer = torch.optim.AdamW(self._groups, lr=a.learning_rate, betas=(a.adam_beta1, a.adam_beta2),
-                                                   eps=a.adam_epsilon)
+                self.optimizer = self._make_optimizer(self._groups, lr=a.learning_rate,
+                                                      betas=(a.adam_beta1, a.adam_beta2), eps=a.adam_epsilon)
             return self.optimizer
+
+        def training_step(self, model, inputs, *args, **kw):
+            loss = super().training_step(model, inputs, *args, **kw)
+            if self.diverged is None and not torch.isfinite(loss).all():
+                self.diverged = {"step": self.state.global_step + 1,
+                                 "reason": f"non-finite training loss ({float(loss.detach().float().mean())})"}
+            return loss
 
         def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
             m = self._evaluate_fn(self.model)
@@ -127,9 +154,10 @@ def last_checkpoint(trainer_dir: Path) -> str | None:
 
 
 def pretrain(wrapper: nn.Module, hf: nn.Module, train_ds, collate, evaluate_fn, tr, seed: int, folder: Path,
-             device: str, progress: bool, save_fn) -> dict:
+             device: str, progress: bool, save_fn, make_optimizer=None, extra_meta: dict | None = None) -> dict:
     """Train ``wrapper`` (whose parameters are ``hf``'s, plus the gates) and save it with ``save_fn(folder)``;
-    resumes from ``.partial-<name>`` when an earlier run of the same key was interrupted.  Returns the metadata."""
+    resumes from ``.partial-<name>`` when an earlier run of the same key was interrupted.  Returns the metadata
+    (``diverged``: None, or the step and reason training stopped at)."""
     import transformers
     from transformers import TrainingArguments
 
@@ -141,7 +169,7 @@ def pretrain(wrapper: nn.Module, hf: nn.Module, train_ds, collate, evaluate_fn, 
         output_dir=str(trainer_dir), max_steps=int(tr.max_steps), per_device_train_batch_size=int(tr.batch_size),
         gradient_accumulation_steps=int(tr.grad_accum), learning_rate=float(tr.learning_rate),
         adam_beta1=float(tr.betas[0]), adam_beta2=float(tr.betas[1]), adam_epsilon=float(tr.get("eps", 1e-8)),
-        weight_decay=float(tr.weight_decay), lr_scheduler_type="linear", warmup_steps=int(tr.warmup_steps),
+        weight_decay=float(tr.weight_decay), lr_scheduler_type=str(tr.get("lr_scheduler", "linear")), warmup_steps=int(tr.warmup_steps),
         max_grad_norm=float(tr.max_grad_norm), seed=int(seed), data_seed=int(seed),
         save_strategy="steps", save_steps=int(tr.save_steps), save_total_limit=int(tr.get("save_total_limit", 2)),
         save_safetensors=False,  # the wrapper shares tensors with the HF model (safetensors refuses shared storage)
@@ -152,7 +180,7 @@ def pretrain(wrapper: nn.Module, hf: nn.Module, train_ds, collate, evaluate_fn, 
     trainer = _trainer_class()(model=wrapper, args=args, train_dataset=train_ds, eval_dataset=train_ds,
                                data_collator=collate,
                                groups=param_groups(hf, float(tr.weight_decay), bool(tr.get("wd_ln_gamma", False))),
-                               evaluate_fn=evaluate_fn)
+                               evaluate_fn=evaluate_fn, make_optimizer=make_optimizer)
     t0 = time.time()
     out = trainer.train(resume_from_checkpoint=resume)
     seconds = time.time() - t0
@@ -166,7 +194,10 @@ def pretrain(wrapper: nn.Module, hf: nn.Module, train_ds, collate, evaluate_fn, 
                     for h in history if "loss" in h and "eval_loss" not in h]
     tokens_per_step = int(tr.batch_size) * int(tr.grad_accum) * len(train_ds[0]["input_ids"])
     steps_this_run = out.global_step - (int(Path(resume).name.split("-")[-1]) if resume else 0)
-    meta = {"steps": out.global_step, "train_loss_mean": out.training_loss, "seconds_this_run": seconds,
+    diverged = trainer.diverged
+    if diverged is None and not all(torch.isfinite(p).all() for p in hf.parameters()):
+        diverged = {"step": out.global_step, "reason": "non-finite weights after training"}
+    meta = {"steps": out.global_step, "diverged": diverged, **(extra_meta or {}), "train_loss_mean": out.training_loss, "seconds_this_run": seconds,
             "resumed_from": Path(resume).name if resume else None, "steps_this_run": steps_this_run,
             "tokens_per_second": tokens_per_step * steps_this_run / seconds if seconds > 0 else None,
             "curves": curves, "train_loss": train_losses, "transformers": transformers.__version__}

@@ -1,0 +1,96 @@
+"""A recipe's ``qpt`` block (quantized pre-training, Chitsaz et al. 2024) as one value object, checked before any work.
+
+    qpt:
+      during: train                 # train: quantize while pre-training | eval: PTQ of the FP-trained model with the
+                                    #   same quantizers (the paper's Tables 10-11; training is the FP baseline's)
+      weights:     {bits: 8, granularity: per_channel}                   # per_tensor | per_channel (output channel)
+      activations: {bits: 8, granularity: per_token, symmetric: true}    # per_tensor | per_token | per_channel
+      gradients:   {bits: 8, granularity: per_token}                     # per_tensor | per_token (dY of the linear)
+      grad_path: weight             # which GEMM takes Q(dY): weight (paper) | input (authors' flag) | both (Fig. 10)
+      saved: quantized              # backward operands: quantized (paper's formulas) | original (authors' code)
+      adam: {m1: {bits: 8, granularity: per_channel}, m2: null, timing: after_update}   # per_tensor | per_channel
+      include: ["decoder.layer.*"]  # linear-layer site globs (qexp.models.quant_decoder names); lm_head excluded
+      exclude: []
+
+Absent components are off.  Only the pre-training kinds honour it (they train); every other kind refuses it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..quant.dynamic import FormatError, TensorFormat, make_format
+from ..quant.optim import TIMINGS
+from ..quant.training_linear import GRAD_PATHS, SAVED, LinearQuant
+
+DURING = ("train", "eval")
+KEYS = ("during", "weights", "activations", "gradients", "grad_path", "saved", "adam", "include", "exclude", "enabled")
+
+
+class TrainingQuantConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class TrainingQuant:
+    linear: LinearQuant
+    m1: TensorFormat | None = None
+    m2: TensorFormat | None = None
+    timing: str = "after_update"
+    during: str = "train"
+    include: tuple = ("decoder.layer.*",)
+    exclude: tuple = field(default_factory=tuple)
+
+    @property
+    def trains(self) -> bool:
+        """Whether training itself is quantized (else the FP-trained model is quantized for evaluation only)."""
+        return self.during == "train"
+
+    def describe(self) -> dict:
+        return {"during": self.during, **self.linear.describe(), "include": list(self.include),
+                "exclude": list(self.exclude),
+                "adam": {"m1": str(self.m1) if self.m1 else None, "m2": str(self.m2) if self.m2 else None,
+                         "timing": self.timing}}
+
+
+def _choice(value, valid, where):
+    if value not in valid:
+        raise TrainingQuantConfigError(f"{where}={value!r}; valid: {', '.join(valid)}")
+    return value
+
+
+def training_quant(recipe) -> TrainingQuant | None:
+    """The recipe's ``qpt`` block as a :class:`TrainingQuant` (None when absent or ``enabled: false``)."""
+    q = recipe.get("qpt") if recipe is not None else None
+    if q is None or not q.get("enabled", True):
+        return None
+    q = dict(q)
+    unknown = sorted(set(q) - set(KEYS))
+    if unknown:
+        raise TrainingQuantConfigError(f"recipe.qpt: unknown key(s) {unknown}; valid: {', '.join(KEYS)}")
+    adam = dict(q.get("adam") or {})
+    bad = sorted(set(adam) - {"m1", "m2", "timing"})
+    if bad:
+        raise TrainingQuantConfigError(f"recipe.qpt.adam: unknown key(s) {bad}; valid: m1, m2, timing")
+    try:
+        linear = LinearQuant(
+            weights=make_format(q.get("weights"), "recipe.qpt.weights", ("per_tensor", "per_channel"), 0),
+            activations=make_format(q.get("activations"), "recipe.qpt.activations",
+                                    ("per_tensor", "per_token", "per_channel"), -1),
+            gradients=make_format(q.get("gradients"), "recipe.qpt.gradients", ("per_tensor", "per_token")),
+            grad_path=_choice(str(q.get("grad_path", "weight")), GRAD_PATHS, "recipe.qpt.grad_path"),
+            saved=_choice(str(q.get("saved", "quantized")), SAVED, "recipe.qpt.saved"))
+        m1 = make_format(adam.get("m1"), "recipe.qpt.adam.m1", ("per_tensor", "per_channel"), 0)
+        m2 = make_format(adam.get("m2"), "recipe.qpt.adam.m2", ("per_tensor", "per_channel"), 0)
+    except FormatError as e:
+        raise TrainingQuantConfigError(str(e)) from None
+    during = _choice(str(q.get("during", "train")), DURING, "recipe.qpt.during")
+    if during == "eval" and (linear.gradients is not None or m1 is not None or m2 is not None):
+        raise TrainingQuantConfigError("recipe.qpt.during=eval quantizes a trained model for evaluation only; "
+                                       "gradients and Adam states exist only in training (use during=train)")
+    if not (linear.active or m1 or m2):
+        raise TrainingQuantConfigError("recipe.qpt quantizes nothing: set weights, activations, gradients or "
+                                       "adam.m1/m2 (or drop the qpt block)")
+    include, exclude = q.get("include", ["decoder.layer.*"]), q.get("exclude", [])
+    return TrainingQuant(linear, m1, m2, _choice(str(adam.get("timing", "after_update")), TIMINGS,
+                                                 "recipe.qpt.adam.timing"),
+                         during, tuple(str(p) for p in include), tuple(str(p) for p in exclude))
