@@ -32,6 +32,8 @@ commands:
                          BERT-base encoder-layer latency, float vs ZeroQuant W8A8 on an integer backend
   bench pretrain [--model bert_cpu|opt_cpu] [--batch 16] [--seq 128] [--threads N]
                          training-step time of clipped softmax / gated attention vs vanilla, side by side
+  bench qpt [--recipe qpt_w8a8 ...] [--model gpt2_cpu] [--threads N]
+                         training-step time of quantized pre-training recipes vs the FP step, side by side
 
 examples:
   qexp run                                          # label-free default: real MiniLM-L6, FP32

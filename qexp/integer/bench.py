@@ -347,7 +347,28 @@ def main(argv: list[str]) -> None:
     pt.add_argument("--repeats", type=int, default=12)
     pt.add_argument("--threads", type=int, default=None)
     pt.add_argument("--out", default="results/bench")
+    qp = sub.add_parser("qpt", help="training-step cost of quantized pre-training recipes vs the FP step (CPU)")
+    qp.add_argument("--model", default="gpt2_cpu")
+    qp.add_argument("--recipe", action="append", help="repeatable; default: qpt_w8a8, qpt_w8a8g8, qpt_m1_8_channel")
+    qp.add_argument("--batch", type=int, default=16)
+    qp.add_argument("--seq", type=int, default=128)
+    qp.add_argument("--repeats", type=int, default=12)
+    qp.add_argument("--threads", type=int, default=None)
+    qp.add_argument("--out", default="results/bench")
     a = ap.parse_args(argv)
+    if a.what == "qpt":
+        from ..train.bench_qpt import RECIPES, bench_qpt
+
+        unknown = [r for r in a.recipe or [] if not r.startswith("qpt_")]
+        if unknown:
+            raise BenchError(f"--recipe {unknown[0]!r} is not a quantized pre-training recipe; valid: the qpt_* "
+                             f"recipes (`qexp ls recipes`)")
+        res = bench_qpt(a.model, tuple(a.recipe or RECIPES), a.batch, a.seq, a.repeats, threads=a.threads)
+        for r in res["rows"]:
+            print(f"{r['model']:10s} {r['recipe']:18s} {r['ms_per_step']:8.1f} ms/step "
+                  f"{r['tokens_per_s']:8.0f} tok/s  x{r['vs_fp32']:.3f} vs fp32")
+        print(f"wrote {write_record(res, Path(a.out), 'cpu')}")
+        return
     if a.what == "pretrain":
         from ..train.bench_pretrain import VARIANTS, bench_pretrain
 

@@ -48,8 +48,8 @@ def frame(records: list[dict]) -> pd.DataFrame:
     rows = []
     for r in records:
         cfg = r.get("config") or {}
-        if (cfg.get("task") or {}).get("kind") not in KINDS:
-            continue
+        if (cfg.get("task") or {}).get("kind") not in KINDS or (cfg.get("task") or {}).get("paper") == "chitsaz2024":
+            continue   # quantized pre-training runs have their own tables (qexp.report.chitsaz2024)
         m = (r.get("metrics") or {}).get("valid") or {}
         att_cfg = (cfg.get("model") or {}).get("attention") or {}
         tok = r.get("tokenizer") or {}

@@ -1,0 +1,166 @@
+"""Chitsaz et al. 2024 (quantized pre-training) tables and validation-loss figures from the ``qpt_clm`` run records.
+
+A *setting* is one trained configuration but for the recipe and the seed: model config and task config (corpus,
+tokenizer, budget).  Every row of a table compares one qpt recipe with the FP baseline (``recipe=fp32``) of the same
+setting and seed (same data order and token budget): final validation loss on the corpus' valid split, WikiText-2 and
+PTB test perplexity (our tokenizer and model scale, so not the paper's absolute numbers), the ratio to the baseline's
+WikiText-2 perplexity, and the paper's four columns beside them.  WikiText-103 and 1BW are not on this machine: their
+"ours" columns stay empty and say so.  A diverged run is a row that says "diverged at step N (reason)", never a
+number.  Several seeds: mean over seeds, with the count.
+
+Figures (PNG): validation loss against the training step, one curve per variant with the baseline, as the paper's
+Figures 4 (weights), 7 (activations), 9 (gradients), 10 (gradient path), 11 (Adam m1), 12 (Adam m2), 13 (W8A8(G8)).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pandas as pd
+
+REFERENCE = Path(__file__).parent / "reference" / "chitsaz2024_perplexity.csv"
+PAPER = "chitsaz2024"
+TABLES = {2: "weights", 3: "activations", 4: "gradients", 5: "Adam first moment", 10: "weights, post-training",
+          11: "activations, post-training"}
+FIGURES = {
+    4: ("weights", ["qpt_w4_tensor", "qpt_w4_channel", "qpt_w8_tensor", "qpt_w8_channel"]),
+    7: ("activations", ["qpt_a4_tensor", "qpt_a4_token", "qpt_a4_token_asym", "qpt_a8_tensor", "qpt_a8_token"]),
+    9: ("gradients (weight-gradient GEMM)", ["qpt_g4_tensor", "qpt_g4_token", "qpt_g8_tensor", "qpt_g8_token"]),
+    10: ("gradients in the weight path vs both paths", ["qpt_g8_token", "qpt_g8_token_both"]),
+    11: ("Adam first moment", ["qpt_m1_4_tensor", "qpt_m1_4_channel", "qpt_m1_8_tensor", "qpt_m1_8_channel"]),
+    12: ("Adam second moment", ["qpt_m2_8_channel"]),
+    13: ("weights, activations and gradients together", ["qpt_w8a8", "qpt_w8a8g8"]),
+}
+NOT_HERE = "not on this machine (WikiText-103 / One Billion Words are hub-only)"
+
+
+def is_chitsaz(record: dict) -> bool:
+    return ((record.get("config") or {}).get("task") or {}).get("paper") == PAPER
+
+
+def _setting(cfg: dict) -> str:
+    key = {"model": cfg.get("model"), "task": cfg.get("task")}
+    return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def frame(records: list[dict]) -> pd.DataFrame:
+    rows = []
+    for r in records:
+        if not is_chitsaz(r):
+            continue
+        cfg, m, pre = r.get("config") or {}, r.get("metrics") or {}, r.get("pretrain") or {}
+        a, tr = cfg["model"].get("architecture") or {}, cfg["task"].get("train") or {}
+        diverged = pre.get("diverged")
+        rows.append({
+            "setting": _setting(cfg), "model": r["model"], "recipe": r["recipe"], "seed": r["seed"],
+            "scale": (f"{a.get('num_hidden_layers')}L/{a.get('hidden_size')}, {tr.get('max_steps')} steps x "
+                      f"{tr.get('batch_size', 0) * tr.get('grad_accum', 1)} x {cfg['task'].get('seq_length')} tok"),
+            "val_loss": None if diverged else (m.get("valid") or {}).get("loss"),
+            "wikitext2": None if diverged else (m.get("wikitext2") or {}).get("perplexity"),
+            "ptb": None if diverged else (m.get("ptb") or {}).get("perplexity"),
+            "status": (f"diverged at step {diverged['step']} ({diverged['reason']})" if diverged else "ok"),
+            "curves": pre.get("curves") or [], "path": r.get("_path")})
+    return pd.DataFrame(rows)
+
+
+def _mean(values) -> float | None:
+    s = pd.Series([v for v in values if v is not None], dtype=float)
+    return float(s.mean()) if len(s) else None
+
+
+def tables(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (setting, paper table, paper row): ours (mean over seeds) beside the paper's numbers."""
+    ref = pd.read_csv(REFERENCE)
+    out = []
+    settings = df.groupby("setting") if len(df) else []
+    for setting, g in settings:
+        base = g[g.recipe == "fp32"]
+        base_wt2 = _mean(base.wikitext2)
+        for _, p in ref.iterrows():
+            runs = g[g.recipe == p.recipe]
+            status = "; ".join(sorted(set(runs.status))) if len(runs) else "not run"
+            wt2 = _mean(runs.wikitext2)
+            out.append({
+                "setting": setting, "model": g.model.iloc[0], "scale": g.scale.iloc[0], "table": int(p.table),
+                "component": p.component, "bits": "" if pd.isna(p.bits) else int(p.bits),
+                "granularity": p.granularity, "recipe": p.recipe, "seeds": len(runs), "status": status,
+                "ours_val_loss": _mean(runs.val_loss), "ours_wikitext2": wt2, "ours_ptb": _mean(runs.ptb),
+                "ours_wikitext2_vs_baseline": (wt2 / base_wt2) if wt2 and base_wt2 else None,
+                "ours_wikitext103": None, "ours_1bw": None,
+                "paper_wikitext103": p.wikitext103, "paper_wikitext2": p.wikitext2, "paper_ptb": p.ptb,
+                "paper_1bw": p["1bw"],
+                "paper_wikitext2_vs_baseline": p.wikitext2 / 34.32 if pd.notna(p.wikitext2) else None,
+                "note": "; ".join(x for x in (p.note if pd.notna(p.note) else "", f"WikiText-103, 1BW: {NOT_HERE}")
+                                  if x)})
+    return pd.DataFrame(out)
+
+
+def markdown(t: pd.DataFrame) -> str:
+    if t.empty:
+        return "Chitsaz et al. 2024: no qpt_clm runs yet (scripts/qpt_cpu.sh)\n"
+    parts = ["Chitsaz et al. 2024, Tables 2-5 and 10-11 at CPU scale: ours (our model, corpus and BPE tokenizer) "
+             "beside the paper's GPT-2 small on OpenWebText.  Perplexities are not comparable across the two in "
+             "absolute terms; compare each row's ratio to its baseline (`x base`).  WikiText-103 and 1BW: "
+             f"{NOT_HERE}.\n"]
+    for (setting, table), g in t.groupby(["setting", "table"]):
+        parts.append(f"\n### Table {table}: {TABLES[table]} (setting {setting}: {g.model.iloc[0]}, "
+                     f"{g.scale.iloc[0]})\n")
+        show = pd.DataFrame({
+            "#bit": g.bits, "granularity": g.granularity, "recipe": g.recipe,
+            "ours val loss": g.ours_val_loss, "ours WT-2": g.ours_wikitext2, "ours PTB": g.ours_ptb,
+            "ours x base": g.ours_wikitext2_vs_baseline, "paper WT-103": g.paper_wikitext103,
+            "paper WT-2": g.paper_wikitext2, "paper PTB": g.paper_ptb, "paper 1BW": g.paper_1bw,
+            "paper x base": g.paper_wikitext2_vs_baseline, "status": g.status})
+        parts.append(show.to_markdown(index=False, floatfmt=".3g"))
+        parts.append("")
+    return "\n".join(parts) + "\n"
+
+
+def figures(df: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
+    if df.empty:
+        return {}
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = {}
+    for number, (title, recipes) in FIGURES.items():
+        for (setting, seed), g in df.groupby(["setting", "seed"]):
+            shown = g[g.recipe.isin(["fp32", *recipes])]
+            if shown.recipe.nunique() < 2:
+                continue
+            fig, ax = plt.subplots(figsize=(7, 4.2))
+            for _, r in shown.sort_values("recipe", key=lambda s: s.map({"fp32": ""}).fillna(s)).iterrows():
+                c = pd.DataFrame(r.curves)
+                if c.empty:
+                    continue
+                label = "baseline (FP)" if r.recipe == "fp32" else r.recipe.removeprefix("qpt_")
+                if r.status != "ok":
+                    label += " (diverged)"
+                ax.plot(c.step, c["loss"], marker=".", lw=2.2 if r.recipe == "fp32" else 1.2,
+                        color="black" if r.recipe == "fp32" else None, label=label)
+            ax.set_xlabel("training step")
+            ax.set_ylabel("validation loss")
+            ax.set_yscale("log")
+            ax.legend(fontsize=8)
+            ax.set_title(f"Figure {number} at CPU scale: {title}\n{g.model.iloc[0]}, {g.scale.iloc[0]}, seed {seed}",
+                         fontsize=9)
+            path = out_dir / f"chitsaz2024_figure{number}_{setting}_seed{seed}.png"
+            fig.tight_layout()
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            written[path.stem] = path
+    return written
+
+
+def build(records: list[dict], out_dir: Path) -> dict[str, Path]:
+    df = frame(records)
+    t = tables(df)
+    written = {"chitsaz2024_tables": out_dir / "chitsaz2024_tables_vs_paper.csv",
+               "chitsaz2024_tables.md": out_dir / "chitsaz2024_tables.md"}
+    t.to_csv(written["chitsaz2024_tables"], index=False, float_format="%.4g")
+    written["chitsaz2024_tables.md"].write_text(markdown(t))
+    written.update(figures(df, out_dir))
+    return written

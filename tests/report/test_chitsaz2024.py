@@ -1,0 +1,64 @@
+"""Chitsaz et al. 2024 tables from qpt_clm records: ours (means over seeds, hand-computed) beside the paper's row, a
+diverged run is a status and never a number, other papers' pre-training runs stay out, figures are written."""
+import math
+
+import pandas as pd
+
+from qexp.report import bondarenko2023 as b23
+from qexp.report import chitsaz2024 as c24
+
+
+def _rec(recipe, seed, loss, wt2, ptb, diverged=None, paper="chitsaz2024"):
+    curves = [{"step": 0, "loss": 8.0}, {"step": 100, "loss": loss or 9.0}]
+    return {"model": "gpt2_cpu", "recipe": recipe, "seed": seed,
+            "config": {"model": {"name": "gpt2_cpu", "arch": "opt",
+                                 "architecture": {"num_hidden_layers": 4, "hidden_size": 256}},
+                       "task": {"name": "qpt_clm", "kind": "pretrain_clm", "paper": paper, "seq_length": 128,
+                                "train": {"max_steps": 800, "batch_size": 16}}},
+            "metrics": ({"valid": {"diverged": diverged}} if diverged else
+                        {"valid": {"loss": loss, "perplexity": math.exp(loss)}, "wikitext2": {"perplexity": wt2},
+                         "ptb": {"perplexity": ptb}}),
+            "pretrain": {"curves": curves, "diverged": diverged}}
+
+
+def _records():
+    return [_rec("fp32", 0, 4.0, 100.0, 120.0), _rec("fp32", 1, 4.2, 110.0, 130.0),
+            _rec("qpt_w8_channel", 0, 4.1, 104.0, 121.0), _rec("qpt_w8_channel", 1, 4.3, 112.0, 135.0),
+            _rec("qpt_g4_tensor", 0, None, None, None, diverged={"step": 37, "reason": "non-finite training loss"})]
+
+
+def test_rows_put_ours_beside_the_paper():
+    t = c24.tables(c24.frame(_records()))
+    row = t[(t.table == 2) & (t.recipe == "qpt_w8_channel")].iloc[0]
+    assert row.seeds == 2 and row.status == "ok"
+    assert math.isclose(row.ours_wikitext2, 108.0) and math.isclose(row.ours_ptb, 128.0)
+    assert math.isclose(row.ours_val_loss, 4.2)
+    assert math.isclose(row.ours_wikitext2_vs_baseline, 108.0 / 105.0)
+    assert row.paper_wikitext2 == 35.94 and row.paper_wikitext103 == 42.43      # Table 2, 8-bit per-channel
+    assert math.isclose(row.paper_wikitext2_vs_baseline, 35.94 / 34.32)
+    assert pd.isna(row.ours_wikitext103) and "not on this machine" in row.note
+    assert t[(t.table == 5) & (t.recipe == "qpt_m1_4_tensor")].iloc[0].status == "not run"
+
+
+def test_a_diverged_run_is_a_status_not_a_number():
+    t = c24.tables(c24.frame(_records()))
+    row = t[t.recipe == "qpt_g4_tensor"].iloc[0]
+    assert row.status == "diverged at step 37 (non-finite training loss)"
+    assert pd.isna(row.ours_wikitext2) and pd.isna(row.ours_val_loss)
+    assert "diverged at step 37" in c24.markdown(t)
+
+
+def test_other_pretraining_runs_stay_in_their_own_tables():
+    recs = _records() + [_rec("fp32", 0, 4.0, 1.0, 1.0, paper=None)]
+    assert len(c24.frame(recs)) == 5
+    assert len(b23.frame(recs)) == 1    # only the record that is not a Chitsaz et al. run
+
+
+def test_figures_are_written(tmp_path):
+    written = c24.build(_records(), tmp_path)
+    figs = sorted(k for k in written if "figure" in k)
+    h = c24._setting(_records()[0]["config"])
+    # a figure where the baseline and at least one of its variants ran: Figure 4 (seeds 0, 1), Figure 9 (seed 0)
+    assert figs == [f"chitsaz2024_figure4_{h}_seed0", f"chitsaz2024_figure4_{h}_seed1", f"chitsaz2024_figure9_{h}_seed0"]
+    assert all(written[f].stat().st_size > 0 for f in figs)
+    assert (tmp_path / "chitsaz2024_tables_vs_paper.csv").exists()
