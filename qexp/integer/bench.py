@@ -355,7 +355,22 @@ def main(argv: list[str]) -> None:
     qp.add_argument("--repeats", type=int, default=12)
     qp.add_argument("--threads", type=int, default=None)
     qp.add_argument("--out", default="results/bench")
+    me = sub.add_parser("memory", help="training memory by component: measured step vs the analytic model, and "
+                                       "the analytic GPT-2 small/medium/large grid (Figures 14/15)")
+    me.add_argument("--model", default="gpt2_cpu")
+    me.add_argument("--batch", type=int, default=16)
+    me.add_argument("--seq", type=int, default=128)
+    me.add_argument("--device", default="cpu", help="cpu | cuda (adds max_memory_allocated)")
+    me.add_argument("--out", default="results/bench")
     a = ap.parse_args(argv)
+    if a.what == "memory":
+        from ..train.memory import bench_memory
+
+        res = bench_memory(a.model, a.batch, a.seq, device=a.device)
+        for k, v in res["measured"].items():
+            print(f"{k:20s} measured {v / 2**20:9.2f} MiB   analytic {res['analytic'].get(k, float('nan')) / 2**20:9.2f} MiB")
+        print(f"wrote {write_record(res, Path(a.out), a.device)}")
+        return
     if a.what == "qpt":
         from ..train.bench_qpt import RECIPES, bench_qpt
 

@@ -164,3 +164,63 @@ def build(records: list[dict], out_dir: Path) -> dict[str, Path]:
     written["chitsaz2024_tables.md"].write_text(markdown(t))
     written.update(figures(df, out_dir))
     return written
+
+
+# -- Appendix B: memory ------------------------------------------------------------------------------------------------
+COMPONENTS = ("parameters", "optimizer_states", "gradients", "activations")
+
+
+def newest_memory_record(bench_dir: Path) -> dict | None:
+    files = sorted(Path(bench_dir).glob("memory__*.json")) if Path(bench_dir).exists() else []
+    recs = [json.loads(f.read_text()) for f in files]
+    return max(recs, key=lambda r: r["finished"]) if recs else None
+
+
+def build_memory(bench_dir: Path, out_dir: Path) -> dict[str, Path]:
+    """From the newest ``qexp bench memory`` record: the measured-vs-analytic check, the analytic Figures 14/15 grid
+    (stacked bars of the components at the peak, GiB) and the savings of quantizing each component."""
+    rec = newest_memory_record(bench_dir)
+    if rec is None:
+        return {}
+    b = rec["bench"]
+    written = {}
+    check = pd.DataFrame([{"component": k, "measured_bytes": v, "analytic_bytes": b["analytic"].get(k),
+                           "analytic_over_measured": (b["analytic"].get(k) or 0) / v if v else None}
+                          for k, v in b["measured"].items()])
+    check.insert(0, "case", f"{b['model']} batch {b['batch']} x {b['seq']} tokens, {b['device']}")
+    grid = pd.DataFrame(b["grid"]).drop(columns=["shape"])
+    sav = pd.DataFrame(b["quantized_savings"])
+    for name, f in (("chitsaz2024_memory_check", check), ("chitsaz2024_memory_grid", grid),
+                    ("chitsaz2024_memory_savings", sav)):
+        written[name] = out_dir / f"{name}.csv"
+        f.to_csv(written[name], index=False, float_format="%.6g")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    prec = b["grid_precision"]
+    for figure, xcol in ((14, "batch"), (15, "seq")):
+        g = grid[grid.figure == figure]
+        models = list(dict.fromkeys(g.model))
+        fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models), 4), squeeze=False)
+        for ax, m in zip(axes[0], models):
+            sub = g[g.model == m]
+            bottom = pd.Series(0.0, index=sub.index)
+            for comp in COMPONENTS:
+                vals = sub[f"peak_{comp}"] / 2 ** 30
+                ax.bar([str(x) for x in sub[xcol]], vals, bottom=bottom, label=comp.replace("_", " "),
+                       hatch=None if comp == "activations" else "//")
+                bottom = bottom + vals
+            ax.set_title(m.replace("_", " "))
+            ax.set_xlabel("batch size (context 1024)" if figure == 14 else "sequence length (batch 4)")
+            ax.set_ylabel("peak memory (GiB)")
+        axes[0][0].legend(fontsize=7)
+        fig.suptitle(f"Figure {figure} (analytic): peak training memory by component; parameters/states fp32, "
+                     f"activations {8 * prec['act_bytes']}-bit, {prec['attention']} attention", fontsize=9)
+        path = out_dir / f"chitsaz2024_figure{figure}_memory.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written[path.stem] = path
+    return written

@@ -215,7 +215,9 @@ def build_all(runs_dir: Path, out_dir: Path, bench_dir: Path | None = None) -> d
     written = zeroquant.build(records, out_dir)
     written.update(bondarenko2023.build(records, out_dir))
     written.update(chitsaz2024.build(records, out_dir))
-    g8 = table_g8(Path(bench_dir) if bench_dir else Path(runs_dir).parent / "bench")
+    bench = Path(bench_dir) if bench_dir else Path(runs_dir).parent / "bench"
+    written.update(chitsaz2024.build_memory(bench, out_dir))
+    g8 = table_g8(bench)
     written["zeroquant_tableG8"] = out_dir / "zeroquant_tableG8.csv"
     g8.to_csv(written["zeroquant_tableG8"], index=False, float_format="%.6g")
     for spec in TABLES:
