@@ -143,3 +143,19 @@ def test_missing_heldout_text_is_named_before_training(tmp_path, corpus):
                    f"cache_dir={tmp_path / 'cache'}", f"task.heldout.ptb.data_dir={tmp_path}", *SHORT])
     with pytest.raises(ValueError, match=r"task\.heldout\.ptb: no file .*ptb\.test\.txt"):
         run(cfg, [])
+
+
+@pytest.mark.slow   # real GLUE files + lm-eval: about a minute
+def test_downstream_few_shot_runs_on_the_quantized_model(tmp_path, corpus, heldout, glue_dir):
+    """Tables 6-9's path: lm-eval few-shot on the trained model in memory, with its training quantizers on."""
+    rec = _run(tmp_path, corpus, heldout, "+recipe=qpt_w8a8", "task.downstream.enabled=true",
+               f"task.downstream.data_dir={glue_dir}", "task.downstream.tasks=[qexp_glue_rte_local]",
+               "task.downstream.num_fewshot=2", "task.downstream.limit.docs=3", "task.heldout_limit.windows=2")
+    acc = rec["metrics"]["downstream"]["qexp_glue_rte_local"]["acc"]
+    assert acc in (0.0, 1 / 3, 2 / 3, 1.0) and rec["metrics"]["downstream_avg"] == pytest.approx(100 * acc)
+
+
+def test_an_unknown_downstream_task_is_refused_early(tmp_path, corpus, heldout):
+    with pytest.raises(ValueError, match=r"unknown local lm-eval task\(s\) \['qexp_glue_mnli_local'\]"):
+        _run(tmp_path, corpus, heldout, "task.downstream.enabled=true", "task.downstream.data_dir=.",
+             "task.downstream.tasks=[qexp_glue_mnli_local]")

@@ -24,6 +24,9 @@ def absolute_paths(cfg: DictConfig, cwd: Path) -> None:
     for entry in (cfg.task.get("heldout") or {}).values():   # pre-training's held-out perplexity texts
         if entry.get("data_dir"):
             entry.data_dir = absolute(entry.data_dir, cwd)
+    ds = cfg.task.get("downstream")
+    if ds is not None and ds.get("data_dir"):
+        ds.data_dir = absolute(ds.data_dir, cwd)
     if cfg.model.get("path"):
         cfg.model.path = absolute(cfg.model.path, cwd)
     value = cfg.task.get("calibration_source")  # a text file path (names of built-in texts stay as they are)

@@ -44,6 +44,18 @@ class Pretrain(TaskKind):
             if on:
                 raise KindError(f"recipe {self.cfg.recipe.name!r} has both a qpt block (quantized training) and PTQ "
                                 f"quantizers ({', '.join(on)}); use one: qpt.during=eval quantizes a trained model")
+        ds = task.get("downstream")
+        if ds is not None and ds.get("enabled"):
+            from ..tasks.zeroshot import local_task_names
+
+            local = [t for t in ds.tasks if str(t).startswith("qexp_")]
+            unknown = [t for t in local if t not in local_task_names()]
+            if unknown:
+                raise KindError(f"task.downstream.tasks: unknown local lm-eval task(s) {unknown}; valid: "
+                                f"{', '.join(local_task_names())} (or lm-eval's own task names, hub)")
+            if local and not (ds.get("data_dir") and Path(ds.data_dir).is_dir()):
+                raise KindError(f"task.downstream.data_dir={ds.get('data_dir')!r} is not a folder; the local tasks "
+                                f"{local} read the GLUE files from it (../shared/data/glue)")
         for name, entry in (task.get("heldout") or {}).items():
             if entry.get("data_dir"):
                 path = Path(entry.data_dir) / entry.files.eval
@@ -241,6 +253,13 @@ class Pretrain(TaskKind):
         for name, ids in self.heldout.items():
             metrics[name] = perplexity.evaluate_batched(model, ids, int(self.task.seq_length), self.ctx.device,
                                                         int(self.task.eval.batch_size), limit, self.bar)
+        ds = self.task.get("downstream")
+        if ds is not None and ds.get("enabled"):
+            from ..tasks import zeroshot
+
+            metrics["downstream"] = zeroshot.evaluate(model.hf_model, self.tokenizer, ds, self.ctx.device,
+                                                      self.ctx.progress)
+            metrics["downstream_avg"] = zeroshot.score(metrics["downstream"], ds)
         return Evaluation(metrics, m["perplexity"], self.source)
 
 

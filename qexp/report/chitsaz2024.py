@@ -32,6 +32,11 @@ FIGURES = {
     12: ("Adam second moment", ["qpt_m2_8_channel"]),
     13: ("weights, activations and gradients together", ["qpt_w8a8", "qpt_w8a8g8"]),
 }
+DOWNSTREAM_REFERENCE = Path(__file__).parent / "reference" / "chitsaz2024_downstream.csv"
+DOWNSTREAM_NAMES = {"qexp_glue_mrpc_local": "mrpc", "qexp_glue_rte_local": "rte", "qexp_glue_qnli_local": "qnli",
+                    "qexp_glue_sst2_local": "sst2", "qexp_glue_wnli_local": "wnli", "lambada_openai": "lambada"}
+DOWNSTREAM_COLUMNS = ("mnli", "mrpc", "rte", "qnli", "sst2", "wnli", "arc_easy", "arc_challenge", "lambada",
+                      "hellaswag")
 NOT_HERE = "not on this machine (WikiText-103 / One Billion Words are hub-only)"
 
 
@@ -40,7 +45,11 @@ def is_chitsaz(record: dict) -> bool:
 
 
 def _setting(cfg: dict) -> str:
-    key = {"model": cfg.get("model"), "task": cfg.get("task")}
+    """What the trained weights depend on but the recipe and seed: evaluation settings (held-out texts, downstream
+    tasks) do not split a setting."""
+    task = cfg.get("task") or {}
+    key = {"model": cfg.get("model"), "task": {k: task.get(k) for k in ("name", "train", "seq_length", "tokenizer",
+                                                                       "data_dir", "hub", "files", "objective")}}
     return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
@@ -59,6 +68,8 @@ def frame(records: list[dict]) -> pd.DataFrame:
             "val_loss": None if diverged else (m.get("valid") or {}).get("loss"),
             "wikitext2": None if diverged else (m.get("wikitext2") or {}).get("perplexity"),
             "ptb": None if diverged else (m.get("ptb") or {}).get("perplexity"),
+            "downstream": {} if diverged else {DOWNSTREAM_NAMES.get(t, t): 100.0 * v.get("acc", float("nan"))
+                                                for t, v in (m.get("downstream") or {}).items()},
             "status": (f"diverged at step {diverged['step']} ({diverged['reason']})" if diverged else "ok"),
             "curves": pre.get("curves") or [], "path": r.get("_path")})
     return pd.DataFrame(rows)
@@ -93,6 +104,25 @@ def tables(df: pd.DataFrame) -> pd.DataFrame:
                 "paper_wikitext2_vs_baseline": p.wikitext2 / 34.32 if pd.notna(p.wikitext2) else None,
                 "note": "; ".join(x for x in (p.note if pd.notna(p.note) else "", f"WikiText-103, 1BW: {NOT_HERE}")
                                   if x)})
+    return pd.DataFrame(out)
+
+
+def downstream_tables(df: pd.DataFrame) -> pd.DataFrame:
+    """Tables 6-9: few-shot accuracy (%) per task, ours (mean over seeds; the tasks that ran) beside the paper's."""
+    ref = pd.read_csv(DOWNSTREAM_REFERENCE)
+    out = []
+    for setting, g in (df.groupby("setting") if len(df) else []):
+        for _, p in ref.iterrows():
+            runs = g[g.recipe == p.recipe]
+            row = {"setting": setting, "model": g.model.iloc[0], "table": int(p.table), "component": p.component,
+                   "bits": "" if pd.isna(p.bits) else int(p.bits), "granularity": p.granularity, "recipe": p.recipe,
+                   "seeds": len(runs), "status": "; ".join(sorted(set(runs.status))) if len(runs) else "not run"}
+            ours = {c: _mean([d.get(c) for d in runs.downstream]) for c in DOWNSTREAM_COLUMNS}
+            ran = [v for v in ours.values() if v is not None]
+            row.update({f"ours_{c}": v for c, v in ours.items()})
+            row["ours_average_of_run_tasks"] = sum(ran) / len(ran) if ran else None
+            row.update({f"paper_{c}": p[c] for c in (*DOWNSTREAM_COLUMNS, "average")})
+            out.append(row)
     return pd.DataFrame(out)
 
 
@@ -161,6 +191,8 @@ def build(records: list[dict], out_dir: Path) -> dict[str, Path]:
     written = {"chitsaz2024_tables": out_dir / "chitsaz2024_tables_vs_paper.csv",
                "chitsaz2024_tables.md": out_dir / "chitsaz2024_tables.md"}
     t.to_csv(written["chitsaz2024_tables"], index=False, float_format="%.4g")
+    written["chitsaz2024_downstream"] = out_dir / "chitsaz2024_downstream_vs_paper.csv"
+    downstream_tables(df).to_csv(written["chitsaz2024_downstream"], index=False, float_format="%.4g")
     written["chitsaz2024_tables.md"].write_text(markdown(t))
     written.update(figures(df, out_dir))
     return written

@@ -8,7 +8,7 @@ from qexp.report import bondarenko2023 as b23
 from qexp.report import chitsaz2024 as c24
 
 
-def _rec(recipe, seed, loss, wt2, ptb, diverged=None, paper="chitsaz2024"):
+def _rec(recipe, seed, loss, wt2, ptb, diverged=None, paper="chitsaz2024", rte=None):
     curves = [{"step": 0, "loss": 8.0}, {"step": 100, "loss": loss or 9.0}]
     return {"model": "gpt2_cpu", "recipe": recipe, "seed": seed,
             "config": {"model": {"name": "gpt2_cpu", "arch": "opt",
@@ -17,13 +17,14 @@ def _rec(recipe, seed, loss, wt2, ptb, diverged=None, paper="chitsaz2024"):
                                 "train": {"max_steps": 800, "batch_size": 16}}},
             "metrics": ({"valid": {"diverged": diverged}} if diverged else
                         {"valid": {"loss": loss, "perplexity": math.exp(loss)}, "wikitext2": {"perplexity": wt2},
-                         "ptb": {"perplexity": ptb}}),
+                         "ptb": {"perplexity": ptb},
+                         "downstream": {"qexp_glue_rte_local": {"acc": rte}} if rte is not None else {}}),
             "pretrain": {"curves": curves, "diverged": diverged}}
 
 
 def _records():
     return [_rec("fp32", 0, 4.0, 100.0, 120.0), _rec("fp32", 1, 4.2, 110.0, 130.0),
-            _rec("qpt_w8_channel", 0, 4.1, 104.0, 121.0), _rec("qpt_w8_channel", 1, 4.3, 112.0, 135.0),
+            _rec("qpt_w8_channel", 0, 4.1, 104.0, 121.0, rte=0.5), _rec("qpt_w8_channel", 1, 4.3, 112.0, 135.0, rte=0.6),
             _rec("qpt_g4_tensor", 0, None, None, None, diverged={"step": 37, "reason": "non-finite training loss"})]
 
 
@@ -62,3 +63,11 @@ def test_figures_are_written(tmp_path):
     assert figs == [f"chitsaz2024_figure4_{h}_seed0", f"chitsaz2024_figure4_{h}_seed1", f"chitsaz2024_figure9_{h}_seed0"]
     assert all(written[f].stat().st_size > 0 for f in figs)
     assert (tmp_path / "chitsaz2024_tables_vs_paper.csv").exists()
+
+
+def test_downstream_rows_average_the_seeds_per_task():
+    t = c24.downstream_tables(c24.frame(_records()))
+    row = t[(t.table == 6) & (t.recipe == "qpt_w8_channel")].iloc[0]
+    assert math.isclose(row.ours_rte, 55.0) and pd.isna(row.ours_mrpc)      # (50 + 60) / 2; MRPC did not run
+    assert math.isclose(row.ours_average_of_run_tasks, 55.0)
+    assert row.paper_rte == 53.07 and row.paper_average == 44.10
