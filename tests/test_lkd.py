@@ -68,6 +68,7 @@ def test_lkd_lowers_every_block_loss_on_a_decoder():
     assert all(r["eval_loss_after"] < 0.8 * r["eval_loss_before"] for r in report)
 
 
+@pytest.mark.slow   # 6 blocks x 20 steps of 8 x 128 on the real model: minutes on 2 cores (`make test-slow`)
 def test_lkd_lowers_every_block_mse_on_real_minilm(minilm_dir):
     """W4/8A8 on the real MiniLM-L6 weights, real English text (CPython's pydoc topics), 20 steps of 8 x 128 per
     block.  lr 5e-5 (10x the paper's 5e-6, which needs its 100 steps of 32 to move this far).  Run with -s to see it."""

@@ -182,6 +182,7 @@ def test_reload_refuses_a_folder_without_ranges(tmp_path):
         qat.load_qat(tmp_path, W8A8)
 
 
+@pytest.mark.slow   # 5 epochs of QAT on the real model and real RTE pairs: minutes on 2 cores (`make test-slow`)
 def test_qat_on_real_minilm_moves_ranges_and_lowers_the_training_loss(tmp_path, minilm_dir, glue_dir):
     """Landing check (issue 3, item 5) on real data: MiniLM-L6 + real RTE training pairs, W8A8 QAT with learned
     ranges; the cross-entropy on the fixed training subset it trains on goes down and the ranges move."""
