@@ -99,3 +99,59 @@ def test_records_are_written_atomically(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         records.write_atomic(tmp_path / "r.json", {"a": 1})
     assert list(Path(tmp_path).iterdir()) == []
+
+
+def test_unreadable_records_are_skipped_with_a_warning_naming_them(tmp_path, caplog):
+    """Issue 14 #8: one truncated file, another schema or a record without its keys never stops a table."""
+    from qexp.common.provenance import write_atomic
+    from qexp.report.tables import build_all
+
+    runs = tmp_path / "runs"
+    good = {"schema": 1, "model": "m", "task": "t", "recipe": "fp32", "seed": 0, "config": {}, "metrics": {}}
+    write_atomic(runs / "good.json", good)
+    (runs / "truncated.json").write_text('{"schema": 1, "model": "m", "tas')
+    write_atomic(runs / "old.json", {**good, "schema": 0})
+    write_atomic(runs / "partial.json", {k: v for k, v in good.items() if k != "metrics"})
+    with caplog.at_level("WARNING", logger="qexp"):
+        recs = load_records(runs)
+        build_all(runs, tmp_path / "tables")     # and the tables are written
+    assert [Path(r["_path"]).name for r in recs] == ["good.json"]
+    text = caplog.text
+    assert "truncated.json: not a readable JSON record" in text
+    assert "old.json: record schema 0" in text and "partial.json: the record lacks metrics" in text
+    assert (tmp_path / "tables" / "text_outliers.csv").exists()
+
+
+def test_records_are_readable_by_others(tmp_path):
+    """Issue 14 #9: records follow the umask (mkstemp alone would leave them 0600)."""
+    import os
+
+    from qexp.common.provenance import write_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "r.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_an_unwritable_results_dir_fails_before_the_run(tmp_path, monkeypatch):
+    """Issue 14 #5: found before the model loads, not when the record is written after the whole run."""
+    import qexp.kinds.label_free as label_free
+
+    (tmp_path / "a_file").write_text("")
+
+    def no_load(self):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(label_free.LabelFree, "load", no_load, raising=False)
+    with pytest.raises(ValueError, match=r"results_dir='.*a_file/runs' cannot be created: '.*a_file' is a file"):
+        run_cfg(tmp_path, f"results_dir={tmp_path / 'a_file' / 'runs'}")
+
+
+def test_a_plus_typo_of_a_top_level_key_is_refused(tmp_path):
+    """Issue 14 #3: `+seeed=1` names `seed` instead of running under a new run id."""
+    with pytest.raises(ValueError, match=r"unknown config key 'seeed'; did you mean 'seed'\? valid top-level keys"):
+        run_cfg(tmp_path, "+seeed=1")
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").glob("*.json"))

@@ -36,3 +36,29 @@ def group_options(group: str) -> list[str]:
     """The public options of a config group (files starting with ``_`` are shared partials)."""
     root = conf_dir() / group
     return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml") if not p.stem.startswith("_"))
+
+
+class UnknownKeyError(ValueError):
+    pass
+
+
+def top_level_keys() -> set[str]:
+    """The keys a run's config may hold at the top: the root config's own keys and its groups (``recipe``, ...)."""
+    from omegaconf import OmegaConf
+
+    root = OmegaConf.to_container(OmegaConf.load(conf_dir() / "config.yaml"))
+    groups = {p.name for p in conf_dir().iterdir() if p.is_dir()} - {"hydra"}
+    return (set(root) - {"defaults", "hydra"}) | groups
+
+
+def check_top_level(cfg) -> None:
+    """A key added with ``+`` that no config defines (``+seeed=1``, the spelling Hydra's own hint suggests for a
+    typo) is refused, naming the nearest valid key, instead of running under a new run id without a word."""
+    import difflib
+
+    valid = top_level_keys()
+    for key in cfg:
+        if key not in valid:
+            near = difflib.get_close_matches(str(key), sorted(valid), n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise UnknownKeyError(f"unknown config key {key!r}{hint} valid top-level keys: {', '.join(sorted(valid))}")

@@ -30,13 +30,37 @@ def backend_name(cfg) -> str:
 
 
 def prepare(cfg: DictConfig, cwd: Path) -> DictConfig:
-    """No recipe means FP32; relative paths become absolute (they enter run ids and cache keys)."""
+    """No recipe means FP32; relative paths become absolute (they enter run ids and cache keys); an unknown top-level
+    key (a ``+`` typo) is refused."""
+    from ..config.compose import check_top_level
+
+    check_top_level(cfg)
     if cfg.get("recipe") is None:
         OmegaConf.set_struct(cfg, False)
         cfg.recipe = FP32
         OmegaConf.set_struct(cfg, True)
     absolute_paths(cfg, cwd)
     return cfg
+
+
+class OutputDirError(ValueError):
+    pass
+
+
+def writable(folder: Path, key: str) -> None:
+    """Refuse an output folder that cannot be created or written, now, so it fails before the run and not at its end
+    (issue 14 #5).  Nothing is created here: the nearest existing ancestor must be a writable folder."""
+    import os
+
+    p = folder
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        raise OutputDirError(f"{key}={str(folder)!r} cannot be created: {str(p)!r} is a file, not a folder; choose "
+                             f"another with {key}=DIR")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise OutputDirError(f"{key}={str(folder)!r} is not writable (no write permission on {str(p)!r}); choose "
+                             f"another with {key}=DIR")
 
 
 def run(cfg: DictConfig, overrides: list[str] | None = None, cwd: Path | None = None) -> dict:
@@ -48,6 +72,8 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, cwd: Path | None = 
         return {"skipped": True, "path": str(path)}
 
     # validate: every check that needs no model, before anything expensive
+    writable(Path(cfg.results_dir), "results_dir")
+    writable(Path(cfg.cache_dir), "cache_dir")
     from ..integer.backends import check_backend
 
     kind_cls, backend, device = kind(str(cfg.task.kind)), backend_name(cfg), pick_device(str(cfg.device))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 from ..common.provenance import device_info, git_state, now, versions, write_atomic  # noqa: F401  (the record's parts)
@@ -36,12 +37,30 @@ def record_path(results_dir: Path, cfg: dict) -> Path:
     return Path(results_dir) / name
 
 
+REQUIRED = ("model", "task", "recipe", "seed", "config", "metrics")
+log = logging.getLogger("qexp")
+
+
 def load_records(results_dir: Path) -> list[dict]:
+    """Every readable record of this schema; a file that is not one (truncated, another schema, keys missing) is
+    skipped with a warning that names it, so one bad file never hides the others or stops a table."""
     out = []
     for p in sorted(Path(results_dir).glob("*.json")):
-        with open(p) as f:
-            rec = json.load(f)
-        if rec.get("schema") == SCHEMA:
-            rec["_path"] = str(p)
-            out.append(rec)
+        try:
+            with open(p) as f:
+                rec = json.load(f)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            log.warning("skipping %s: not a readable JSON record (%s)", p, e)
+            continue
+        if not isinstance(rec, dict) or rec.get("schema") != SCHEMA:
+            schema = rec.get("schema") if isinstance(rec, dict) else type(rec).__name__
+            log.warning("skipping %s: record schema %r, this qexp reads schema %d (scripts/migrate_run_ids.py "
+                        "migrates old records)", p, schema, SCHEMA)
+            continue
+        missing = [k for k in REQUIRED if k not in rec]
+        if missing:
+            log.warning("skipping %s: the record lacks %s", p, ", ".join(missing))
+            continue
+        rec["_path"] = str(p)
+        out.append(rec)
     return out
