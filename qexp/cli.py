@@ -82,6 +82,12 @@ def _run(argv: list[str]) -> None:
     def app(cfg: DictConfig) -> None:
         execute(cfg, list(HydraConfig.get().overrides.task))
 
+    from .config.compose import UnknownKeyError, check_group_choices
+
+    try:
+        check_group_choices([a for a in argv if not a.startswith("-")])
+    except UnknownKeyError as e:
+        sys.exit(f"qexp: error: {e}")
     sys.argv = [f"{Path(sys.argv[0]).name} run", *argv]
     app()
 
@@ -254,6 +260,15 @@ def _user_errors():
 
 
 def main(argv: list[str] | None = None) -> None:
+    try:
+        _main(argv)
+    except BrokenPipeError:   # `qexp ls recipes | head`: the reader left; not an error (Python's documented recipe)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(0)
+
+
+def _main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(HELP)

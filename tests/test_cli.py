@@ -59,6 +59,7 @@ def test_ls_recipes_and_help_do_not_import_torch():
      "does not fit granularity per_token"),
     ("recipe.quant.activations.granularity=per_row", "unknown granularity 'per_row'; valid choices"),
     ("device=cuda", "CUDA is not available"),
+    ("recipe.quant.weights.bits=eight", "recipe.quant.weights: bit-width 'eight' is not supported"),
 ])
 def test_bad_input_gets_a_clear_error(tmp_path, override, message):
     from qexp.cli import compose, execute
@@ -78,7 +79,22 @@ def test_bad_input_exits_cleanly_from_the_command_line(tmp_path):
 
 def test_unknown_recipe_lists_the_choices():
     r = qexp("run", "+recipe=w9a9")
-    assert r.returncode != 0 and "Could not find 'recipe/w9a9'" in r.stderr and "w8a8_ptq" in r.stderr
+    assert r.returncode != 0 and "qexp: error: unknown recipe 'w9a9'" in r.stderr and "w8a8_ptq" in r.stderr
+    assert "_qat" not in r.stderr and "_qpt" not in r.stderr   # issue 14 #9: the private partials are no choice
+    from qexp.config.compose import check_group_choices
+
+    with pytest.raises(ValueError, match=r"unknown task 'rtee'; did you mean rte"):
+        check_group_choices(["-m", "task=mrpc,rtee", "+recipe=fp32"])
+
+
+def test_a_closed_pipe_is_not_an_error():
+    """Issue 14 #9: `qexp ls recipes | head -1` ends quietly."""
+    import subprocess
+    import sys
+
+    r = subprocess.run(f"'{sys.executable}' -m qexp.cli ls recipes | head -1", shell=True, capture_output=True,
+                       text=True, timeout=120)
+    assert r.stdout.count("\n") == 1 and "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr
 
 
 @pytest.mark.parametrize("overrides,message", [

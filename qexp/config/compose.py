@@ -62,3 +62,24 @@ def check_top_level(cfg) -> None:
             near = difflib.get_close_matches(str(key), sorted(valid), n=1)
             hint = f"; did you mean {near[0]!r}?" if near else ""
             raise UnknownKeyError(f"unknown config key {key!r}{hint} valid top-level keys: {', '.join(sorted(valid))}")
+
+
+GROUPS = ("model", "task", "recipe", "calibration", "debug")
+
+
+def check_group_choices(overrides: list[str]) -> None:
+    """``recipe=NAME`` / ``+recipe=a,b`` / ``task=...``: every plain name must be a public option of its group.  Checked
+    before Hydra, whose own message also lists the private partials (``_qat``, ``_glue``) as choices; sweep
+    functions (``glob(...)``, ``choice(...)``) are left to Hydra."""
+    import difflib
+
+    for o in overrides:
+        key, eq, value = o.lstrip("+~").partition("=")
+        if not eq or key not in GROUPS or "(" in value or not value:
+            continue
+        valid = group_options(key)
+        for name in value.split(","):
+            if name and name != "null" and name not in valid:
+                near = difflib.get_close_matches(name, valid, n=3)
+                hint = f"; did you mean {', '.join(near)}?" if near else ""
+                raise UnknownKeyError(f"unknown {key} {name!r}{hint} valid: {', '.join(valid)}")

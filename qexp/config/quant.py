@@ -53,6 +53,9 @@ def quant_config(recipe: dict, calibration) -> dict:
         # linear inputs are activations: they take the activation estimator unless the recipe names one
         spec.setdefault("estimator", _estimator(calibration["weights" if group == "weights" else "activations"],
                                                 calibration.momentum))
-        QuantSpec.from_config(spec)  # fail before any expensive work
+        try:
+            QuantSpec.from_config(spec)  # fail before any expensive work
+        except ValueError as e:
+            raise type(e)(f"recipe.quant.{group}: {e}") from None
         out[group] = spec
     return out

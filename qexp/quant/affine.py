@@ -23,7 +23,11 @@ class BitWidthError(ValueError):
 
 
 def check_bits(n_bits) -> int:
-    if isinstance(n_bits, bool) or int(n_bits) != n_bits or not MIN_BITS <= int(n_bits) <= MAX_BITS:
+    try:
+        as_int = int(n_bits)
+    except (TypeError, ValueError):
+        as_int = None
+    if isinstance(n_bits, bool) or as_int is None or as_int != n_bits or not MIN_BITS <= as_int <= MAX_BITS:
         raise BitWidthError(f"bit-width {n_bits!r} is not supported; valid bit-widths are the integers "
                             f"{MIN_BITS} to {MAX_BITS}")
     return int(n_bits)
