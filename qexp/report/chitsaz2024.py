@@ -142,6 +142,7 @@ def markdown(t: pd.DataFrame) -> str:
             "ours x base": g.ours_wikitext2_vs_baseline, "paper WT-103": g.paper_wikitext103,
             "paper WT-2": g.paper_wikitext2, "paper PTB": g.paper_ptb, "paper 1BW": g.paper_1bw,
             "paper x base": g.paper_wikitext2_vs_baseline, "status": g.status})
+        show = show.astype(object).where(show.notna(), None)   # tabulate leaves None (not NaN) cells empty
         parts.append(show.to_markdown(index=False, floatfmt=".3g", missingval=""))
         parts.append("")
     return "\n".join(parts) + "\n"
