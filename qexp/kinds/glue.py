@@ -58,6 +58,14 @@ class Glue(TaskKind):
         pad = bool(self.task.pad_to_max_length) if pad is None else pad
         return encode(ds, self.loaded.tokenizer, int(self.task.max_length), pad)
 
+    def check(self) -> None:
+        """Also read every local data file now (train and each evaluation split): a malformed row or a bad label
+        fails before the model loads and fine-tunes, naming the file and line (issue 14 #4, #6)."""
+        super().check()
+        if self.task.data_dir:
+            for split in ("train", *(s.name for s in self.task.eval_splits)):
+                load_split(self.task, split, self.task.data_dir)
+
     def load(self) -> Loaded:
         from transformers import set_seed
 

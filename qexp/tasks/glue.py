@@ -30,26 +30,55 @@ def _standardise(ds: datasets.Dataset, text_fields, label_field) -> datasets.Dat
     return ds
 
 
-def _read_tsv(path: Path, tsv, regression: bool) -> datasets.Dataset:
+def _read_tsv(path: Path, tsv, regression: bool, num_labels: int | None = None,
+              text: list[str] | None = None) -> datasets.Dataset:
+    """One GLUE TSV file, checked: a malformed row (a field too many or too few), a missing column, a label that is
+    not a number or outside 0..num_labels-1 (or not one of the task's label names) names the file and the line."""
     if not path.exists():
         raise DataError(f"GLUE file {str(path)!r} does not exist (task.data_dir should hold the task's "
                         f"original GLUE TSV files, e.g. {tsv.get('train', 'train.tsv')} and dev.tsv)")
     header = 0 if tsv.get("header", True) else None
-    df = pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, header=header, dtype=str, keep_default_na=False,
-                     names=list(tsv.columns) if tsv.get("columns") else None, encoding="utf-8-sig")
+    try:
+        df = pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, header=header, dtype=str, keep_default_na=False,
+                         names=list(tsv.columns) if tsv.get("columns") else None, encoding="utf-8-sig")
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
+        raise DataError(f"{path}: not a valid GLUE TSV file: {str(e).strip()}") from None
+    first_line = 2 if header == 0 else 1           # the file's line number of the first data row
+
+    def where(i) -> str:
+        return f"{path}, line {int(i) + first_line}"
+
     label = tsv.label
-    if label not in df.columns:
-        raise DataError(f"{path}: no column {label!r}; columns are {list(df.columns)}")
+    for col in [label, *(text or [])]:
+        if col not in df.columns:
+            raise DataError(f"{path}: no column {col!r}; columns are {list(df.columns)}")
+    n_fields = len(df.columns)
+    with open(path, encoding="utf-8-sig") as f:   # pandas pads a row with too few fields with empty strings
+        for n, line in enumerate(f, 1):
+            if n >= first_line and line.strip("\r\n") and line.rstrip("\r\n").count("\t") + 1 < n_fields:
+                raise DataError(f"{path}, line {n}: {line.rstrip(chr(10)).count(chr(9)) + 1} tab-separated fields, "
+                                f"the header has {n_fields} ({', '.join(map(str, df.columns))})")
     if tsv.get("labels"):
         names = list(tsv.labels)
-        bad = sorted(set(df[label]) - set(names))
-        if bad:
-            raise DataError(f"{path}: unknown labels {bad[:5]}; expected {names}")
+        bad = ~df[label].isin(names)
+        if bad.any():
+            i = bad.idxmax()
+            raise DataError(f"{where(i)}: label {df[label][i]!r} is not one of {names}")
         df[label] = df[label].map({n: i for i, n in enumerate(names)})
-    elif regression:
-        df[label] = df[label].astype(float)
+        return datasets.Dataset.from_pandas(df, preserve_index=False)
+    values = pd.to_numeric(df[label], errors="coerce")
+    if regression:
+        bad = values.isna()
+        valid = "a number"
     else:
-        df[label] = df[label].astype(int)
+        allowed = range(int(num_labels)) if num_labels else None
+        bad = values.isna() | (values != values.round()) | (
+            ~values.isin(list(allowed)) if allowed is not None else False)
+        valid = f"one of {list(allowed)}" if allowed is not None else "an integer"
+    if bad.any():
+        i = bad.idxmax()
+        raise DataError(f"{where(i)}: label {df[label][i]!r} is not {valid}")
+    df[label] = values.astype(float if regression else int)
     return datasets.Dataset.from_pandas(df, preserve_index=False)
 
 
@@ -64,7 +93,8 @@ def load_split(task, split: str, data_dir: str | None) -> datasets.Dataset:
                             f"{[s.name for s in task.eval_splits]}")
         hub_split, tsv_file = matches[0].hub, matches[0].tsv
     if data_dir:
-        ds = _read_tsv(Path(data_dir) / tsv_file, task.tsv, bool(task.regression))
+        ds = _read_tsv(Path(data_dir) / tsv_file, task.tsv, bool(task.regression),
+                       None if task.regression else task.get("num_labels"), list(task.tsv.text))
         return _standardise(ds, list(task.tsv.text), task.tsv.label)
 
     def load(local_only: bool):

@@ -21,7 +21,7 @@ def test_tsv_layout_from_a_synthetic_folder(rte_like):
 
 def test_unknown_labels_and_missing_files(rte_like, tmp_path):
     (rte_like / "dev.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\ta\tb\tmaybe\n")
-    with pytest.raises(DataError, match="unknown labels.*maybe.*entailment"):
+    with pytest.raises(DataError, match=r"dev.tsv, line 2: label 'maybe' is not one of \['entailment'"):
         load_split(task("rte"), "validation", str(rte_like))
     with pytest.raises(DataError, match="does not exist"):
         load_split(task("rte"), "train", str(tmp_path / "nowhere"))
@@ -63,3 +63,27 @@ def test_every_glue_task_config_is_complete():
         assert t.kind == "glue" and t.finetune.epochs == 3 and t.max_length == 128 and t.pad_to_max_length
         assert set(t.score) <= set(t.metrics) and t.eval_splits
         OmegaConf.to_container(t, resolve=True)
+
+
+@pytest.mark.parametrize("content,match", [
+    ("sentence\tlabel\na fine film\t1\nawful\t2\n", r"dev.tsv, line 3: label '2' is not one of \[0, 1\]"),
+    ("sentence\tlabel\na fine film\t1\nawful\tbad\n", r"dev.tsv, line 3: label 'bad' is not one of \[0, 1\]"),
+    ("sentence\tlabel\na fine film\t1\nawful\t0.5\n", r"line 3: label '0.5' is not one of"),
+    ("sentence\tlabel\na fine film\t1\nawful\t0\textra\n", r"dev.tsv: not a valid GLUE TSV file: .*line 3"),
+    ("sentence\tlabel\na fine film\t1\nawful\n", r"dev.tsv, line 3: 1 tab-separated fields, the header has 2 \(sentence, label\)"),
+    ("text\tlabel\na fine film\t1\n", r"dev.tsv: no column 'sentence'"),
+])
+def test_malformed_files_name_the_file_and_line(tmp_path, content, match):
+    """Issue 14 #4, #6: SST-2 labels outside {0, 1}, non-integer labels, extra or missing fields."""
+    (tmp_path / "dev.tsv").write_text(content)
+    with pytest.raises(DataError, match=match):
+        load_split(task("sst2"), "validation", str(tmp_path))
+
+
+def test_a_bad_dev_file_fails_before_fine_tuning(tmp_path, rte_like):
+    from tests.helpers import run_cfg
+
+    (rte_like / "dev.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n1\ta\tb\tmaybe\n")
+    with pytest.raises(DataError, match="line 3: label 'maybe'"):
+        run_cfg(tmp_path, "task=rte", f"task.data_dir={rte_like}", "+recipe=w8a8_ptq")
+    assert not (tmp_path / "cache").exists()     # no fine-tuning started
