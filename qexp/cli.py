@@ -5,6 +5,7 @@ results, caches and configs sit side by side); ``QEXP_CONF=/dir`` points at anot
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -76,11 +77,22 @@ def execute(cfg, overrides: list[str]) -> dict:
 def _run(argv: list[str]) -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
     from omegaconf import DictConfig
 
     @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
     def app(cfg: DictConfig) -> None:
-        execute(cfg, list(HydraConfig.get().overrides.task))
+        hc = HydraConfig.get()
+        overrides = list(hc.overrides.task)
+        if hc.mode != RunMode.MULTIRUN:
+            execute(cfg, overrides)
+            return
+        try:   # a sweep runs every valid job: a failed one is recorded and the sweep goes on (issue 14 #7)
+            execute(cfg, overrides)
+        except SystemExit as e:
+            _record_failure(cfg, overrides, str(e.code).removeprefix("qexp: error: "))
+        except Exception as e:  # noqa: BLE001 - anything else a job raises is that job's failure, not the sweep's
+            _record_failure(cfg, overrides, f"{type(e).__name__}: {e}")
 
     from .config.compose import UnknownKeyError, check_group_choices
 
@@ -89,7 +101,39 @@ def _run(argv: list[str]) -> None:
     except UnknownKeyError as e:
         sys.exit(f"qexp: error: {e}")
     sys.argv = [f"{Path(sys.argv[0]).name} run", *argv]
-    app()
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="qexp-sweep-") as failures:
+        os.environ["QEXP_SWEEP_FAILURES"] = failures   # shared with the launcher's worker processes
+        try:
+            app()
+        finally:
+            os.environ.pop("QEXP_SWEEP_FAILURES", None)
+        failed = [json.loads(p.read_text()) for p in sorted(Path(failures).glob("*.json"))]
+    if failed:
+        lines = [f"  {' '.join(f['overrides'])}: {f['error']}" for f in failed]
+        sys.exit(f"qexp: error: {len(failed)} job(s) of the sweep failed (the others ran; each failure is recorded "
+                 f"in <results_dir>/failed/):\n" + "\n".join(lines))
+
+
+def _record_failure(cfg, overrides: list[str], error: str) -> None:
+    """One failed sweep job: a JSON file (config overrides, error, time) in ``<results_dir>/failed/`` and in the
+    sweep's summary folder; the message goes to stderr at once."""
+    import hashlib
+    import time
+
+    print(f"qexp: error in sweep job [{' '.join(overrides)}]: {error}", file=sys.stderr, flush=True)
+    entry = {"overrides": overrides, "error": error, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    name = hashlib.sha1(" ".join(overrides).encode()).hexdigest()[:12] + ".json"
+    targets = [Path(os.environ["QEXP_SWEEP_FAILURES"])] if os.environ.get("QEXP_SWEEP_FAILURES") else []
+    if cfg.get("results_dir"):
+        targets.append(Path(str(cfg.results_dir)) / "failed")
+    for folder in targets:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(json.dumps(entry, indent=1))
+        except OSError:
+            pass   # an unwritable results_dir is itself the failure; the summary folder still has it
 
 
 def compose(overrides: list[str]):

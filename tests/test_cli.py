@@ -174,3 +174,17 @@ def test_search_space_run_executes_and_resumes(tmp_path):
     assert len(list(tmp_path.glob("*.json"))) == 2  # both grids, their axes pinned by the user: one run each
     r = qexp(*args)
     assert r.returncode == 0 and len(list(tmp_path.glob("*.json"))) == 2
+
+
+def test_a_sweep_runs_every_valid_job_and_reports_the_failed_ones(tmp_path, capsys):
+    """Issue 14 #7: one invalid job (bits=1) neither stops the sweep nor loses the valid job's record."""
+    from .helpers import cli
+
+    code, out, err = cli(capsys, "run", "-m", *SMOKE, "+recipe=w8a8_ptq", "recipe.quant.weights.bits=1,8",
+                         f"results_dir={tmp_path / 'runs'}", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert code != 0
+    assert "1 job(s) of the sweep failed" in err and "recipe.quant.weights.bits=1" in err and "bit-width 1" in err
+    recs = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")]
+    assert [r["config"]["recipe"]["quant"]["weights"]["bits"] for r in recs] == [8]
+    (failed,) = (tmp_path / "runs" / "failed").glob("*.json")
+    assert "bit-width 1" in json.loads(failed.read_text())["error"]
