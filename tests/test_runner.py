@@ -155,3 +155,14 @@ def test_a_plus_typo_of_a_top_level_key_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"unknown config key 'seeed'; did you mean 'seed'\? valid top-level keys"):
         run_cfg(tmp_path, "+seeed=1")
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").glob("*.json"))
+
+
+@pytest.mark.parametrize("overrides", [
+    ["recipe.quant.weights.enabled=false", "recipe.quant.activations.enabled=false"],            # static
+    ["+recipe.quant.sites=[{match: '*', enabled: false}]"],                                        # after load
+])
+def test_a_recipe_that_quantizes_nothing_is_refused(tmp_path, overrides):
+    """Issue 14 #2: it would score as a perfect W8A8 and be pooled with the real runs of that recipe name."""
+    with pytest.raises(ValueError, match="recipe 'w8a8_ptq' quantizes nothing"):
+        run_cfg(tmp_path, "+recipe=w8a8_ptq", *overrides)
+    assert not list((tmp_path / "runs").glob("*.json")) if (tmp_path / "runs").exists() else True

@@ -63,6 +63,39 @@ def writable(folder: Path, key: str) -> None:
                              f"another with {key}=DIR")
 
 
+class NoOpRecipeError(ValueError):
+    pass
+
+
+def check_recipe_enables_something(recipe, quant: dict) -> None:
+    """The static half of :func:`check_quantizes_something`, before anything loads: no group enabled and no site rule
+    that enables a site."""
+    if recipe.name == FP32["name"] or recipe.get("qpt") is not None:
+        return
+    from ..quant.sites import GROUPS
+
+    groups_on = any((quant.get(g) or {}).get("enabled") for g in GROUPS)
+    rules_on = any(rule.get("enabled") is True for rule in quant.get("sites") or [])
+    if not (groups_on or rules_on):
+        raise NoOpRecipeError(f"recipe {recipe.name!r} quantizes nothing: recipe.quant.weights, .activations and "
+                              f".inputs are all disabled and no site rule enables a site; for a floating-point run "
+                              f"use recipe fp32 (or no recipe)")
+
+
+def check_quantizes_something(recipe, model) -> None:
+    """A recipe other than ``fp32`` that leaves every site in floating point (every group disabled, or a rule such
+    as ``{match: "*", enabled: false}``) would score as a perfect quantization: refused (issue 14 #2).  Recipes that
+    quantize during training (``qpt``) are judged by their training block instead."""
+    if recipe.name == FP32["name"] or recipe.get("qpt") is not None:
+        return
+    from ..quant.sites import quantizers
+
+    if not any(q.spec.enabled for q in quantizers(model)):
+        raise NoOpRecipeError(f"recipe {recipe.name!r} quantizes nothing: every site of this model is left in "
+                              f"floating point (check recipe.quant.*.enabled and its site rules); for a "
+                              f"floating-point run use recipe fp32 (or no recipe)")
+
+
 def run(cfg: DictConfig, overrides: list[str] | None = None, cwd: Path | None = None) -> dict:
     cfg = prepare(cfg, Path(cwd or Path.cwd()))
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -81,6 +114,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, cwd: Path | None = 
     calibration = effective_calibration(cfg)
     rid, timer = records.run_id(resolved), Timer()
     ctx = RunContext(cfg, quant_config(resolved["recipe"], calibration), calibration, device, timer, rid)
+    check_recipe_enables_something(cfg.recipe, ctx.quant)
     task = kind_cls(ctx)
     task.check()
     steps = PostWeightSteps.from_recipe(cfg.recipe)
@@ -98,6 +132,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, cwd: Path | None = 
         with timer.stage("load"):
             loaded = task.load()
         model = loaded.model
+        check_quantizes_something(cfg.recipe, model)
         with timer.stage("calibrate"):
             batches = task.calibration_batches()
             calibrate(model, batches, int(calibration.num_batches), progress=ctx.progress,

@@ -187,6 +187,7 @@ def table9(df: pd.DataFrame) -> pd.DataFrame:
 def text_outliers(df: pd.DataFrame) -> pd.DataFrame:
     """The label-free default task: error versus FP32 and outlier statistics per (model, recipe)."""
     sub = df[df.task == "text_outliers"]
+    warn_mixed(sub, ["model", "recipe"])
     rows = []
     for (m, rec), g in sub.groupby(["model", "recipe"], sort=True):
         ms = pd.DataFrame(list(g.metrics))
