@@ -9,13 +9,14 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import transformers
 from transformers import (AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer,
                           TrainingArguments)
+
+from ..common.tmpdirs import make_tmp
 
 META = "qexp_finetune.json"
 
@@ -45,7 +46,7 @@ def finetune(model, tokenizer, train_ds, task, seed: int, folder: Path, device: 
     """Fine-tune ``model`` in place and save it (atomically) to ``folder``; returns the metadata written."""
     ft = task.finetune
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".tmp-{folder.name}-"))
+    tmp = make_tmp(folder.parent, folder.name)   # removes the .tmp folders of killed runs first
     try:
         args = TrainingArguments(
             output_dir=str(tmp / "trainer"), learning_rate=float(ft.learning_rate),

@@ -15,9 +15,7 @@ permutations and rounding decisions in ``qexp_ranges.safetensors``; reloading re
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
 
+from ..common.tmpdirs import make_tmp, replace_dir
 from ..quant.sites import quantizers
 
 RANGES_FILE = "qexp_ranges.safetensors"
@@ -184,17 +183,14 @@ def load_quantizer_state(model: nn.Module, state: dict[str, torch.Tensor]) -> No
 def save_qat(qmodel: nn.Module, tokenizer, folder: Path, meta: dict) -> Path:
     """Write the QAT model and its ranges to ``folder`` atomically (temporary folder, then rename)."""
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".tmp-{folder.name}-"))
+    tmp = make_tmp(folder.parent, folder.name)
     try:
         qmodel.hf[0].save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         save_file(quantizer_state(qmodel), str(tmp / RANGES_FILE))
         with open(tmp / META_FILE, "w") as f:
             json.dump(meta, f, indent=1, default=str)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.rename(tmp, folder)
+        replace_dir(tmp, folder)   # two identical QAT runs cannot fail on each other's export
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
