@@ -247,4 +247,7 @@ def build_all(runs_dir: Path, out_dir: Path, bench_dir: Path | None = None) -> d
     written["text_outliers.md"].write_text(
         "Label-free default task (pydoc text): relative error versus FP32 and outlier statistics\n\n"
         + outl.to_markdown(index=False, floatfmt=".2f") + "\n")
+    from .latex import write_latex_for
+
+    written.update(write_latex_for(written))
     return written
