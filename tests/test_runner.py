@@ -166,3 +166,16 @@ def test_a_recipe_that_quantizes_nothing_is_refused(tmp_path, overrides):
     with pytest.raises(ValueError, match="recipe 'w8a8_ptq' quantizes nothing"):
         run_cfg(tmp_path, "+recipe=w8a8_ptq", *overrides)
     assert not list((tmp_path / "runs").glob("*.json")) if (tmp_path / "runs").exists() else True
+
+
+def test_a_run_outside_the_checkout_says_where_it_writes(tmp_path, caplog, monkeypatch):
+    """Issue 14 #9: runs started from another directory no longer write results/ and cache/ there silently."""
+    from qexp.cli import compose
+    from qexp.experiment.pipeline import run
+
+    monkeypatch.chdir(tmp_path)
+    cfg = compose(["model=tiny_bert", "debug=smoke", "+recipe=w8a8_ptq"])
+    with caplog.at_level("INFO", logger="qexp"):
+        run(cfg, [], cwd=tmp_path)
+    assert f"records -> {tmp_path / 'results' / 'runs'}" in caplog.text
+    assert "running outside the qexp checkout" in caplog.text

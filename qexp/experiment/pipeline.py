@@ -63,6 +63,21 @@ def writable(folder: Path, key: str) -> None:
                              f"another with {key}=DIR")
 
 
+def where(cwd: Path, cfg) -> None:
+    """Say where this run writes: relative paths follow the directory the command started in, which outside the qexp
+    checkout is a new results/ and cache/ tree (issue 14 #9: no longer silent)."""
+    from ..common.provenance import REPO
+
+    log.info("records -> %s ; cache -> %s", cfg.results_dir, cfg.cache_dir)
+    try:
+        inside = cwd.resolve().is_relative_to(Path(REPO).resolve())
+    except OSError:
+        inside = True
+    if not inside and not Path(cfg.results_dir).resolve().is_relative_to(Path(REPO).resolve()):
+        log.warning("running outside the qexp checkout (%s): records and caches go under %s, not %s/results; pass "
+                    "results_dir=/path and cache_dir=/path to choose", cwd, cwd, REPO)
+
+
 class NoOpRecipeError(ValueError):
     pass
 
@@ -107,6 +122,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, cwd: Path | None = 
     # validate: every check that needs no model, before anything expensive
     writable(Path(cfg.results_dir), "results_dir")
     writable(Path(cfg.cache_dir), "cache_dir")
+    where(Path(cwd or Path.cwd()), cfg)
     from ..integer.backends import check_backend
 
     kind_cls, backend, device = kind(str(cfg.task.kind)), backend_name(cfg), pick_device(str(cfg.device))
