@@ -142,6 +142,10 @@ def attach(model: nn.Module, backend_name: str) -> dict:
     if not chosen:
         raise IntegerBackendError(f"inference.backend={backend_name}: the recipe quantizes no linear layer's weight "
                                   f"and input; use a W8A8-style recipe (e.g. +recipe=zq_w8a8)")
+    bcq = [m.weight_quantizer.name for m in chosen if m.weight_quantizer.values is not None]
+    if bcq:
+        raise IntegerBackendError(f"inference.backend={backend_name}: binary-coding (BCQ) weights are non-uniform and "
+                                  f"have no INT8 GEMM here: {bcq[:4]}; use inference.backend=fake")
     for m in chosen:
         check_input_spec(m.input_quantizer, backend_name)
     backend = make_backend(backend_name)

@@ -81,6 +81,7 @@ class Quantizer(nn.Module):
         self.register_buffer("x_max", None)
         self.register_buffer("perm", None)
         self.register_buffer("rounding", None)  # AdaRound's learned up/down decisions (0/1), weights only
+        self.register_buffer("values", None)    # a non-uniform quantizer's dequantized weight (BCQ), weights only
         self._dim_min = self._dim_max = None
 
     # -- state ------------------------------------------------------------------------------------------------
@@ -153,6 +154,11 @@ class Quantizer(nn.Module):
             self._dim_min = lo if self._dim_min is None else torch.minimum(self._dim_min, lo)
             self._dim_max = hi if self._dim_max is None else torch.maximum(self._dim_max, hi)
             return x
+        if self.values is not None:   # binary-coding quantization (qexp.quant.bcq_step): the weight as BCQ left it
+            if self.values.shape != x.shape:
+                raise ValueError(f"quantizer {self.name!r}: BCQ values of shape {tuple(self.values.shape)} do not "
+                                 f"fit the weight's shape {tuple(x.shape)}")
+            return self.values.to(x.dtype)
         if self.spec.granularity.dynamic:
             slots = self.slots(x)
             return self._quantize(x, slots.amin(dim=1), slots.amax(dim=1))

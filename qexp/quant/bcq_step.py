@@ -1,0 +1,77 @@
+"""Binary-coding quantization of a model's linear weights as a post-weight step (Kwon et al. 2021; recipe key ``bcq``).
+
+After the weight ranges are calibrated, every linear layer whose site matches ``layers`` gets its weight replaced, in
+its weight quantizer (``Quantizer.values``), by the BCQ approximation of :mod:`.bcq` at the recipe's weight bit-width
+(``recipe.quant.weights.bits``), with the importance knobs E, C, P, the group size, the rounds and the alpha-solver of
+``recipe.bcq``.  The recipe's uniform weight spec still says which sites are quantized and at how many bits (site
+summary, memory); the integer backends refuse BCQ weights (non-uniform).  The report per layer: the weighted and the
+plain squared error, the average scaling factor alpha, the fraction of pruned weights, the seconds.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, fields
+from fnmatch import fnmatchcase
+
+import torch
+from torch import nn
+
+from .bcq import BCQ, BCQError, Importance
+
+KEYS = ("enabled", "rounds", "E", "C", "P", "group_size", "solver", "layers")
+
+
+@dataclass(frozen=True)
+class BCQConfig:
+    rounds: int = 15
+    E: float = 0.0
+    C: float = 1.0
+    P: float = 0.0
+    group_size: int | None = None
+    solver: str = "cg"
+    layers: tuple = ("encoder.layer.*", "decoder.layer.*")
+
+    @classmethod
+    def from_config(cls, cfg: dict, bits: int) -> "BCQConfig":
+        cfg = dict(cfg)
+        unknown = sorted(set(cfg) - set(KEYS))
+        if unknown:
+            raise BCQError(f"recipe.bcq: unknown key(s) {unknown}; valid: {', '.join(KEYS)}")
+        cfg.pop("enabled", None)
+        if "layers" in cfg:
+            layers = cfg["layers"]
+            cfg["layers"] = (layers,) if isinstance(layers, str) else tuple(layers)
+        out = cls(**{f.name: cfg[f.name] for f in fields(cls) if f.name in cfg})
+        out.quantizer(bits)   # every value checked now, before anything loads
+        return out
+
+    def quantizer(self, bits: int) -> BCQ:
+        return BCQ(int(bits), int(self.rounds), self.group_size, Importance(float(self.E), float(self.C),
+                                                                            float(self.P)), self.solver)
+
+
+@torch.no_grad()
+def apply_bcq(model: nn.Module, cfg: BCQConfig, progress: bool = False) -> list[dict]:
+    """BCQ for every matching linear whose weight is quantized; returns the per-layer report."""
+    from .modules import QLinear
+
+    layers = [(m.weight_quantizer.name.removesuffix(".weight"), m) for m in model.modules()
+              if isinstance(m, QLinear) and m.weight_quantizer.spec.enabled]
+    chosen = [(n, m) for n, m in layers if any(fnmatchcase(n, p) for p in cfg.layers)]
+    if not chosen:
+        raise BCQError(f"recipe.bcq.layers={list(cfg.layers)} matches no linear layer with a quantized weight; the "
+                       f"layers are: {', '.join(n for n, _ in layers[:8])}{' ...' if len(layers) > 8 else ''}")
+    report = []
+    for name, m in chosen:
+        q = m.weight_quantizer
+        t0 = time.perf_counter()
+        w = m.inner.weight.detach().float()
+        bcq = cfg.quantizer(q.spec.bits)
+        w_hat, alpha, _ = bcq.quantize(w)
+        imp, _ = bcq.importance.weights(w)
+        q.values = w_hat.to(m.inner.weight.dtype)
+        report.append({"layer": name, "bits": q.spec.bits, "method": bcq.method,
+                       "weighted_error": float((imp * (w - w_hat) ** 2).sum()),
+                       "mse": float(((w - w_hat) ** 2).mean()), "avg_alpha": float(alpha.mean()),
+                       "pruned": float((imp == 0).float().mean()), "seconds": round(time.perf_counter() - t0, 4)})
+    return report

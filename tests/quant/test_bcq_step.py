@@ -1,0 +1,55 @@
+"""The BCQ post-weight step: each chosen linear's forward uses exactly the BCQ approximation of its weight; bad
+settings are refused before anything loads; the integer backends refuse non-uniform weights."""
+import pytest
+import torch
+
+from qexp.cli import compose
+from qexp.quant.bcq import BCQ, BCQError, Importance
+from qexp.quant.bcq_step import BCQConfig, apply_bcq
+
+from ..helpers import run_cfg
+
+
+def test_the_forward_uses_the_bcq_weight(tmp_path):
+    rec = run_cfg(tmp_path, "+recipe=pwq_alternating_weighted", "recipe.quant.weights.bits=2", "recipe.bcq.P=0.05")
+    layers = rec["bcq"]["layers"]
+    assert len(layers) == 12 and all(r["bits"] == 2 and r["method"] == "alternating" for r in layers)
+    assert all(0.04 <= r["pruned"] <= 0.06 for r in layers)
+
+
+def test_apply_bcq_sets_the_values_the_quantizer_returns():
+    from qexp.models import scratch
+    from qexp.models.families import family_of
+    from qexp.quant.modules import QLinear
+    from qexp.quant.sites import configure
+
+    cfg = compose(["task=qpt_clm", "model=gpt2_cpu", "model.architecture.num_hidden_layers=1",
+                   "model.architecture.hidden_size=32", "model.architecture.num_attention_heads=2",
+                   "model.architecture.intermediate_size=64", "+recipe=pwq_alternating"])
+    model = family_of(cfg.model).wrap(scratch.build(cfg.model, 64, 16, {}, seed=0))
+    from omegaconf import OmegaConf
+
+    from qexp.config.quant import effective_calibration, quant_config
+
+    configure(model, quant_config(OmegaConf.to_container(cfg.recipe, resolve=True), effective_calibration(cfg)))
+    report = apply_bcq(model, BCQConfig.from_config(dict(cfg.recipe.bcq), 3))
+    assert len(report) == 6
+    lin = next(m for m in model.modules() if isinstance(m, QLinear) and m.weight_quantizer.values is not None)
+    want = BCQ(3, 15, None, Importance()).quantize(lin.inner.weight.detach())[0]
+    lin.weight_quantizer.state = "fixed"   # what calibration leaves it in; BCQ values need no range
+    assert torch.equal(lin.weight_quantizer(lin.inner.weight), want)
+
+
+@pytest.mark.parametrize("override,match", [
+    ("recipe.bcq.E=-1", "E=-1.0 must be >= 0"), ("recipe.bcq.C=0", r"C=0.0 must lie in \(0, 1\]"),
+    ("recipe.bcq.P=1", r"P=1.0 must lie in \[0, 1\)"), ("recipe.quant.weights.bits=9", "bits=9"),
+    ("recipe.bcq.solver=newton", "solver='newton'"), ("+recipe.bcq.rouds=3", r"unknown key\(s\) \['rouds'\]"),
+])
+def test_bad_bcq_settings_are_refused_before_any_work(tmp_path, override, match):
+    with pytest.raises((BCQError, ValueError), match=match):
+        run_cfg(tmp_path, "+recipe=pwq_alternating", override)
+
+
+def test_a_group_size_that_does_not_divide_is_named(tmp_path):
+    with pytest.raises(BCQError, match=r"group_size=5 does not divide the row length"):
+        run_cfg(tmp_path, "+recipe=pwq_alternating", "recipe.bcq.group_size=5")
