@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -71,8 +72,18 @@ def frame(records: list[dict]) -> pd.DataFrame:
             "downstream": {} if diverged else {DOWNSTREAM_NAMES.get(t, t): 100.0 * v.get("acc", float("nan"))
                                                 for t, v in (m.get("downstream") or {}).items()},
             "status": (f"diverged at step {diverged['step']} ({diverged['reason']})" if diverged else "ok"),
-            "curves": pre.get("curves") or [], "path": r.get("_path")})
-    return pd.DataFrame(rows)
+            "curves": pre.get("curves") or [], "path": r.get("_path"), "finished": r.get("finished", "")})
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    # one run per (setting, recipe, seed): a re-evaluation under a changed evaluation config (held-out texts,
+    # downstream tasks) is a newer record of the same trained model, not another seed
+    df = df.sort_values("finished")
+    dup = df.duplicated(["setting", "recipe", "seed"], keep="last")
+    if dup.any():
+        warnings.warn(f"Chitsaz et al. 2024 tables: {int(dup.sum())} older record(s) of the same setting, recipe and "
+                      f"seed left out (the newest counts): {sorted(df.path[dup].dropna())}", stacklevel=2)
+    return df[~dup].reset_index(drop=True)
 
 
 def _mean(values) -> float | None:

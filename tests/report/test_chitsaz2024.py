@@ -72,3 +72,13 @@ def test_downstream_rows_average_the_seeds_per_task():
     assert math.isclose(row.ours_rte, 55.0) and pd.isna(row.ours_mrpc)      # (50 + 60) / 2; MRPC did not run
     assert math.isclose(row.ours_average_of_run_tasks, 55.0)
     assert row.paper_rte == 53.07 and row.paper_average == 44.10
+
+
+def test_a_re_evaluation_of_the_same_run_is_not_a_second_seed():
+    old, new = _rec("fp32", 0, 4.0, 100.0, 120.0), _rec("fp32", 0, 4.0, 90.0, 120.0)
+    old["finished"], new["finished"], old["_path"] = "2026-01-01", "2026-01-02", "old.json"
+    import pytest
+
+    with pytest.warns(UserWarning, match=r"1 older record\(s\).*old.json"):
+        df = c24.frame([old, new])
+    assert len(df) == 1 and df.wikitext2.iloc[0] == 90.0
