@@ -73,7 +73,7 @@ def test_bad_input_gets_a_clear_error(tmp_path, override, message):
 
 def test_bad_input_exits_cleanly_from_the_command_line(tmp_path):
     r = qexp("run", *SMOKE, "+recipe=w8a8_ptq", "recipe.quant.weights.bits=17", f"results_dir={tmp_path}")
-    assert r.returncode != 0 and "qexp: error: bit-width 17 is not supported" in r.stderr
+    assert r.returncode != 0 and "qexp: error: recipe.quant.weights: bit-width 17 is not supported" in r.stderr
     assert "Traceback" not in r.stderr and not list(tmp_path.glob("*.json"))
 
 

@@ -58,7 +58,10 @@ def write_latex_for(written: dict[str, Path]) -> dict[str, Path]:
         if Path(path).suffix != ".csv" or Path(path).with_suffix(".md").exists() and \
                 f"{Path(path).stem}.tex" in out:
             continue
-        df = pd.read_csv(path)
+        try:
+            df = pd.read_csv(path)
+        except pd.errors.EmptyDataError:   # a table with no rows and no columns yet (no runs)
+            df = pd.DataFrame()
         tex = Path(path).with_suffix(".tex")
         tex.write_text(to_latex(df, f"qexp: {Path(path).stem}", Path(path).stem) if len(df.columns) else "")
         out[f"{name}.tex"] = tex
