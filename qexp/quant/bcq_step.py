@@ -18,7 +18,8 @@ from torch import nn
 
 from .bcq import BCQ, BCQError, Importance
 
-KEYS = ("enabled", "rounds", "E", "C", "P", "group_size", "solver", "layers")
+KEYS = ("enabled", "rounds", "E", "C", "P", "group_size", "solver", "layers",
+        "set", "manual_sets")   # pwq_manual: which of Table 5's sets gave E, C, P (for the record)
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,11 @@ class BCQConfig:
         unknown = sorted(set(cfg) - set(KEYS))
         if unknown:
             raise BCQError(f"recipe.bcq: unknown key(s) {unknown}; valid: {', '.join(KEYS)}")
-        cfg.pop("enabled", None)
+        if "set" in cfg and any(cfg.get(k) is None for k in ("E", "C", "P")):
+            sets = sorted(cfg.get("manual_sets") or {}, key=lambda k: int(k) if str(k).isdigit() else 0)
+            raise BCQError(f"recipe.bcq.set={cfg['set']!r} is not one of the manual sets; valid: {', '.join(sets)}")
+        for key in ("enabled", "set", "manual_sets"):
+            cfg.pop(key, None)
         if "layers" in cfg:
             layers = cfg["layers"]
             cfg["layers"] = (layers,) if isinstance(layers, str) else tuple(layers)

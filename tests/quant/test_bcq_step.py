@@ -53,3 +53,20 @@ def test_bad_bcq_settings_are_refused_before_any_work(tmp_path, override, match)
 def test_a_group_size_that_does_not_divide_is_named(tmp_path):
     with pytest.raises(BCQError, match=r"group_size=5 does not divide the row length"):
         run_cfg(tmp_path, "+recipe=pwq_alternating", "recipe.bcq.group_size=5")
+
+
+def test_the_16_manual_sets_are_one_sweep(tmp_path):
+    """Table 5: recipe.bcq.set=1..16 picks (E, C, P); search-space prints the sweep; a bad set is named."""
+    from omegaconf import OmegaConf
+
+    from qexp.config.search import sweep_commands
+
+    b = OmegaConf.to_container(compose(["+recipe=pwq_manual", "recipe.bcq.set=7"]).recipe.bcq, resolve=True)
+    assert (b["E"], b["C"], b["P"]) == (0.5, 0.999, 0.0)
+    (cmd,) = sweep_commands(["+recipe=pwq_manual", "task=rte"])
+    assert cmd[-1] == "recipe.bcq.set=" + ",".join(str(i) for i in range(1, 17))
+    rec = run_cfg(tmp_path, "+recipe=pwq_manual", "recipe.bcq.set=14")
+    assert rec["config"]["recipe"]["bcq"]["P"] == 0.05 and all(0.04 <= r["pruned"] <= 0.06
+                                                                 for r in rec["bcq"]["layers"])
+    with pytest.raises(BCQError, match=r"recipe.bcq.set=17 is not one of the manual sets; valid: 1, 2, .*16"):
+        run_cfg(tmp_path, "+recipe=pwq_manual", "recipe.bcq.set=17")
