@@ -159,3 +159,21 @@ def test_an_unknown_downstream_task_is_refused_early(tmp_path, corpus, heldout):
     with pytest.raises(ValueError, match=r"unknown local lm-eval task\(s\) \['qexp_glue_mnli_local'\]"):
         _run(tmp_path, corpus, heldout, "task.downstream.enabled=true", "task.downstream.data_dir=.",
              "task.downstream.tasks=[qexp_glue_mnli_local]")
+
+
+def test_an_exploded_loss_gives_an_infinite_perplexity_not_a_crash():
+    """Found by the 8-bit second-moment run (validation loss > 709 nats): exp() overflowed and the run was lost."""
+    from qexp.tasks.perplexity import evaluate_batched, perplexity_of
+
+    assert perplexity_of(2.0) == pytest.approx(math.exp(2.0)) and perplexity_of(800.0) == math.inf
+    assert math.isnan(perplexity_of(float("nan")))
+
+    class Exploded(torch.nn.Module):
+        def forward(self, input_ids):
+            logits = torch.zeros(*input_ids.shape, 8)
+            logits[..., 0] = 1e4            # every token predicted as id 0 with a huge margin
+            return type("Out", (), {"logits": logits})()
+
+    ids = torch.full((1, 40), 3)
+    out = evaluate_batched(Exploded(), ids, 16, "cpu")
+    assert out["nll"] > 709 and out["perplexity"] == math.inf

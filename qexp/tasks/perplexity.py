@@ -51,6 +51,14 @@ def wikitext_detokenize(text: str) -> str:
     return s
 
 
+def perplexity_of(nll: float) -> float:
+    """exp(mean negative log-likelihood), ``inf`` past float64's range (a model whose loss exploded: Adam's 8-bit
+    second moments do this in quantized pre-training) instead of an OverflowError that would lose the run."""
+    if math.isnan(nll):
+        return math.nan
+    return math.exp(nll) if nll < 709.0 else math.inf
+
+
 class TextDataError(FileNotFoundError):
     pass
 
@@ -125,7 +133,7 @@ def evaluate(model, ids: torch.Tensor, context: int, stride: int | None, device,
             raise FloatingPointError(f"non-finite logits in the window of tokens {begin}..{end}")
         nll += F.cross_entropy(logits, x[0, -n_scored:], reduction="sum").item()
         count += n_scored
-    return {"perplexity": math.exp(nll / count), "nll": nll / count, "tokens": count, "windows": len(spans),
+    return {"perplexity": perplexity_of(nll / count), "nll": nll / count, "tokens": count, "windows": len(spans),
             "tokens_in_text": int(ids.shape[1])}
 
 
@@ -159,5 +167,5 @@ def evaluate_batched(model, ids: torch.Tensor, context: int, device, batch_size:
             raise FloatingPointError(f"non-finite logits in the windows starting at token {group[0][0]}")
         nll += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum").item()
         count += x[:, 1:].numel()
-    return {"perplexity": math.exp(nll / count), "nll": nll / count, "tokens": count, "windows": len(spans),
+    return {"perplexity": perplexity_of(nll / count), "nll": nll / count, "tokens": count, "windows": len(spans),
             "tokens_in_text": int(ids.shape[1])}

@@ -18,12 +18,12 @@
 """
 from __future__ import annotations
 
-import math
 
 import torch
 
 from ..models.scratch import metric_modules, probability_sites
 from ..quant.analysis import OutlierAccumulator
+from .perplexity import perplexity_of
 
 MAP_TOKENS = 24
 KURTOSIS_ROLES = {"bert": ("ffn_output", "ln_output"), "opt": ("residual", "fc2", "ffn_ln", "attn_out", "attn_ln",
@@ -89,7 +89,7 @@ def evaluate(wrapper, batches: list[dict], device: str, bar=None, delimiter_ids=
     loss = sum(losses) / len(losses)
     per_tensor = {name: {"role": role, "inf_norm": acc.inf_norm(name), "kurtosis": acc.kurtosis(name)}
                   for name, (_, role) in modules.items()}
-    out = {"loss": loss, "perplexity": math.exp(loss), "batches": len(batches),
+    out = {"loss": loss, "perplexity": perplexity_of(loss), "batches": len(batches),
            "sequences": sum(int(b["input_ids"].shape[0]) for b in batches),
            **summarize(per_tensor, arch), "per_tensor": per_tensor}
     if heads is not None:
