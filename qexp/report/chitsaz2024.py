@@ -71,7 +71,7 @@ def frame(records: list[dict]) -> pd.DataFrame:
             "ptb": None if diverged else (m.get("ptb") or {}).get("perplexity"),
             "downstream": {} if diverged else {DOWNSTREAM_NAMES.get(t, t): 100.0 * v.get("acc", float("nan"))
                                                 for t, v in (m.get("downstream") or {}).items()},
-            "status": (f"diverged at step {diverged['step']} ({diverged['reason']})" if diverged else "ok"),
+            "status": _status(diverged, (m.get("valid") or {}).get("loss"), pre.get("curves") or []),
             "curves": pre.get("curves") or [], "path": r.get("_path"), "finished": r.get("finished", "")})
     df = pd.DataFrame(rows)
     if df.empty:
@@ -84,6 +84,17 @@ def frame(records: list[dict]) -> pd.DataFrame:
         warnings.warn(f"Chitsaz et al. 2024 tables: {int(dup.sum())} older record(s) of the same setting, recipe and "
                       f"seed left out (the newest counts): {sorted(df.path[dup].dropna())}", stacklevel=2)
     return df[~dup].reset_index(drop=True)
+
+
+def _status(diverged, loss, curves) -> str:
+    """"diverged at step N (...)" for a non-finite training loss; "exploded" when the final validation loss is worse
+    than the untrained model's at step 0 (finite, but the paper's "diverges"); else "ok"."""
+    if diverged:
+        return f"diverged at step {diverged['step']} ({diverged['reason']})"
+    start = curves[0].get("loss") if curves else None
+    if loss is not None and start is not None and loss > start:
+        return f"exploded: final validation loss {loss:.3g} > {start:.3g} at step 0"
+    return "ok"
 
 
 def _mean(values) -> float | None:

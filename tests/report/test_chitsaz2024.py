@@ -82,3 +82,8 @@ def test_a_re_evaluation_of_the_same_run_is_not_a_second_seed():
     with pytest.warns(UserWarning, match=r"1 older record\(s\).*old.json"):
         df = c24.frame([old, new])
     assert len(df) == 1 and df.wikitext2.iloc[0] == 90.0
+
+
+def test_a_run_worse_than_its_initialisation_is_flagged():
+    rec = _rec("qpt_m2_8_channel", 0, 30.0, 1e13, 1e13)     # curves start at 8.0
+    assert c24.frame([rec]).status.iloc[0] == "exploded: final validation loss 30 > 8 at step 0"
