@@ -191,7 +191,7 @@ def figures(df: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
                     continue
                 label = "baseline (FP)" if r.recipe == "fp32" else r.recipe.removeprefix("qpt_")
                 if r.status != "ok":
-                    label += " (diverged)"
+                    label += " (diverged)" if r.status.startswith("diverged") else " (exploded)"
                 ax.plot(c.step, c["loss"], marker=".", lw=2.2 if r.recipe == "fp32" else 1.2,
                         color="black" if r.recipe == "fp32" else None, label=label)
             ax.set_xlabel("training step")
