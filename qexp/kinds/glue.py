@@ -64,7 +64,14 @@ class Glue(TaskKind):
         super().check()
         if self.task.data_dir:
             for split in ("train", *(s.name for s in self.task.eval_splits)):
-                load_split(self.task, split, self.task.data_dir)
+                self._split(split)
+
+    def _split(self, name: str):
+        """A split of the task's data, read once per run (check() reads and validates them all first)."""
+        cache = self.__dict__.setdefault("_splits", {})
+        if name not in cache:
+            cache[name] = load_split(self.task, name, self.task.data_dir)
+        return cache[name]
 
     def load(self) -> Loaded:
         from transformers import set_seed
@@ -75,7 +82,7 @@ class Glue(TaskKind):
         model = family_of(cfg.model).wrap(hf.model)
         configure(model, ctx.quant)  # once, and before any training: bad site rules fail here
         self.loaded = Loaded(model, hf.tokenizer, hf.identity)
-        self.train_raw = limit(load_split(task, "train", task.data_dir), task.limit.train)
+        self.train_raw = limit(self._split("train"), task.limit.train)
         folder = finetune_folder(cfg, hf.identity)
         cached = load_cached(folder)
         if cached is not None:
@@ -127,7 +134,7 @@ class Glue(TaskKind):
     def evaluate(self, model) -> Evaluation:
         task, metrics = self.task, {}
         for split in task.eval_splits:
-            ds = self._encode(limit(load_split(task, split.name, task.data_dir), task.limit.eval))
+            ds = self._encode(limit(self._split(split.name), task.limit.eval))
             dl = loader(ds, self.loaded.tokenizer, int(task.finetune.eval_batch_size))
             logits, labels = predict(model, self.bar(dl, "evaluation"), self.ctx.device)
             if not np.isfinite(logits).all():

@@ -59,7 +59,9 @@ class Importance:
         """(m, w with pruned entries zeroed), both shaped like ``w``; quantiles over the whole tensor."""
         a = w.abs()
         m = torch.ones_like(w)
-        flat = a.reshape(-1).sort().values
+        if self.uniform:
+            return m, w
+        flat = a.reshape(-1).sort().values   # the quantiles t_C, t_P over the whole tensor
         if self.E > 0 or self.C < 1:
             m = a / a.max().clamp_min(torch.finfo(w.dtype).tiny)
         if self.C < 1:

@@ -170,6 +170,15 @@ def markdown(t: pd.DataFrame) -> str:
     return "\n".join(parts) + "\n"
 
 
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def figures(df: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
     if df.empty:
         return {}
@@ -200,10 +209,7 @@ def figures(df: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
             ax.legend(fontsize=8)
             ax.set_title(f"Figure {number} at CPU scale: {title}\n{g.model.iloc[0]}, {g.scale.iloc[0]}, seed {seed}",
                          fontsize=9)
-            path = out_dir / f"chitsaz2024_figure{number}_{setting}_seed{seed}.png"
-            fig.tight_layout()
-            fig.savefig(path, dpi=110)
-            plt.close(fig)
+            path = _save(fig, out_dir / f"chitsaz2024_figure{number}_{setting}_seed{seed}.png")
             written[path.stem] = path
     return written
 
@@ -273,9 +279,6 @@ def build_memory(bench_dir: Path, out_dir: Path) -> dict[str, Path]:
         axes[0][0].legend(fontsize=7)
         fig.suptitle(f"Figure {figure} (analytic): peak training memory by component; parameters/states fp32, "
                      f"activations {8 * prec['act_bytes']}-bit, {prec['attention']} attention", fontsize=9)
-        path = out_dir / f"chitsaz2024_figure{figure}_memory.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        path = _save(fig, out_dir / f"chitsaz2024_figure{figure}_memory.png")
         written[path.stem] = path
     return written
