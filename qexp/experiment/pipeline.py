@@ -131,9 +131,9 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, cwd: Path | None = 
     rid, timer = records.run_id(resolved), Timer()
     ctx = RunContext(cfg, quant_config(resolved["recipe"], calibration), calibration, device, timer, rid)
     check_recipe_enables_something(cfg.recipe, ctx.quant)
+    steps = PostWeightSteps.from_recipe(cfg.recipe)   # the steps' own values first, then what the task allows
     task = kind_cls(ctx)
     task.check()
-    steps = PostWeightSteps.from_recipe(cfg.recipe)
     if enabled(cfg.recipe, "qat"):
         from ..train.qat import hyperparameters
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from ..config.quant import enabled
 from ..quant.adaround import AdaRoundConfig
 from ..quant.bcq_step import BCQConfig
+from .bcq_search import SearchConfig, load_params
 from ..train.lkd import LKDConfig
 
 
@@ -19,14 +20,23 @@ class PostWeightSteps:
     options: dict                                   # the recipe's own options, as written, for the record
     reports: dict = field(default_factory=dict)     # record key -> report, filled as the steps run
     bcq: BCQConfig | None = None
+    bcq_search: SearchConfig = SearchConfig()
+    bcq_params: dict | None = None                  # recipe.bcq.params_from: per-layer E, C, P of an earlier search
 
     @classmethod
     def from_recipe(cls, recipe) -> "PostWeightSteps":
         options = {k: dict(recipe[k]) for k in ("bcq", "adaround", "lkd") if enabled(recipe, k)}
         bits = ((recipe.get("quant") or {}).get("weights") or {}).get("bits", 8)
+        bcq = options.get("bcq") or {}
+        search = SearchConfig.from_config(bcq.get("search"))
+        params = load_params(str(bcq["params_from"])) if bcq.get("params_from") else None
+        if search.enabled and params is not None:
+            raise ValueError("recipe.bcq.search.mode and recipe.bcq.params_from exclude each other: a search finds "
+                             "the per-layer settings, params_from reloads them; set one of them")
         return cls(AdaRoundConfig.from_config(options["adaround"]) if "adaround" in options else None,
                    LKDConfig.from_config(options["lkd"]) if "lkd" in options else None, options,
-                   bcq=BCQConfig.from_config(options["bcq"], bits) if "bcq" in options else None)
+                   bcq=BCQConfig.from_config(bcq, bits) if "bcq" in options else None, bcq_search=search,
+                   bcq_params=params)
 
     def hook(self, kind):
         """The ``after_weights`` callable for :func:`qexp.quant.calibrate.calibrate`, or None when no step is on.
@@ -37,12 +47,7 @@ class PostWeightSteps:
 
         def run(model) -> None:
             if self.bcq is not None:
-                from ..quant.bcq_step import apply_bcq
-
-                t0 = time.perf_counter()
-                layers = apply_bcq(model, self.bcq, kind.ctx.progress)
-                self.reports["bcq"] = {"config": self.options["bcq"], "layers": layers,
-                                       "seconds": round(time.perf_counter() - t0, 3)}
+                self.reports["bcq"] = self._bcq(model, kind)
             if self.adaround is not None:
                 self.reports["adaround"] = {"config": self.options["adaround"],
                                             "layers": self._adaround(model, adaround_batches, kind)}
@@ -50,6 +55,37 @@ class PostWeightSteps:
                 self.reports["lkd"] = self._lkd(model, kind)
 
         return run
+
+    def _bcq(self, model, kind) -> dict:
+        from ..quant.bcq_step import apply_bcq
+
+        t0 = time.perf_counter()
+        report = {"config": self.options["bcq"]}
+        if self.bcq_search.enabled:
+            from pathlib import Path
+
+            from ..experiment.records import write_atomic
+            from .bcq_search import search
+
+            cfg, rid = kind.ctx.cfg, kind.ctx.run_id
+            found = search(model, self.bcq, self.bcq_search, kind, Path(cfg.cache_dir) / "bcq_search" /
+                           f"{rid}.journal", rid, self.options["bcq"].get("manual_sets"), kind.ctx.progress)
+            out = Path(cfg.results_dir) / "bcq_search" / f"{rid}.json"
+            write_atomic(out, {"run_id": rid, "model": cfg.model.name, "task": cfg.task.name,
+                               "recipe": cfg.recipe.name, "bits": self.bcq_quant_bits(model),
+                               "layers": found["best"]["layers"], "best": found["best"]})
+            report.update(layers=found.pop("layers"), search={**found, "params_file": str(out)})
+        else:
+            report["layers"] = apply_bcq(model, self.bcq, kind.ctx.progress, self.bcq_params)
+        report["seconds"] = round(time.perf_counter() - t0, 3)
+        return report
+
+    @staticmethod
+    def bcq_quant_bits(model) -> list[int]:
+        from ..quant.modules import QLinear
+
+        return sorted({m.weight_quantizer.spec.bits for m in model.modules()
+                       if isinstance(m, QLinear) and m.weight_quantizer.spec.enabled})
 
     def _adaround(self, model, batches, kind) -> list[dict]:
         from ..quant.adaround import apply_adaround

@@ -65,6 +65,7 @@ class TaskKind:
     causal: ClassVar[bool | None] = None      # True: needs a decoder family, False: an encoder, None: either
     trains: ClassVar[bool] = False            # whether QAT (a labelled training set) applies
     quantized_training: ClassVar[bool] = False  # whether a recipe's qpt block (quantized pre-training) applies
+    searches: ClassVar[bool] = False          # whether it has a search objective on training data (recipe.bcq.search)
 
     def __init__(self, ctx: RunContext):
         self.ctx, self.cfg, self.task = ctx, ctx.cfg, ctx.cfg.task
@@ -86,12 +87,22 @@ class TaskKind:
             raise KindError(f"recipe {recipe.name!r} quantizes training from scratch (qpt), but task "
                             f"{self.task.name!r} is a {self.name} task; valid: the pre-training tasks "
                             f"(pretrain_clm, qpt_clm, ...: `qexp ls tasks`)")
+        search = (recipe.get("bcq") or {}).get("search") or {}
+        if enabled(recipe, "bcq") and search.get("mode", "none") != "none":
+            if not self.searches:
+                raise KindError(f"recipe.bcq.search.mode={search.mode} needs an objective on the task's training "
+                                f"data, which task {self.task.name!r} ({self.name}) has not; valid: the GLUE and "
+                                f"perplexity tasks (`qexp ls tasks`)")
+            self.check_search_data()
         if enabled(recipe, "lkd") and recipe.lkd.get("data", "task") == "task":
             fixed, asked = self.lkd_fixed_length(), recipe.lkd.get("seq_length")
             if fixed is not None and asked is not None and int(asked) != fixed:
                 raise KindError(f"recipe.lkd.seq_length={asked} cannot apply to task {self.task.name!r}: its own "
                                 f"sequences have {fixed} tokens (LKD on task data uses them); valid: "
                                 f"recipe.lkd.seq_length={fixed} or null, or recipe.lkd.data=random|text")
+
+    def check_search_data(self) -> None:
+        """Refuse a search whose objective data would be the evaluated data."""
 
     def lkd_fixed_length(self) -> int | None:
         """The length of the task's own LKD sequences when the kind cannot change it (None: any length works)."""
@@ -115,6 +126,17 @@ class TaskKind:
 
     def lkd_sampler(self, length: int) -> Sampler:
         """Batches of the task's own inputs for LKD (``recipe.lkd.data=task``)."""
+        raise NotImplementedError
+
+    def objective_data(self, n: int):
+        """``n`` examples of the task's *training* data (never an evaluation split) for a search objective
+        (recipe.bcq.search): another draw than calibration's, the same every trial."""
+        raise KindError(f"task {self.task.name!r} ({self.name}) has no search objective on training data; "
+                        f"recipe.bcq.search works on: glue, perplexity (`qexp ls tasks`)")
+
+    def objective(self, model, data) -> dict:
+        """The model's mean loss on ``data`` (:meth:`objective_data`) and the task metric: ``{"loss", "metric",
+        "metric_name", "higher_is_better", "n"}``."""
         raise NotImplementedError
 
     def bar(self, it, desc: str, total: int | None = None):

@@ -50,6 +50,7 @@ class Glue(TaskKind):
     name = "glue"
     causal = False
     trains = True
+    searches = True
 
     def lkd_fixed_length(self) -> int:
         return int(self.task.max_length)  # the authors' LKD batches: training inputs padded to max_length
@@ -116,6 +117,24 @@ class Glue(TaskKind):
         table = {c: data[c] for c in ("input_ids", "attention_mask", "token_type_ids") if c in data.column_names}
         device = self.ctx.device
         return lambda n, g: {c: v[torch.randint(len(v), (n,), generator=g)].to(device) for c, v in table.items()}
+
+    def objective_data(self, n: int):
+        return self._encode(sample(self.train_raw, n, self.ctx.seed + 4))
+
+    @torch.no_grad()
+    def objective(self, model, data) -> dict:
+        """Cross-entropy (MSE for a regression task) and the task score (the mean of ``task.score``, x100) on
+        training examples."""
+        dl = loader(data, self.loaded.tokenizer, int(self.task.finetune.eval_batch_size))
+        logits, labels = predict(model, dl, self.ctx.device)
+        t_logits, t_labels = torch.from_numpy(logits), torch.from_numpy(labels)
+        if self.task.regression:
+            loss = torch.nn.functional.mse_loss(t_logits.reshape(-1), t_labels.float())
+        else:
+            loss = torch.nn.functional.cross_entropy(t_logits, t_labels.long())
+        metrics = compute(list(self.task.metrics), logits, labels, bool(self.task.regression))
+        return {"loss": float(loss), "metric": task_score({"train": metrics}, list(self.task.score)),
+                "metric_name": "+".join(self.task.score), "higher_is_better": True, "n": int(len(labels))}
 
     def train(self, model) -> dict:
         from ..train import qat

@@ -8,7 +8,7 @@ from ..models.loading import load_model
 from ..quant.sites import configure
 from ..tasks import perplexity
 from ..train.lkd import window_sampler
-from .base import Loaded, TaskKind
+from .base import KindError, Loaded, TaskKind
 
 
 def max_positions(config) -> int | None:
@@ -21,6 +21,17 @@ def max_positions(config) -> int | None:
 class LanguageModelKind(TaskKind):
     """Not registered itself: :mod:`.perplexity` and :mod:`.lm_eval` say where the calibration text comes from."""
     causal = True
+    searches = True
+
+    def check_search_data(self) -> None:
+        files = self.task.get("files") or {}
+        hub = self.task.get("hub") or {}
+        same = (files.get("eval") and files.get("eval") == files.get("calibration") if self.task.get("data_dir")
+                else hub.get("eval_split") and hub.get("eval_split") == hub.get("calibration_split"))
+        if same:
+            raise KindError(f"recipe.bcq.search on task {self.task.name!r}: its calibration text is its evaluation "
+                            f"text, so the search objective would see the evaluated data; give the task another "
+                            f"calibration split (task.files.calibration / task.hub.calibration_split)")
 
     def calibration_text(self) -> str:
         raise NotImplementedError
@@ -58,6 +69,28 @@ class LanguageModelKind(TaskKind):
         data = perplexity.random_windows(self.cal_ids, n, self.calibration_length(),
                                          torch.Generator().manual_seed(self.ctx.seed + 1))
         return lambda: ({"input_ids": data[i:i + 8].to(self.ctx.device)} for i in range(0, n, 8))
+
+    def objective_data(self, n: int):
+        """``n`` windows of the calibration text (the task's training text where it has one; for the local
+        WikiText-2/PTB files the validation split, never the test split that is evaluated)."""
+        return perplexity.random_windows(self.cal_ids, n, self.calibration_length(),
+                                         torch.Generator().manual_seed(self.ctx.seed + 4))
+
+    @torch.no_grad()
+    def objective(self, model, data) -> dict:
+        """Mean next-token cross-entropy over the windows (every token but each window's first), and its
+        perplexity."""
+        import torch.nn.functional as F
+
+        model.eval()
+        nll, count = 0.0, 0
+        for i in range(0, data.shape[0], 8):
+            x = data[i:i + 8].to(self.ctx.device)
+            logits = model(input_ids=x).logits[:, :-1].float()
+            nll += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum").item()
+            count += x[:, 1:].numel()
+        return {"loss": nll / count, "metric": perplexity.perplexity_of(nll / count), "metric_name": "perplexity",
+                "higher_is_better": False, "n": int(data.shape[0])}
 
     def lkd_length(self) -> int:
         return self.calibration_length()

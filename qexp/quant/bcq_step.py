@@ -19,7 +19,8 @@ from torch import nn
 from .bcq import BCQ, BCQError, Importance
 
 KEYS = ("enabled", "rounds", "E", "C", "P", "group_size", "solver", "layers",
-        "set", "manual_sets")   # pwq_manual: which of Table 5's sets gave E, C, P (for the record)
+        "set", "manual_sets",   # pwq_manual: which of Table 5's sets gave E, C, P (for the record)
+        "search", "params_from")  # read by the search step (qexp.experiment.bcq_search)
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class BCQConfig:
         if "set" in cfg and any(cfg.get(k) is None for k in ("E", "C", "P")):
             sets = sorted(cfg.get("manual_sets") or {}, key=lambda k: int(k) if str(k).isdigit() else 0)
             raise BCQError(f"recipe.bcq.set={cfg['set']!r} is not one of the manual sets; valid: {', '.join(sets)}")
-        for key in ("enabled", "set", "manual_sets"):
+        for key in ("enabled", "set", "manual_sets", "search", "params_from"):
             cfg.pop(key, None)
         if "layers" in cfg:
             layers = cfg["layers"]
@@ -50,14 +51,17 @@ class BCQConfig:
         out.quantizer(bits)   # every value checked now, before anything loads
         return out
 
-    def quantizer(self, bits: int) -> BCQ:
-        return BCQ(int(bits), int(self.rounds), self.group_size, Importance(float(self.E), float(self.C),
-                                                                            float(self.P)), self.solver)
+    @property
+    def importance(self) -> Importance:
+        return Importance(float(self.E), float(self.C), float(self.P))
+
+    def quantizer(self, bits: int, importance: Importance | None = None) -> BCQ:
+        return BCQ(int(bits), int(self.rounds), self.group_size, importance or self.importance, self.solver)
 
 
-@torch.no_grad()
-def apply_bcq(model: nn.Module, cfg: BCQConfig, progress: bool = False) -> list[dict]:
-    """BCQ for every matching linear whose weight is quantized; returns the per-layer report."""
+def bcq_layers(model: nn.Module, cfg: BCQConfig) -> list[tuple[str, nn.Module]]:
+    """(name, QLinear) of every linear whose weight is quantized and whose name matches ``cfg.layers``, in model
+    order; none is an error naming the layers."""
     from .modules import QLinear
 
     layers = [(m.weight_quantizer.name.removesuffix(".weight"), m) for m in model.modules()
@@ -66,17 +70,34 @@ def apply_bcq(model: nn.Module, cfg: BCQConfig, progress: bool = False) -> list[
     if not chosen:
         raise BCQError(f"recipe.bcq.layers={list(cfg.layers)} matches no linear layer with a quantized weight; the "
                        f"layers are: {', '.join(n for n, _ in layers[:8])}{' ...' if len(layers) > 8 else ''}")
-    report = []
-    for name, m in chosen:
-        q = m.weight_quantizer
-        t0 = time.perf_counter()
-        w = m.inner.weight.detach().float()
-        bcq = cfg.quantizer(q.spec.bits)
-        w_hat, alpha, _ = bcq.quantize(w)
-        imp, _ = bcq.importance.weights(w)
-        q.values = w_hat.to(m.inner.weight.dtype)
-        report.append({"layer": name, "bits": q.spec.bits, "method": bcq.method,
-                       "weighted_error": float((imp * (w - w_hat) ** 2).sum()),
-                       "mse": float(((w - w_hat) ** 2).mean()), "avg_alpha": float(alpha.mean()),
-                       "pruned": float((imp == 0).float().mean()), "seconds": round(time.perf_counter() - t0, 4)})
-    return report
+    return chosen
+
+
+@torch.no_grad()
+def quantize_layer(name: str, m: nn.Module, cfg: BCQConfig, importance: Importance | None = None) -> dict:
+    """Replace one QLinear's weight, in its weight quantizer, by its BCQ approximation; the layer's report."""
+    q = m.weight_quantizer
+    t0 = time.perf_counter()
+    w = m.inner.weight.detach().float()
+    bcq = cfg.quantizer(q.spec.bits, importance)
+    w_hat, alpha, _ = bcq.quantize(w)
+    imp, _ = bcq.importance.weights(w)
+    q.values = w_hat.to(m.inner.weight.dtype)
+    return {"layer": name, "bits": q.spec.bits, "method": bcq.method, "E": bcq.importance.E, "C": bcq.importance.C,
+            "P": bcq.importance.P, "weighted_error": float((imp * (w - w_hat) ** 2).sum()),
+            "mse": float(((w - w_hat) ** 2).mean()), "avg_alpha": float(alpha.mean()),
+            "pruned": float((imp == 0).float().mean()), "seconds": round(time.perf_counter() - t0, 4)}
+
+
+@torch.no_grad()
+def apply_bcq(model: nn.Module, cfg: BCQConfig, progress: bool = False,
+              per_layer: dict[str, Importance] | None = None) -> list[dict]:
+    """BCQ for every matching linear whose weight is quantized (``per_layer``: a layer's own E, C, P, else the
+    config's); returns the per-layer report."""
+    chosen = bcq_layers(model, cfg)
+    if per_layer is not None:
+        unknown = sorted(set(per_layer) - {n for n, _ in chosen})
+        if unknown:
+            raise BCQError(f"per-layer BCQ settings name layer(s) this run does not quantize: {unknown[:4]}; its "
+                           f"layers: {', '.join(n for n, _ in chosen[:6])} ...")
+    return [quantize_layer(n, m, cfg, (per_layer or {}).get(n)) for n, m in chosen]
