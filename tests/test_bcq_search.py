@@ -182,3 +182,12 @@ def test_search_needs_a_task_with_training_data_and_excludes_params_from(tmp_pat
 
 def test_search_config_defaults_are_off():
     assert not SearchConfig().enabled and SearchConfig.from_config({"mode": "layer"}).enabled
+
+
+def test_kwon_runs_record_the_training_loss_and_metric(tmp_path, rte):
+    """Tables 1/15: every pwq_* run (the uniform baseline too) records the quantized model's loss and metric on
+    training rows, at most once each (16 rows under debug=smoke, though 256 are asked for)."""
+    rec = run_cfg(tmp_path, *rte, "+recipe=pwq_uniform")
+    t = rec["train_objective"]
+    assert t["n"] == 16 and t["metric_name"] == "accuracy" and 0 <= t["metric"] <= 100 and t["loss"] > 0
+    assert "train_objective" not in run_cfg(tmp_path, *rte, "+recipe=w8a8_ptq")

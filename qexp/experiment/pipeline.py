@@ -111,6 +111,12 @@ def check_quantizes_something(recipe, model) -> None:
                               f"floating-point run use recipe fp32 (or no recipe)")
 
 
+def train_objective(task, model, options) -> dict:
+    """The quantized model's loss and task metric on ``options.samples`` training examples (Kwon et al. 2021, Tables
+    1/15: training loss and accuracy; the same data and measure as the BCQ search's objective)."""
+    return task.objective(model, task.objective_data(int(options.get("samples", 256))))
+
+
 def run(cfg: DictConfig, overrides: list[str] | None = None, cwd: Path | None = None) -> dict:
     cfg = prepare(cfg, Path(cwd or Path.cwd()))
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -155,6 +161,9 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, cwd: Path | None = 
                       after_weights=steps.hook(task))
             report.update(steps.reports)
             report.update(relative_errors(model, next(iter(batches()))))
+        if cfg.recipe.get("train_objective") and task.searches:
+            with timer.stage("train_objective"):
+                report["train_objective"] = train_objective(task, model, cfg.recipe.train_objective)
         if enabled(cfg.recipe, "qat"):
             with timer.stage("qat"):
                 report["qat"] = task.train(model)

@@ -119,7 +119,7 @@ class Glue(TaskKind):
         return lambda n, g: {c: v[torch.randint(len(v), (n,), generator=g)].to(device) for c, v in table.items()}
 
     def objective_data(self, n: int):
-        return self._encode(sample(self.train_raw, n, self.ctx.seed + 4))
+        return self._encode(sample(self.train_raw, min(n, len(self.train_raw)), self.ctx.seed + 4))  # no repeats
 
     @torch.no_grad()
     def objective(self, model, data) -> dict:
