@@ -127,7 +127,8 @@ def test_an_interrupted_search_resumes_from_its_stored_trials(tmp_path, rte, mon
     fail["at"] = None
     rec = run_cfg(tmp_path, *args)
     s = rec["bcq"]["search"]
-    assert len(s["trials"]) == 5 and len(calls) == 1 + 2   # the start evaluation again, then only 2 new trials
+    # the start evaluation again, only 2 new trials, then the record's train_objective
+    assert len(s["trials"]) == 5 and len(calls) == 1 + 2 + 1
     assert [t["trial"] for t in s["trials"]] == [0, 1, 2, 4, 5]   # trial 3 failed and stays out
 
 
