@@ -114,7 +114,24 @@ def check_quantizes_something(recipe, model) -> None:
 def train_objective(task, model, options) -> dict:
     """The quantized model's loss and task metric on ``options.samples`` training examples (Kwon et al. 2021, Tables
     1/15: training loss and accuracy; the same data and measure as the BCQ search's objective)."""
-    return task.objective(model, task.objective_data(int(options.get("samples", 256))))
+    return {**task.objective(model, task.objective_data(int(options.get("samples", 256)))),
+            "weight_mse": weight_mse(model)}
+
+
+def weight_mse(model) -> float | None:
+    """Mean over the quantized linear weights of each weight's mean squared quantization error (uniform or BCQ: what
+    the forward uses minus the float weight): Tables 1/15's MSE column, the same measure for every method."""
+    import torch
+
+    from ..quant.modules import QLinear
+
+    errs = []
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, QLinear) and m.weight_quantizer.spec.enabled:
+                w = m.inner.weight.detach()
+                errs.append(float(((m.weight_quantizer(w).float() - w.float()) ** 2).mean()))
+    return sum(errs) / len(errs) if errs else None
 
 
 def run(cfg: DictConfig, overrides: list[str] | None = None, cwd: Path | None = None) -> dict:

@@ -207,7 +207,7 @@ def text_outliers(df: pd.DataFrame) -> pd.DataFrame:
 def build_all(runs_dir: Path, out_dir: Path, bench_dir: Path | None = None) -> dict[str, Path]:
     """Every paper table from the run records in ``runs_dir`` (and the ``qexp bench`` records in ``bench_dir``,
     default ``<runs_dir>/../bench``)."""
-    from . import bondarenko2023, chitsaz2024, zeroquant
+    from . import bondarenko2023, chitsaz2024, kwon2021, zeroquant
     from .gemm import table_g8
 
     records = load_records(runs_dir) if Path(runs_dir).exists() else []
@@ -216,6 +216,7 @@ def build_all(runs_dir: Path, out_dir: Path, bench_dir: Path | None = None) -> d
     written = zeroquant.build(records, out_dir)
     written.update(bondarenko2023.build(records, out_dir))
     written.update(chitsaz2024.build(records, out_dir))
+    written.update(kwon2021.build(records, out_dir))
     bench = Path(bench_dir) if bench_dir else Path(runs_dir).parent / "bench"
     written.update(chitsaz2024.build_memory(bench, out_dir))
     g8 = table_g8(bench)

@@ -1,0 +1,83 @@
+"""Kwon et al. 2021 tables from hand-made records: which run lands in which cell (means over seeds, the best manual
+set by test score, the uniform baseline's row), and the search-trace figure."""
+import pandas as pd
+import pytest
+
+from qexp.report import kwon2021
+
+
+def rec(recipe, score, bits=3, seed=0, rounds=15, E=0.0, C=1.0, P=0.0, set_=None, search=None, group_size=None,
+        enabled=True, train=(0.5, 80.0), mse=1e-4):
+    bcq = {"enabled": enabled, "rounds": rounds, "E": E, "C": C, "P": P, "group_size": group_size}
+    if set_ is not None:
+        bcq["set"] = set_
+    out = {"model": "minilm_l6", "task": "mrpc", "recipe": recipe, "seed": seed, "score": score,
+           "finished": f"2026-12-06T00:00:{seed:02d}",
+           "config": {"recipe": {"name": recipe, "paper": "kwon2021", "quant": {"weights": {"bits": bits}},
+                                 "bcq": bcq}},
+           "train_objective": {"loss": train[0], "metric": train[1], "weight_mse": mse}}
+    if enabled:
+        out["bcq"] = {"layers": [{"mse": mse, "avg_alpha": 0.02}], "seconds": 1.0}
+    if search:
+        out["bcq"]["search"] = search
+    return out
+
+
+@pytest.fixture
+def records():
+    trace = [{"trial": 0, "objective": 0.9}, {"trial": 1, "objective": 0.7}, {"trial": 2, "objective": 0.8}]
+    bo = {"mode": "model", "objective": "loss", "direction": "minimize", "trials": trace,
+          "data": {"samples": 256}, "best": {"params": {"E": 0.8, "C": 0.99, "P": 0.01}},
+          "seconds_per_trial": {"quantize_mean": 10.0, "evaluate_mean": 2.0}}
+    return [
+        rec("pwq_uniform", 60.0, enabled=False), rec("pwq_uniform", 62.0, seed=1, enabled=False),
+        rec("pwq_greedy", 50.0, rounds=0), rec("pwq_alternating", 70.0),
+        rec("pwq_alternating_weighted", 72.0, E=1.0),
+        rec("pwq_manual", 71.0, E=1.0, C=0.99, set_=2), rec("pwq_manual", 75.0, E=0.0, P=0.05, set_=10),
+        rec("pwq_manual", 40.0, bits=2, E=1.0, C=0.99, set_=2),
+        rec("pwq_bo_model", 76.0, search=bo),
+        rec("pwq_alternating", 68.0, group_size=128),
+        {"model": "x", "task": "y", "recipe": "w8a8_ptq", "seed": 0, "score": 1.0, "config": {"recipe": {}}},
+    ]
+
+
+def test_frame_keeps_the_kwon_runs_only(records):
+    df = kwon2021.frame(records)
+    assert len(df) == 10 and set(df.method) == {"uniform", "greedy", "alternating"}
+
+
+def test_table1_means_over_seeds_and_rows_per_method(records):
+    t = kwon2021.table1(kwon2021.frame(records), 3)
+    uni = t[t.method.str.startswith("Uniform")].iloc[0]
+    assert uni.score == pytest.approx(61.0) and uni.seeds == 2 and uni.mse == pytest.approx(1e-4)
+    assert set(t.method) == {"Uniform (RTN, min-max per row)", "Greedy, unweighted", "Alternating, unweighted",
+                             "Alternating, weighted (E = 1)"}   # no manual set, no group size, no search
+
+
+def test_table3_takes_the_best_manual_set_by_test_score(records):
+    t = kwon2021.table3(kwon2021.frame(records)).set_index("method")
+    assert t.loc["Alternating + importance (best manual set)", "minilm_l6/mrpc 3-bit"] == 75.0
+    assert t.loc["Alternating + importance (best manual set)", "minilm_l6/mrpc 2-bit"] == 40.0
+    assert t.loc["Alternating + importance (model-wise BO)", "minilm_l6/mrpc 3-bit"] == 76.0
+    assert t.loc["Alternating", "minilm_l6/mrpc 3-bit"] == 70.0   # the group-size run is Table 7's, not here
+    assert pd.isna(t.loc["Alternating + importance (layer-wise BO, 'Ours')", "minilm_l6/mrpc 3-bit"])
+    assert "bert_base (paper model)" in t.columns
+
+
+def test_table2_rows_are_the_settings(records):
+    t = kwon2021.table_ecp(kwon2021.frame(records), 3).set_index("E, C, P")
+    assert t.loc["set 10: E=0, C=1, P=0.05", "minilm_l6/mrpc"] == 75.0
+    assert t.loc["E=0, C=1, P=0", "minilm_l6/mrpc"] == 70.0
+
+
+def test_search_table_and_trace_figure(records, tmp_path):
+    df = kwon2021.frame(records)
+    s = kwon2021.table_search(df)
+    row = s[s.search == "model-wise BO"].iloc[0]
+    assert row.setting == "E=0.800, C=0.9900, P=0.010" and row.trials == 3 and row.score == 76.0
+    assert s[s.search.str.startswith("manual") & (s.bits == 3)].iloc[0].setting == "set 10: E=0, C=1, P=0.05"
+    t4 = kwon2021.table4(df).iloc[0]
+    assert (t4.samples, t4.max_trials, t4.quantize_s_per_trial) == (256, 3, 10.0)
+    written = kwon2021.build(records, tmp_path)
+    assert (tmp_path / "kwon2021_search_trace_minilm_l6_mrpc_3bit_loss.png").stat().st_size > 1000
+    assert "kwon2021_table5" in written and len(pd.read_csv(written["kwon2021_table5"])) == 16
