@@ -52,7 +52,9 @@ def test_ls_recipes_and_help_do_not_import_torch():
 
 
 @pytest.mark.parametrize("override,message", [
-    ("recipe.quant.activations.bits=1", "bit-width 1 is not supported; valid bit-widths are the integers 2 to 16"),
+    ("recipe.quant.activations.bits=0", "bit-width 0 is not supported; valid bit-widths are the integers 1 to 16"),
+    ("recipe.quant.weights.bits=1", "bit-width 1 is not supported; valid bit-widths are the integers 2 to 16; 1 bit "
+                                    "needs an asymmetric grid"),
     ("recipe.quant.weights.bits=17", "bit-width 17 is not supported"),
     ("calibration.activations.name=kl", "unknown range estimator 'kl'; valid choices: current_minmax, mse"),
     ("recipe.quant.activations.granularity=per_token calibration.activations.name=running_minmax",
@@ -177,14 +179,14 @@ def test_search_space_run_executes_and_resumes(tmp_path):
 
 
 def test_a_sweep_runs_every_valid_job_and_reports_the_failed_ones(tmp_path, capsys):
-    """Issue 14 #7: one invalid job (bits=1) neither stops the sweep nor loses the valid job's record."""
+    """Issue 14 #7: one invalid job (bits=0) neither stops the sweep nor loses the valid job's record."""
     from .helpers import cli
 
-    code, out, err = cli(capsys, "run", "-m", *SMOKE, "+recipe=w8a8_ptq", "recipe.quant.weights.bits=1,8",
+    code, out, err = cli(capsys, "run", "-m", *SMOKE, "+recipe=w8a8_ptq", "recipe.quant.weights.bits=0,8",
                          f"results_dir={tmp_path / 'runs'}", f"hydra.sweep.dir={tmp_path / 'sweep'}")
     assert code != 0
-    assert "1 job(s) of the sweep failed" in err and "recipe.quant.weights.bits=1" in err and "bit-width 1" in err
+    assert "1 job(s) of the sweep failed" in err and "recipe.quant.weights.bits=0" in err and "bit-width 0" in err
     recs = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")]
     assert [r["config"]["recipe"]["quant"]["weights"]["bits"] for r in recs] == [8]
     (failed,) = (tmp_path / "runs" / "failed").glob("*.json")
-    assert "bit-width 1" in json.loads(failed.read_text())["error"]
+    assert "bit-width 0" in json.loads(failed.read_text())["error"]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-MIN_BITS, MAX_BITS = 2, 16
+MIN_BITS, MAX_BITS = 1, 16   # 1: asymmetric grids only (check_bits)
 EPS = 1e-8
 
 
@@ -22,14 +22,19 @@ class BitWidthError(ValueError):
     pass
 
 
-def check_bits(n_bits) -> int:
+def check_bits(n_bits, symmetric: bool | None = None) -> int:
+    """An integer bit-width in 2..16, or 1 for an asymmetric grid (``symmetric=False``: two levels, min and max; a
+    signed symmetric 1-bit grid has no positive level).  Binary-coding weights (Kwon et al. 2021) use 1 bit."""
     try:
         as_int = int(n_bits)
     except (TypeError, ValueError):
         as_int = None
-    if isinstance(n_bits, bool) or as_int is None or as_int != n_bits or not MIN_BITS <= as_int <= MAX_BITS:
+    low = MIN_BITS if symmetric is False else MIN_BITS + 1
+    if isinstance(n_bits, bool) or as_int is None or as_int != n_bits or not low <= as_int <= MAX_BITS:
+        extra = ("; 1 bit needs an asymmetric grid (symmetric: false)" if as_int == 1 and symmetric is True
+                 else "")
         raise BitWidthError(f"bit-width {n_bits!r} is not supported; valid bit-widths are the integers "
-                            f"{MIN_BITS} to {MAX_BITS}")
+                            f"{low} to {MAX_BITS}{extra}")
     return int(n_bits)
 
 
@@ -54,7 +59,7 @@ class QParams:
 
 def qparams(x_min: torch.Tensor, x_max: torch.Tensor, n_bits: int, symmetric: bool) -> QParams:
     """Scale and zero point from a range; differentiable in (x_min, x_max) for learned ranges."""
-    n_bits = check_bits(n_bits)
+    n_bits = check_bits(n_bits, bool(symmetric))
     x_min = torch.clamp(x_min, max=0.0)
     x_max = torch.clamp(x_max, min=EPS)
     if symmetric:

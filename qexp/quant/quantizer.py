@@ -35,7 +35,7 @@ class QuantSpec:
     enabled: bool = True
 
     def __post_init__(self) -> None:
-        check_bits(self.bits)
+        check_bits(self.bits, bool(self.symmetric))
         object.__setattr__(self, "granularity", make_granularity(self.granularity))
         est = make_estimator(self.estimator)  # validates the name and arguments
         if self.granularity.dynamic and not est.supports_dynamic:

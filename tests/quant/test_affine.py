@@ -63,3 +63,16 @@ def test_learned_range_gets_gradient():
 def test_bad_bit_widths_are_rejected_with_the_valid_range(bad):
     with pytest.raises((BitWidthError, TypeError, ValueError), match="2 to 16|bit-width"):
         check_bits(bad)
+    with pytest.raises((BitWidthError, TypeError, ValueError), match="2 to 16|bit-width"):
+        check_bits(bad, symmetric=True)
+
+
+def test_one_bit_is_an_asymmetric_two_level_grid():
+    """Hand calculation, range [-0.5, 1.5] at 1 bit: scale = 2.0 / (2^1 - 1) = 2.0, zero point round(0.25) = 0, so
+    the levels are 0 and 2.0; -0.5 and 0.9 round to 0, 1.1 and 1.5 to 2.0."""
+    assert check_bits(1, symmetric=False) == 1
+    with pytest.raises(BitWidthError, match="1 bit needs an asymmetric grid"):
+        check_bits(1, symmetric=True)
+    p = qparams(torch.tensor(-0.5), torch.tensor(1.5), 1, symmetric=False)
+    assert (p.q_min, p.q_max, float(p.scale), float(p.zero_point)) == (0, 1, 2.0, 0.0)
+    assert fake_quantize(torch.tensor([-0.5, 0.9, 1.1, 1.5]), p).tolist() == [0.0, 0.0, 2.0, 2.0]

@@ -17,6 +17,16 @@ def test_the_forward_uses_the_bcq_weight(tmp_path):
     assert all(0.04 <= r["pruned"] <= 0.06 for r in layers)
 
 
+def test_one_bit_bcq_is_sign_times_the_mean_magnitude(tmp_path):
+    """q = 1 (the issue's range is 1..8 bits): every row becomes alpha * sign(w) with alpha = mean |w| (Greedy's and
+    Alternating's fixed point for one bit), so its MSE is the rows' variance of |w| around that mean."""
+    rec = run_cfg(tmp_path, "+recipe=pwq_alternating", "recipe.quant.weights.bits=1")
+    assert {r["bits"] for r in rec["bcq"]["layers"]} == {1}
+    w = torch.randn(6, 40, dtype=torch.float64)
+    w_hat, alpha, _ = BCQ(1, 15).quantize(w)
+    assert torch.allclose(w_hat, w.abs().mean(1, keepdim=True) * torch.sign(w), rtol=0, atol=1e-12)
+
+
 def test_apply_bcq_sets_the_values_the_quantizer_returns():
     from qexp.models import scratch
     from qexp.models.families import family_of
@@ -43,6 +53,7 @@ def test_apply_bcq_sets_the_values_the_quantizer_returns():
 @pytest.mark.parametrize("override,match", [
     ("recipe.bcq.E=-1", "E=-1.0 must be >= 0"), ("recipe.bcq.C=0", r"C=0.0 must lie in \(0, 1\]"),
     ("recipe.bcq.P=1", r"P=1.0 must lie in \[0, 1\)"), ("recipe.quant.weights.bits=9", "bits=9"),
+    ("recipe.quant.weights.bits=0", "bit-width 0 is not supported"),
     ("recipe.bcq.solver=newton", "solver='newton'"), ("+recipe.bcq.rouds=3", r"unknown key\(s\) \['rouds'\]"),
 ])
 def test_bad_bcq_settings_are_refused_before_any_work(tmp_path, override, match):

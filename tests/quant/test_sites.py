@@ -54,7 +54,7 @@ def test_a_rule_that_matches_nothing_is_an_error():
 
 
 def test_bad_value_names_the_site():
-    with pytest.raises(ValueError, match="site 'classifier'.*2 to 16"):
+    with pytest.raises(ValueError, match="site 'classifier'.*bit-width 32 is not supported.* to 16"):
         resolve_specs(SITES, {**BASE, "sites": [{"match": "classifier", "bits": 32}]})
 
 

@@ -34,7 +34,7 @@ class MSE(RangeEstimator):
     def expect(self, n_bits: int, symmetric: bool) -> None:
         """Announce the (bits, symmetric) that will be solved for, so that losses accumulate batch by batch and no
         batch is kept in memory.  Without it, batches are kept until the first ``compute_range``."""
-        self._expected.add((check_bits(n_bits), bool(symmetric)))
+        self._expected.add((check_bits(n_bits, bool(symmetric)), bool(symmetric)))
 
     def _candidates(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         f = k / self.num_candidates
@@ -62,7 +62,7 @@ class MSE(RangeEstimator):
         return losses
 
     def _compute_range(self, n_bits, symmetric):
-        key = (check_bits(n_bits), bool(symmetric))
+        key = (check_bits(n_bits, bool(symmetric)), bool(symmetric))
         if key not in self._losses:
             if not self._batches:
                 raise ValueError(f"mse: solving for {key} but only {sorted(self._expected)} were expected")
