@@ -23,6 +23,8 @@ def _short(recipe):
         out += ["recipe.qat.max_steps=3", "recipe.qat.batch_size=4"]
     if "lkd" in r:
         out += ["recipe.lkd.steps=2", "recipe.lkd.batch_size=2", "recipe.lkd.eval_batches=1"]
+    if ((r.get("bcq") or {}).get("search") or {}).get("mode", "none") != "none":
+        out += ["recipe.bcq.search.trials=3", "recipe.bcq.search.samples=8", "recipe.bcq.search.startup_trials=2"]
     if "groups" in r:
         out += ["recipe.groups=16"]  # tiny_bert/tiny_gpt2 widths (48, 96, 144, 192) are multiples of 16, not of 48*k
     return out
@@ -64,6 +66,10 @@ def test_recipe_runs_on_a_glue_task(recipe, tmp_path, rte_like):
 def test_recipe_runs_on_the_label_free_task(recipe, tmp_path):
     if recipe.startswith("qat_"):
         with pytest.raises(ValueError, match=r"trains \(QAT\) on labelled data.*label_free task"):
+            run_cfg(tmp_path, f"+recipe={recipe}", *_short(recipe), layers=_layers(recipe))
+        return
+    if recipe.startswith("pwq_bo_"):
+        with pytest.raises(ValueError, match=r"needs an objective on the task's training data"):
             run_cfg(tmp_path, f"+recipe={recipe}", *_short(recipe), layers=_layers(recipe))
         return
     rec = run_cfg(tmp_path, f"+recipe={recipe}", *_short(recipe), layers=_layers(recipe))

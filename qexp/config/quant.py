@@ -50,6 +50,8 @@ def quant_config(recipe: dict, calibration) -> dict:
     out = {"sites": list(q.get("sites") or [])}
     for group in GROUPS:
         spec = dict(q.get(group) or {"enabled": False})
+        if q.get("grid"):   # recipe.quant.grid: every site's default grid (qexp | deepspeed)
+            spec.setdefault("grid", q["grid"])
         # linear inputs are activations: they take the activation estimator unless the recipe names one
         spec.setdefault("estimator", _estimator(calibration["weights" if group == "weights" else "activations"],
                                                 calibration.momentum))

@@ -57,17 +57,44 @@ class QParams:
         return self.q_max if self.q_min < 0 else self.q_max - self.q_min
 
 
-def qparams(x_min: torch.Tensor, x_max: torch.Tensor, n_bits: int, symmetric: bool) -> QParams:
-    """Scale and zero point from a range; differentiable in (x_min, x_max) for learned ranges."""
+GRIDS = ("qexp", "deepspeed")
+
+
+def qparams(x_min: torch.Tensor, x_max: torch.Tensor, n_bits: int, symmetric: bool, grid: str = "qexp") -> QParams:
+    """Scale and zero point from a range; differentiable in (x_min, x_max) for learned ranges.
+
+    ``grid="qexp"``: the range is widened to hold 0; symmetric: max(|x_min|, x_max) maps to 2^(b-1) - 1 on the signed
+    grid, or to 2^b - 1 on the unsigned grid where the range is non-negative -- chosen per slot (token, channel), so
+    one token's grid never depends on its neighbours (issue 14 #11; a mix of signed and unsigned slots is written as
+    the unsigned grid with zero point 2^(b-1) on the signed slots: the same levels).  Asymmetric: (x_max - x_min) / (2^b
+    - 1), zero point round(-x_min / s) clamped to the grid.
+
+    ``grid="deepspeed"`` (the ZeroQuant authors' code, DeepSpeed ``compression/utils.py``, ../shared/research/
+    zeroquant-lkd-and-int8-gemm.md 1.1-1.2): symmetric s = max(|x_min|, |x_max|) / 2^(b-1) on the signed grid always
+    (max|x| maps to 2^(b-1) and is clipped to 2^(b-1) - 1); asymmetric s = (x_max - x_min) / 2^b, zero point
+    round(x_min / s) (no widening to hold 0, the top clipped by one step)."""
+    if grid not in GRIDS:
+        raise ValueError(f"unknown quantization grid {grid!r}; valid: {', '.join(GRIDS)}")
     n_bits = check_bits(n_bits, bool(symmetric))
+    if grid == "deepspeed":
+        if symmetric:
+            scale = torch.maximum(x_min.abs(), x_max.abs()) / 2 ** (n_bits - 1)
+            return QParams(scale.clamp(min=EPS), torch.zeros_like(scale), -(2 ** (n_bits - 1)), 2 ** (n_bits - 1) - 1)
+        scale = ((x_max - x_min) / 2 ** n_bits).clamp(min=EPS)
+        return QParams(scale, -round_ste(x_min / scale), 0, 2 ** n_bits - 1)
     x_min = torch.clamp(x_min, max=0.0)
     x_max = torch.clamp(x_max, min=EPS)
     if symmetric:
-        signed = bool((x_min < 0).any())
-        if signed:
+        negative = x_min < 0
+        if bool(negative.all()):
             q_min, q_max = -(2 ** (n_bits - 1)), 2 ** (n_bits - 1) - 1
-        else:
+        elif not bool(negative.any()):
             q_min, q_max = 0, 2 ** n_bits - 1
+        else:   # signed and unsigned slots side by side: one unsigned grid, the signed slots shifted up
+            half = 2 ** (n_bits - 1)
+            scale = torch.where(negative, torch.maximum(-x_min, x_max) / (half - 1), x_max / (2 ** n_bits - 1))
+            zero_point = torch.where(negative, torch.full_like(scale, float(half)), torch.zeros_like(scale))
+            return QParams(scale.clamp(min=EPS), zero_point, 0, 2 ** n_bits - 1)
         scale = torch.maximum(-x_min, x_max) / q_max
         zero_point = torch.zeros_like(scale)
     else:

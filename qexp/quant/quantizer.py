@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .affine import QParams, check_bits, fake_quantize, fake_quantize_rounded, qparams
+from .affine import GRIDS, QParams, check_bits, fake_quantize, fake_quantize_rounded, qparams
 from .estimators import CalibrationError, make_estimator
 from .granularity import Granularity, GranularityError, PerTensor, make_granularity, range_permutation
 
@@ -33,9 +33,12 @@ class QuantSpec:
     granularity: Granularity = field(default_factory=PerTensor)
     estimator: Any = "current_minmax"  # registry name or {name: ..., **kwargs}
     enabled: bool = True
+    grid: str = "qexp"      # "qexp" | "deepspeed" (the ZeroQuant authors' scale and zero point: affine.qparams)
 
     def __post_init__(self) -> None:
         check_bits(self.bits, bool(self.symmetric))
+        if self.grid not in GRIDS:
+            raise ValueError(f"grid={self.grid!r} is not a quantization grid; valid: {', '.join(GRIDS)}")
         object.__setattr__(self, "granularity", make_granularity(self.granularity))
         est = make_estimator(self.estimator)  # validates the name and arguments
         if self.granularity.dynamic and not est.supports_dynamic:
@@ -46,10 +49,10 @@ class QuantSpec:
     @classmethod
     def from_config(cls, cfg) -> "QuantSpec":
         cfg = dict(cfg)
-        unknown = set(cfg) - {"bits", "symmetric", "granularity", "estimator", "enabled"}
+        unknown = set(cfg) - {"bits", "symmetric", "granularity", "estimator", "enabled", "grid"}
         if unknown:
             raise ValueError(f"unknown quantizer option(s) {sorted(unknown)}; valid: bits, symmetric, granularity, "
-                             f"estimator, enabled")
+                             f"estimator, enabled, grid")
         if "estimator" in cfg and not isinstance(cfg["estimator"], str):
             cfg["estimator"] = dict(cfg["estimator"])
         if "granularity" in cfg and not isinstance(cfg["granularity"], str):
@@ -63,7 +66,8 @@ class QuantSpec:
         if not self.enabled:
             return "fp"
         est = make_estimator(self.estimator)
-        return f"{self.bits}b {'sym' if self.symmetric else 'asym'} {self.granularity} {est!r}"
+        grid = "" if self.grid == "qexp" else f" {self.grid} grid"
+        return f"{self.bits}b {'sym' if self.symmetric else 'asym'} {self.granularity} {est!r}{grid}"
 
 
 class Quantizer(nn.Module):
@@ -169,7 +173,7 @@ class Quantizer(nn.Module):
         backends and the kernels' callers take it from.  Without ``x``: one entry per slot, from the static range.
         With ``x``: broadcast to ``x``; a dynamic (per-token) site takes its ranges from ``x`` itself."""
         if x is None:
-            return qparams(self.x_min, self.x_max, self.spec.bits, self.spec.symmetric)
+            return qparams(self.x_min, self.x_max, self.spec.bits, self.spec.symmetric, self.spec.grid)
         if self.spec.granularity.dynamic:
             slots = self.slots(x)
             return self.qparams_for(x, slots.amin(dim=1), slots.amax(dim=1))
@@ -181,7 +185,7 @@ class Quantizer(nn.Module):
         x_min = self.x_min if x_min is None else x_min
         x_max = self.x_max if x_max is None else x_max
         lo, hi = self.expand(x_min, x).to(x.dtype), self.expand(x_max, x).to(x.dtype)
-        return qparams(lo, hi, self.spec.bits, self.spec.symmetric)
+        return qparams(lo, hi, self.spec.bits, self.spec.symmetric, self.spec.grid)
 
     def _quantize(self, x: torch.Tensor, x_min: torch.Tensor, x_max: torch.Tensor) -> torch.Tensor:
         p = self.qparams_for(x, x_min, x_max)

@@ -100,4 +100,8 @@ def test_spec_validation():
     with pytest.raises(ValueError, match="unknown quantizer option.*bitz"):
         QuantSpec.from_config({"bitz": 8})
     with pytest.raises(ValueError, match="2 to 16"):
-        QuantSpec.from_config({"bits": 1})
+        QuantSpec.from_config({"bits": 1, "symmetric": True})
+    with pytest.raises(ValueError, match="1 to 16"):
+        QuantSpec.from_config({"bits": 0})
+    with pytest.raises(ValueError, match="grid='tensorrt' is not a quantization grid; valid: qexp, deepspeed"):
+        QuantSpec.from_config({"grid": "tensorrt"})
