@@ -86,6 +86,9 @@ def evaluation_setting(r: dict) -> str:
     backend = (r.get("inference") or {}).get("backend", "fake")
     if backend != "fake":
         parts.append(f"backend {backend}")
+    grid = (((r.get("config") or {}).get("recipe") or {}).get("quant") or {}).get("grid")
+    if grid != "deepspeed":   # records before 2026-12-06 used qexp's grid (issue 14 #10): never pooled with the new
+        parts.append("qexp grid")
     return "; ".join(parts)
 
 

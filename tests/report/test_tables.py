@@ -177,15 +177,16 @@ def test_language_model_cells_never_mix_evaluation_settings():
     """Perplexities on different windows, or from another inference backend, get their own rows (not one median)."""
     from qexp.report.zeroquant import _records, lm_table
 
-    def rec(score, tokens, backend="fake"):
+    def rec(score, tokens, backend="fake", grid="deepspeed"):
         return {"model": "m", "task": "wikitext2", "recipe": "zq_w8a8", "seed": 0, "score": score,
                 "metrics": {"test": {"tokens": tokens, "context_length": 512}}, "inference": {"backend": backend},
-                "config": {"task": {"kind": "perplexity"}}}
+                "config": {"task": {"kind": "perplexity"}, "recipe": {"quant": {"grid": grid}}}}
 
-    t = lm_table(_records([rec(23.5, 20440), rec(26.2, 4088), rec(26.1, 4088, "torch_int")]), "zeroquant_tableI1")
+    t = lm_table(_records([rec(23.5, 20440), rec(26.2, 4088), rec(26.1, 4088, "torch_int"),
+                           rec(24.0, 20440, grid=None)]), "zeroquant_tableI1")
     assert t[["setting", "ZeroQuant W8A8"]].values.tolist() == [
-        ["20440 tokens, context 512", 23.5], ["4088 tokens, context 512", 26.2],
-        ["4088 tokens, context 512; backend torch_int", 26.1]]
+        ["20440 tokens, context 512", 23.5], ["20440 tokens, context 512; qexp grid", 24.0],
+        ["4088 tokens, context 512", 26.2], ["4088 tokens, context 512; backend torch_int", 26.1]]
 
 
 def test_glue_cells_never_mix_inference_backends():
@@ -197,7 +198,7 @@ def test_glue_cells_never_mix_inference_backends():
     def rec(acc, backend):
         return {"model": "m", "task": "rte", "recipe": "zq_w8a8", "seed": 0, "score": 100 * acc,
                 "metrics": {"validation": {"accuracy": acc}}, "inference": {"backend": backend},
-                "config": {"task": {"kind": "glue"}}}
+                "config": {"task": {"kind": "glue"}, "recipe": {"quant": {"grid": "deepspeed"}}}}
 
     ours, _ = glue_table(_records([rec(0.5487, "fake"), rec(0.5523, "torch_int"), rec(0.5523, "cpu_int8")]),
                          TABLE_SPECS.get("zeroquant_tableG5"))
