@@ -35,6 +35,8 @@ commands:
                          training-step time of clipped softmax / gated attention vs vanilla, side by side
   bench qpt [--recipe qpt_w8a8 ...] [--model gpt2_cpu] [--threads N]
                          training-step time of quantized pre-training recipes vs the FP step, side by side
+  bench fakequant [--model minilm_l6] [--recipe w8a8_ptq] [--threads N]
+                         W8A8 fake-quantized forward vs the FP32 forward (ratio), one quantizer vs torch's fused op
   bench memory [--model gpt2_cpu] [--batch 16] [--seq 128] [--device cpu|cuda]
                          training memory by component, measured vs analytic; the GPT-2 grid of Figures 14/15
 

@@ -140,3 +140,13 @@ def test_bench_gemm_and_layer_on_a_gpu(tmp_path):
     assert all(r["time_ms"] > 0 for r in res["rows"] if r["time_ms"] is not None)
     layer = bench_layer(8, 128, repeats=3, progress=False)
     assert layer["time_ms"]["fp16"] > 0 and layer["time_ms"]["int8_cupy"] > 0
+
+
+def test_bench_fakequant_reports_ratios_side_by_side(tmp_path):
+    """The benchmark's shape (ratios in one run; the numbers themselves come from `qexp bench fakequant`)."""
+    from qexp.experiment.bench_fakequant import bench_fakequant
+
+    res = bench_fakequant("tiny_bert", "w8a8_ptq", batch=2, seq=8, repeats=1, inner=1, site_elements=4096)
+    rows = {r["forward"]: r for r in res["rows"]}
+    assert set(rows) == {"hf_fp32", "qexp_fp32", "qexp_w8a8"} and rows["qexp_fp32"]["vs_qexp_fp32"] == 1.0
+    assert 0 < res["w8a8_logit_rel_error"] < 1 and res["site"]["elements"] == 4096

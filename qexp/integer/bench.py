@@ -362,7 +362,29 @@ def main(argv: list[str]) -> None:
     me.add_argument("--seq", type=int, default=128)
     me.add_argument("--device", default="cpu", help="cpu | cuda (adds max_memory_allocated)")
     me.add_argument("--out", default="results/bench")
+    fq = sub.add_parser("fakequant", help="W8A8 fake-quantized forward vs the FP32 forward (MiniLM-L6, 16 x 128), "
+                                          "and one quantizer vs torch's fused op (CPU)")
+    fq.add_argument("--model", default="minilm_l6")
+    fq.add_argument("--recipe", default="w8a8_ptq")
+    fq.add_argument("--batch", type=int, default=16)
+    fq.add_argument("--seq", type=int, default=128)
+    fq.add_argument("--repeats", type=int, default=15)
+    fq.add_argument("--threads", type=int, default=None)
+    fq.add_argument("--out", default="results/bench")
     a = ap.parse_args(argv)
+    if a.what == "fakequant":
+        from ..experiment.bench_fakequant import bench_fakequant
+
+        res = bench_fakequant(a.model, a.recipe, a.batch, a.seq, a.repeats, threads=a.threads)
+        for r in res["rows"]:
+            print(f"{r['forward']:10s} {r['ms']:8.2f} ms  x{r['vs_qexp_fp32']:.3f} vs qexp fp32  "
+                  f"x{r['vs_hf_fp32']:.3f} vs HF fp32")
+        s = res["site"]
+        print(f"one site, {s['elements']} elements: ours {s['ms']['qexp_quantizer']:.2f} ms, torch fused "
+              f"{s['ms']['torch_fused']:.2f} ms (x{s['vs_torch_fused']:.2f}); W8A8 logits rel. error "
+              f"{res['w8a8_logit_rel_error']:.4f}")
+        print(f"wrote {write_record(res, Path(a.out), 'cpu')}")
+        return
     if a.what == "memory":
         from ..train.memory import bench_memory
 

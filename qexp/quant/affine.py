@@ -110,6 +110,18 @@ def fake_quantize(x: torch.Tensor, p: QParams) -> torch.Tensor:
     return (x_int - p.zero_point) * p.scale
 
 
+@torch.no_grad()
+def fake_quantize_inplace(x: torch.Tensor, p: QParams, zero_point_is_zero: bool = False) -> torch.Tensor:
+    """:func:`fake_quantize` for inference (no gradient): the same operations in the same order, so the same values
+    bit for bit (``x + (round(x) - x)`` is exactly ``round(x)`` in floating point), but one new tensor instead of
+    eight and no straight-through bookkeeping.  ``zero_point_is_zero`` skips the two zero-point passes."""
+    y = torch.div(x, p.scale)
+    y.round_()
+    if zero_point_is_zero:
+        return y.clamp_(p.q_min, p.q_max).mul_(p.scale)
+    return y.add_(p.zero_point).clamp_(p.q_min, p.q_max).sub_(p.zero_point).mul_(p.scale)
+
+
 def fake_quantize_rounded(x: torch.Tensor, p: QParams, up: torch.Tensor) -> torch.Tensor:
     """Quantize with given rounding decisions: ``floor(x / s) + up`` with ``up`` in [0, 1] (AdaRound, Nagel et al. 2020).
     With ``up`` = 1 exactly where the fractional part is > 0.5 this equals round-to-nearest (ties aside)."""

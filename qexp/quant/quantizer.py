@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .affine import GRIDS, QParams, check_bits, fake_quantize, fake_quantize_rounded, qparams
+from .affine import (GRIDS, QParams, check_bits, fake_quantize, fake_quantize_inplace, fake_quantize_rounded,
+                     qparams)
 from .estimators import CalibrationError, make_estimator
 from .granularity import Granularity, GranularityError, PerTensor, make_granularity, range_permutation
 
@@ -194,6 +195,10 @@ class Quantizer(nn.Module):
                 raise ValueError(f"quantizer {self.name!r}: AdaRound decisions of shape {tuple(self.rounding.shape)} "
                                  f"do not fit the weight's shape {tuple(x.shape)}")
             return fake_quantize_rounded(x, p, self.rounding).to(x.dtype)
+        if not torch.is_grad_enabled() or not (x.requires_grad or p.scale.requires_grad):
+            # inference (evaluation, calibration passes): the same values without the autograd path
+            zero = self.spec.symmetric and p.q_min < 0   # a signed symmetric grid: zero point 0
+            return fake_quantize_inplace(x, p, zero_point_is_zero=zero).to(x.dtype)
         return fake_quantize(x, p).to(x.dtype)
 
     def extra_repr(self) -> str:

@@ -121,3 +121,30 @@ def test_zeroquant_recipes_use_the_authors_grid_and_qexp_grid_is_an_option():
     assert rid_ds != rid_own
     with pytest.raises(ValueError, match="grid='int4' is not a quantization grid"):
         specs("recipe.quant.grid=int4")
+
+
+@pytest.mark.parametrize("grid", ["qexp", "deepspeed"])
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("granularity", ["per_tensor", "per_token", "per_channel"])
+@pytest.mark.parametrize("bits", [4, 8])
+def test_the_inference_fast_path_gives_the_training_path_values(grid, symmetric, granularity, bits):
+    """Issue 14 (speed): under no_grad the quantizer takes the in-place path; its values equal the autograd path's
+    exactly (the codes included), for every grid, granularity and sign mix."""
+    from qexp.quant.affine import quantize_int
+
+    g = torch.Generator().manual_seed(bits)
+    x = torch.randn(6, 5, 32, generator=g) * torch.tensor([1.0, 3.0, 0.1, 1.0, 2.0]).reshape(1, 5, 1)
+    x[1] = x[1].abs()                                        # a non-negative token row: mixed signs per token
+    spec = QuantSpec(bits=bits, symmetric=symmetric, granularity=granularity, grid=grid)
+    q = Quantizer("t", spec)
+    q.set_state("estimating")
+    q(x)
+    q.compute_encodings()
+    q.set_state("fixed")
+    xg = x.clone().requires_grad_(True)
+    slow = q(xg)
+    with torch.no_grad():
+        fast = q(x)
+    assert torch.equal(fast, slow.detach())
+    p = q.grid(x)
+    assert torch.equal(quantize_int(fast, p), quantize_int(slow.detach(), p))
