@@ -25,9 +25,13 @@ def enabled(recipe, key: str) -> bool:
 
 
 def effective_calibration(cfg):
-    """The calibration group, with a QAT recipe's own range initialisation on top (``recipe.qat.init_calibration``;
-    the authors' QAT README initialises from 16 padded sequences, not from the per-task PTQ winners)."""
+    """The calibration group, with a recipe's own calibration on top (``recipe.calibration``: the MP/PEG recipes use
+    Section 5's current min-max of one sequence for the activations, the group's weight estimator), then a QAT
+    recipe's range initialisation (``recipe.qat.init_calibration``; the authors' QAT README initialises from 16 padded
+    sequences, not from the per-task PTQ winners)."""
     cal = cfg.calibration
+    if cfg.recipe.get("calibration"):   # a recipe's own calibration (Bondarenko et al. 2021 Sec. 5: MP/PEG recipes)
+        cal = OmegaConf.merge(cal, cfg.recipe.calibration)
     if enabled(cfg.recipe, "qat") and cfg.recipe.qat.get("init_calibration"):
         cal = OmegaConf.merge(cal, cfg.recipe.qat.init_calibration)
     for key in ("batch_size", "num_batches"):
