@@ -192,3 +192,46 @@ def test_kwon_runs_record_the_training_loss_and_metric(tmp_path, rte):
     t = rec["train_objective"]
     assert t["n"] == 16 and t["metric_name"] == "accuracy" and 0 <= t["metric"] <= 100 and t["loss"] > 0
     assert "train_objective" not in run_cfg(tmp_path, *rte, "+recipe=w8a8_ptq")
+
+
+def test_objectives_against_references(tmp_path, rte, wikitext_like, monkeypatch):
+    """The GLUE objective equals NumPy's mean cross-entropy and accuracy on the logits it saw; the language-model
+    objective equals the perplexity module's batched evaluation of the same windows."""
+    import numpy as np
+    import torch
+
+    from qexp.kinds import glue
+    from qexp.kinds.lm import LanguageModelKind
+    from qexp.tasks import perplexity
+
+    calls = []
+    real_predict = glue.predict
+    monkeypatch.setattr(glue, "predict", lambda m, b, d: calls.append(real_predict(m, b, d)) or calls[-1])
+    real_objective = glue.Glue.objective
+    outs = []
+    monkeypatch.setattr(glue.Glue, "objective", lambda self, m, d: outs.append(real_objective(self, m, d)) or outs[-1])
+    run_cfg(tmp_path, *rte, "+recipe=pwq_uniform")
+    logits, labels = calls[-2]            # the objective's predict (the last call is the evaluation)
+    lg = logits.astype(np.float64)
+    m = lg.max(1, keepdims=True)
+    logz = (m + np.log(np.exp(lg - m).sum(1, keepdims=True)))[:, 0]
+    ce = float(np.mean(logz - lg[np.arange(len(labels)), labels]))
+    assert outs[-1]["loss"] == pytest.approx(ce, rel=1e-6)
+    assert outs[-1]["metric"] == pytest.approx(100 * float(np.mean(lg.argmax(1) == labels)))
+
+    lm_outs, seen = [], {}
+    real_lm = LanguageModelKind.objective
+
+    def lm_spy(self, model, data):
+        seen["model"], seen["data"] = model, data
+        lm_outs.append(real_lm(self, model, data))
+        return lm_outs[-1]
+
+    monkeypatch.setattr(LanguageModelKind, "objective", lm_spy)
+    run_cfg(tmp_path, "model=tiny_gpt2", "task=wikitext2", f"task.data_dir={wikitext_like}", "+recipe=pwq_uniform",
+            "recipe.train_objective.samples=4")
+    data = seen["data"]
+    ids = data.reshape(1, -1)             # the windows back to back: the batched evaluation scores the same tokens
+    ref = perplexity.evaluate_batched(seen["model"], ids, data.shape[1], "cpu", batch_size=8)
+    assert lm_outs[-1]["loss"] == pytest.approx(ref["nll"], rel=1e-5) and lm_outs[-1]["n"] == 4
+    assert torch.is_tensor(data)
