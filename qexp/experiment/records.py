@@ -17,12 +17,39 @@ SCHEMA = 1
 OPERATIONAL_KEYS = ("force", "results_dir", "cache_dir", "progress", "device")
 
 
+# the config keys that name data a run reads: the run id hashes their content, not their path (issue 14 #1)
+DATA_PATHS = (("task", "data_dir"), ("task", "heldout", "*", "data_dir"), ("task", "downstream", "data_dir"),
+              ("task", "calibration_source"), ("recipe", "lkd", "text_file"), ("recipe", "bcq", "params_from"))
+
+
+def _with_content(node, keys: tuple):
+    """``node`` with the value at ``keys`` ("*": every entry) replaced by its content fingerprint, where it exists."""
+    from ..common.fingerprint import fingerprint
+
+    if not isinstance(node, dict):
+        return node
+    head, rest = keys[0], keys[1:]
+    names = list(node) if head == "*" else [head] if head in node else []
+    out = dict(node)
+    for name in names:
+        if rest:
+            out[name] = _with_content(node[name], rest)
+        elif isinstance(node[name], str) and node[name]:
+            fp = fingerprint(node[name])
+            if fp is not None:
+                out[name] = {"content": fp}
+    return out
+
+
 def identity(cfg: dict) -> dict:
     """The keys that define a run.  ``inference.backend=fake`` (the default, fake quantization) is left out, so the
-    records written before the integer backends existed keep their ids; an integer backend is part of the identity."""
+    records written before the integer backends existed keep their ids; an integer backend is part of the identity.
+    Data paths count by their content (:data:`DATA_PATHS`): the record keeps the path, the id does not depend on it."""
     out = {k: v for k, v in cfg.items() if k not in OPERATIONAL_KEYS}
     if (out.get("inference") or {}).get("backend", "fake") == "fake":
         out.pop("inference", None)
+    for keys in DATA_PATHS:
+        out = _with_content(out, keys)
     return out
 
 

@@ -25,9 +25,20 @@ def data_source(task) -> str:
     return f"tsv:{task.data_dir}" if task.data_dir else f"hub:{task.hub.path}/{task.hub.name}"
 
 
+def training_data(task) -> str:
+    """What the fine-tuning data *is*, for its cache key: the training file's content hash (issue 14 #1: a file edited
+    in place is a new checkpoint; the same file found elsewhere is the same one), or the hub dataset's name."""
+    if not task.data_dir:
+        return data_source(task)
+    from ..common.fingerprint import fingerprint
+
+    path = Path(task.data_dir) / task.tsv.get("train", "train.tsv")
+    return f"tsv:{task.tsv.get('train', 'train.tsv')}@{fingerprint(path) or 'missing'}"
+
+
 def finetune_folder(cfg, model_identity: str) -> Path:
     """The fine-tuning cache folder of (model, task data, seed, hyper-parameters)."""
-    key = cache_key(model_identity, cfg.task, data_source(cfg.task), int(cfg.seed))
+    key = cache_key(model_identity, cfg.task, training_data(cfg.task), int(cfg.seed))
     return cache_dir_for(Path(cfg.cache_dir), cfg.model.name, key)
 
 
