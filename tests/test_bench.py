@@ -144,7 +144,7 @@ def test_bench_gemm_and_layer_on_a_gpu(tmp_path):
 
 def test_bench_fakequant_reports_ratios_side_by_side(tmp_path):
     """The benchmark's shape (ratios in one run; the numbers themselves come from `qexp bench fakequant`)."""
-    from qexp.experiment.bench_fakequant import bench_fakequant
+    from qexp.integer.bench_fakequant import bench_fakequant
 
     res = bench_fakequant("tiny_bert", "w8a8_ptq", batch=2, seq=8, repeats=1, inner=1, site_elements=4096)
     rows = {r["forward"]: r for r in res["rows"]}

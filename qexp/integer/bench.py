@@ -373,7 +373,7 @@ def main(argv: list[str]) -> None:
     fq.add_argument("--out", default="results/bench")
     a = ap.parse_args(argv)
     if a.what == "fakequant":
-        from ..experiment.bench_fakequant import bench_fakequant
+        from .bench_fakequant import bench_fakequant
 
         res = bench_fakequant(a.model, a.recipe, a.batch, a.seq, a.repeats, threads=a.threads)
         for r in res["rows"]:
