@@ -38,7 +38,9 @@ class _WeightQuantMixin:
         w, q = self.inner.weight, self.weight_quantizer
         if q.state != "fixed" or torch.is_grad_enabled():
             return q(w)
-        key = (w._version, w.data_ptr(), id(q.x_min), id(q.rounding))
+        # the weight's version and storage, and the quantizer's generation (a new one with every range, AdaRound
+        # decision or BCQ value assigned: ids of freed tensors can be reused, a global counter cannot)
+        key = (w._version, w.data_ptr(), q.generation)
         if getattr(self, "_wq_key", None) != key:
             with torch.no_grad():
                 self._wq_cache, self._wq_key = q(w), key

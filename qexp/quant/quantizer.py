@@ -11,6 +11,7 @@ the current tensor in every forward; while estimating or measuring they pass thr
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -23,6 +24,7 @@ from .estimators import CalibrationError, make_estimator
 from .granularity import Granularity, GranularityError, PerTensor, make_granularity, range_permutation
 
 STATES = ("off", "estimating", "measuring", "fixed", "learned")
+_GENERATIONS = itertools.count()
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,14 @@ class Quantizer(nn.Module):
         self.register_buffer("rounding", None)  # AdaRound's learned up/down decisions (0/1), weights only
         self.register_buffer("values", None)    # a non-uniform quantizer's dequantized weight (BCQ), weights only
         self._dim_min = self._dim_max = None
+
+    # what a cached quantized weight depends on: any assignment to these bumps ``generation`` (modules.QLinear's cache)
+    _CACHE_INPUTS = frozenset({"values", "x_min", "x_max", "rounding", "perm", "state", "spec"})
+
+    def __setattr__(self, name: str, value) -> None:
+        super().__setattr__(name, value)
+        if name in Quantizer._CACHE_INPUTS:
+            object.__setattr__(self, "generation", next(_GENERATIONS))   # unique across every quantizer
 
     # -- state ------------------------------------------------------------------------------------------------
     def set_state(self, state: str) -> None:

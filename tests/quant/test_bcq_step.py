@@ -81,3 +81,25 @@ def test_the_16_manual_sets_are_one_sweep(tmp_path):
                                                                  for r in rec["bcq"]["layers"])
     with pytest.raises(BCQError, match=r"recipe.bcq.set=17 is not one of the manual sets; valid: 1, 2, .*16"):
         run_cfg(tmp_path, "+recipe=pwq_manual", "recipe.bcq.set=17")
+
+
+def test_new_bcq_values_reach_a_forward_that_already_cached_the_weight():
+    """The bug that froze every BCQ search: QLinear's cached quantized weight (used under no_grad while the quantizer is
+    fixed) was keyed on the weight and the range, not on the BCQ values, so values set after a first evaluation were
+    never used."""
+    from qexp.quant.modules import QLinear
+    from qexp.quant.quantizer import QuantSpec
+
+    lin = QLinear(torch.nn.Linear(8, 4), "l")
+    lin.weight_quantizer.spec = QuantSpec(bits=3)
+    lin.weight_quantizer.values = torch.zeros(4, 8)
+    lin.weight_quantizer.state = "fixed"
+    x = torch.randn(2, 8)
+    with torch.no_grad():
+        first = lin(x)
+        lin.weight_quantizer.values = torch.ones(4, 8)
+        second = lin(x)
+        assert torch.allclose(first, lin.inner.bias.expand(2, 4))
+        assert torch.allclose(second, x.sum(1, keepdim=True) + lin.inner.bias)
+        lin.weight_quantizer.values = BCQ(3, 15).quantize(lin.inner.weight.detach())[0]
+        assert torch.allclose(lin(x), x @ lin.weight_quantizer.values.t() + lin.inner.bias)
