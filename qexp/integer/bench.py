@@ -377,10 +377,11 @@ def main(argv: list[str]) -> None:
 
         res = bench_fakequant(a.model, a.recipe, a.batch, a.seq, a.repeats, threads=a.threads)
         for r in res["rows"]:
-            print(f"{r['forward']:10s} {r['ms']:8.2f} ms  x{r['vs_qexp_fp32']:.3f} vs qexp fp32  "
+            print(f"{r['forward']:24s} {r['ms']:8.2f} ms  x{r['vs_qexp_fp32']:.3f} vs qexp fp32  "
                   f"x{r['vs_hf_fp32']:.3f} vs HF fp32")
         s = res["site"]
-        print(f"one site, {s['elements']} elements: ours {s['ms']['qexp_quantizer']:.2f} ms, torch fused "
+        print(f"one site, {s['elements']} elements: ours {s['ms']['qexp_quantizer']:.2f} ms (autograd path "
+              f"{s['ms']['qexp_quantizer_autograd_path']:.2f} ms), torch fused "
               f"{s['ms']['torch_fused']:.2f} ms (x{s['vs_torch_fused']:.2f}); W8A8 logits rel. error "
               f"{res['w8a8_logit_rel_error']:.4f}")
         print(f"wrote {write_record(res, Path(a.out), 'cpu')}")

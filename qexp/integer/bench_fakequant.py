@@ -1,7 +1,8 @@
 """``qexp bench fakequant``: what fake quantization costs at inference, measured side by side in one run.
 
-1. The model: a W8A8 fake-quantized forward (recipe ``w8a8_ptq``, ranges calibrated on two batches) against qexp's own
-   FP32 forward (the same wrapper, every quantizer off) and HF's forward, on 16 x 128 tokens of MiniLM-L6 (offline), the
+1. The model: a W8A8 fake-quantized forward (recipe ``w8a8_ptq``, ranges calibrated on two batches) -- by the in-place
+   inference path and by the autograd-style path every forward took before it -- against qexp's own FP32 forward (the
+   same wrapper, every quantizer off) and HF's forward, on 16 x 128 tokens of MiniLM-L6 (offline), the
    three taking turns round by round (:func:`qexp.common.timing.time_cpu_interleaved`), under ``torch.no_grad``.
    Issue 14's target: W8A8 at most 1.3x the FP32 forward.
 2. One site: a fixed-range 8-bit asymmetric per-tensor quantizer on a 3M-element tensor against torch's fused
@@ -78,6 +79,15 @@ def bench_fakequant(model: str = "minilm_l6", recipe: str = "w8a8_ptq", batch: i
         _set_quant(wrapper, True, saved)
         wrapper(**inputs)
 
+    @torch.no_grad()
+    def qexp_w8a8_autograd_path(_i):   # the path every forward took before the in-place one (same values)
+        _set_quant(wrapper, True, saved)
+        Quantizer.fast_inference = False
+        try:
+            wrapper(**inputs)
+        finally:
+            Quantizer.fast_inference = True
+
     _set_quant(wrapper, False, saved)   # remember every quantizer's calibrated state
     _set_quant(wrapper, True, saved)
     with torch.no_grad():
@@ -85,8 +95,8 @@ def bench_fakequant(model: str = "minilm_l6", recipe: str = "w8a8_ptq", batch: i
         ref = wrapper(**inputs).logits
         _set_quant(wrapper, True, saved)
         quant = wrapper(**inputs).logits
-    ms = time_cpu_interleaved({"hf_fp32": hf_fp32, "qexp_fp32": qexp_fp32, "qexp_w8a8": qexp_w8a8}, repeats, inner,
-                              warmup=2)
+    ms = time_cpu_interleaved({"hf_fp32": hf_fp32, "qexp_fp32": qexp_fp32, "qexp_w8a8": qexp_w8a8,
+                               "qexp_w8a8_autograd_path": qexp_w8a8_autograd_path}, repeats, inner, warmup=2)
 
     x = torch.randn(site_elements, generator=torch.Generator().manual_seed(1))
     q = Quantizer("bench.site", QuantSpec(bits=8, symmetric=False))
@@ -102,10 +112,19 @@ def bench_fakequant(model: str = "minilm_l6", recipe: str = "w8a8_ptq", batch: i
         q(x)
 
     @torch.no_grad()
+    def ours_autograd_path(_i):
+        Quantizer.fast_inference = False
+        try:
+            q(x)
+        finally:
+            Quantizer.fast_inference = True
+
+    @torch.no_grad()
     def fused(_i):
         torch.fake_quantize_per_tensor_affine(x, scale, zp, p.q_min, p.q_max)
 
-    site = time_cpu_interleaved({"qexp_quantizer": ours, "torch_fused": fused}, repeats, 4, warmup=2)
+    site = time_cpu_interleaved({"qexp_quantizer": ours, "qexp_quantizer_autograd_path": ours_autograd_path,
+                                 "torch_fused": fused}, repeats, 4, warmup=2)
     with torch.no_grad():
         codes_differ = int((q(x) != torch.fake_quantize_per_tensor_affine(x, scale, zp, p.q_min, p.q_max)).sum())
     return {"kind": "fakequant", "model": model, "recipe": recipe, "batch": batch, "seq": seq, "repeats": repeats,

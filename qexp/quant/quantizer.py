@@ -75,6 +75,7 @@ class QuantSpec:
 
 class Quantizer(nn.Module):
     kind = "activation"      # "activation" (calibrated from data) or "weight" (from itself)
+    fast_inference = True    # the in-place no-grad path (qexp bench fakequant turns it off to time the old path)
     group = "activations"    # the default spec it takes from a quant config (sites.GROUPS)
 
     def __init__(self, name: str, spec: QuantSpec):
@@ -205,7 +206,7 @@ class Quantizer(nn.Module):
                 raise ValueError(f"quantizer {self.name!r}: AdaRound decisions of shape {tuple(self.rounding.shape)} "
                                  f"do not fit the weight's shape {tuple(x.shape)}")
             return fake_quantize_rounded(x, p, self.rounding).to(x.dtype)
-        if not torch.is_grad_enabled() or not (x.requires_grad or p.scale.requires_grad):
+        if Quantizer.fast_inference and not (torch.is_grad_enabled() and (x.requires_grad or p.scale.requires_grad)):
             # inference (evaluation, calibration passes): the same values without the autograd path
             zero = self.spec.symmetric and p.q_min < 0   # a signed symmetric grid: zero point 0
             return fake_quantize_inplace(x, p, zero_point_is_zero=zero).to(x.dtype)
