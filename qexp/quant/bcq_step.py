@@ -18,13 +18,15 @@ from torch import nn
 
 from .bcq import BCQ, BCQError, Importance
 
-KEYS = ("enabled", "rounds", "E", "C", "P", "group_size", "solver", "layers",
+SCHEMES = ("bcq", "uniform_minmax", "uniform_weighted_mse")
+KEYS = ("enabled", "scheme", "rounds", "E", "C", "P", "group_size", "solver", "layers",
         "set", "manual_sets",   # pwq_manual: which of Table 5's sets gave E, C, P (for the record)
         "search", "params_from")  # read by the search step (qexp.experiment.bcq_search)
 
 
 @dataclass(frozen=True)
 class BCQConfig:
+    scheme: str = "bcq"      # bcq | uniform_minmax | uniform_weighted_mse (the uniform baseline, .uniform_rows)
     rounds: int = 15
     E: float = 0.0
     C: float = 1.0
@@ -48,6 +50,8 @@ class BCQConfig:
             layers = cfg["layers"]
             cfg["layers"] = (layers,) if isinstance(layers, str) else tuple(layers)
         out = cls(**{f.name: cfg[f.name] for f in fields(cls) if f.name in cfg})
+        if out.scheme not in SCHEMES:
+            raise BCQError(f"recipe.bcq.scheme={out.scheme!r}; valid: {', '.join(SCHEMES)}")
         out.quantizer(bits)   # every value checked now, before anything loads
         return out
 
@@ -55,7 +59,14 @@ class BCQConfig:
     def importance(self) -> Importance:
         return Importance(float(self.E), float(self.C), float(self.P))
 
-    def quantizer(self, bits: int, importance: Importance | None = None) -> BCQ:
+    def quantizer(self, bits: int, importance: Importance | None = None):
+        """The weight quantizer of this scheme: :class:`BCQ`, or the uniform baseline's :class:`UniformRows`."""
+        if self.scheme.startswith("uniform_"):
+            from .uniform_rows import UniformRows
+
+            BCQ(int(bits), int(self.rounds), self.group_size, importance or self.importance, self.solver)  # checks
+            return UniformRows(int(bits), self.scheme.removeprefix("uniform_"), self.group_size,
+                               importance or self.importance)
         return BCQ(int(bits), int(self.rounds), self.group_size, importance or self.importance, self.solver)
 
 
@@ -80,12 +91,16 @@ def quantize_layer(name: str, m: nn.Module, cfg: BCQConfig, importance: Importan
     t0 = time.perf_counter()
     w = m.inner.weight.detach().float()
     bcq = cfg.quantizer(q.spec.bits, importance)
-    w_hat, alpha, _ = bcq.quantize(w)
+    if isinstance(bcq, BCQ):
+        w_hat, alpha, _ = bcq.quantize(w)
+        method, avg_alpha = bcq.method, float(alpha.mean())
+    else:   # the uniform baseline: no scaling factors alpha
+        w_hat, method, avg_alpha = bcq.quantize(w), cfg.scheme, None
     imp, _ = bcq.importance.weights(w)
     q.values = w_hat.to(m.inner.weight.dtype)
-    return {"layer": name, "bits": q.spec.bits, "method": bcq.method, "E": bcq.importance.E, "C": bcq.importance.C,
+    return {"layer": name, "bits": q.spec.bits, "method": method, "E": bcq.importance.E, "C": bcq.importance.C,
             "P": bcq.importance.P, "weighted_error": float((imp * (w - w_hat) ** 2).sum()),
-            "mse": float(((w - w_hat) ** 2).mean()), "avg_alpha": float(alpha.mean()),
+            "mse": float(((w - w_hat) ** 2).mean()), "avg_alpha": avg_alpha,
             "pruned": float((imp == 0).float().mean()), "seconds": round(time.perf_counter() - t0, 4)}
 
 

@@ -29,6 +29,10 @@ def is_kwon(record: dict) -> bool:
 def _method(bcq_cfg: dict | None, rounds) -> str:
     if not bcq_cfg or not bcq_cfg.get("enabled", True):
         return "uniform"
+    scheme = bcq_cfg.get("scheme", "bcq")
+    if scheme != "bcq":
+        return {"uniform_minmax": "uniform (per-row step)", "uniform_weighted_mse": "uniform (MSE step)"}.get(scheme,
+                                                                                                           scheme)
     return {0: "greedy", 1: "refined greedy"}.get(int(rounds), "alternating")
 
 
@@ -56,7 +60,8 @@ def frame(records: list[dict]) -> pd.DataFrame:
             "direction": search.get("direction"),
             "score": r.get("score"), "train_loss": tobj.get("loss"), "train_metric": tobj.get("metric"),
             "mse": tobj.get("weight_mse", sum(x["mse"] for x in layers) / len(layers) if layers else None),
-            "avg_alpha": sum(x["avg_alpha"] for x in layers) / len(layers) if layers else None,
+            "avg_alpha": (sum(a) / len(a)) if (a := [x["avg_alpha"] for x in layers
+                                                      if x.get("avg_alpha") is not None]) else None,
             "bcq_seconds": (r.get("bcq") or {}).get("seconds"),
             "quantize_s": (search.get("seconds_per_trial") or {}).get("quantize_mean"),
             "evaluate_s": (search.get("seconds_per_trial") or {}).get("evaluate_mean"),
@@ -85,8 +90,10 @@ def table1(df: pd.DataFrame, bits: int | None) -> pd.DataFrame:
         sel = sel[sel.bits == bits]
     rows = []
     for (model, task, b, method, w), g in sel.groupby(["model", "task", "bits", "method", "weighted"]):
-        rows.append({"model": model, "task": task, "bits": b, "method": _label(method, w) if method != "uniform"
-                     else "Uniform (RTN, min-max per row)",
+        uniform = {"uniform": "Uniform (RTN, min-max per row)", "uniform (per-row step)": "Uniform (RTN, min-max per "
+                   "row; bcq step)", "uniform (MSE step)": "Uniform (RTN, MSE step; ours)"}
+        rows.append({"model": model, "task": task, "bits": b,
+                     "method": uniform[method] + (", weighted" if w else "") if method in uniform else _label(method, w),
                      **_mean(g, ["mse", "avg_alpha", "train_loss", "train_metric", "score"])})
     return pd.DataFrame(rows)
 
@@ -136,6 +143,7 @@ def table3(df: pd.DataFrame) -> pd.DataFrame:
         higher = _higher(g)
         cells = {
             "Uniform": g[g.method == "uniform"],
+            "Uniform, MSE step (ours)": g[(g.method == "uniform (MSE step)") & ~g.weighted],
             "Greedy": g[(g.method == "greedy") & ~g.weighted],
             "Alternating": g[(g.method == "alternating") & ~g.weighted],
             "Alternating + importance (best manual set)": _best_manual(g[g.method == "alternating"], higher),
@@ -149,7 +157,7 @@ def table3(df: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     wide = pd.DataFrame(parts).pivot_table(index="method", columns="column", values="score",
                                            aggfunc="mean").reset_index()
-    order = ["Uniform", "Greedy", "Alternating", "Alternating + importance (best manual set)",
+    order = ["Uniform", "Uniform, MSE step (ours)", "Greedy", "Alternating", "Alternating + importance (best manual set)",
              "Alternating + importance (model-wise BO)", "Alternating + importance (layer-wise BO, 'Ours')"]
     wide = wide.set_index("method").reindex(order).reset_index()
     for m in PAPER_MODELS:

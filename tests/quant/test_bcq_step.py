@@ -103,3 +103,19 @@ def test_new_bcq_values_reach_a_forward_that_already_cached_the_weight():
         assert torch.allclose(second, x.sum(1, keepdim=True) + lin.inner.bias)
         lin.weight_quantizer.values = BCQ(3, 15).quantize(lin.inner.weight.detach())[0]
         assert torch.allclose(lin(x), x @ lin.weight_quantizer.values.t() + lin.inner.bias)
+
+
+def test_the_uniform_baseline_runs_as_a_scheme_of_the_step(tmp_path):
+    """pwq_uniform_mse: every chosen linear's forward uses UniformRows' weighted-MSE grid; its MSE is at most the
+    min-max grid's (the fitted range includes the min-max one, k = 100)."""
+    from qexp.quant.uniform_rows import UniformRows
+
+    rec = run_cfg(tmp_path, "+recipe=pwq_uniform_mse")
+    mm = run_cfg(tmp_path, "+recipe=pwq_uniform_mse", "recipe.bcq.scheme=uniform_minmax")
+    assert {r["method"] for r in rec["bcq"]["layers"]} == {"uniform_weighted_mse"}
+    assert all(a["mse"] <= b["mse"] + 1e-12 for a, b in zip(rec["bcq"]["layers"], mm["bcq"]["layers"]))
+    assert all(r["avg_alpha"] is None for r in rec["bcq"]["layers"])
+    w = torch.randn(5, 12)
+    assert torch.equal(BCQConfig(scheme="uniform_minmax").quantizer(3).quantize(w), UniformRows(3).quantize(w))
+    with pytest.raises(BCQError, match="scheme='rtn'; valid: bcq, uniform_minmax, uniform_weighted_mse"):
+        run_cfg(tmp_path, "+recipe=pwq_uniform_mse", "recipe.bcq.scheme=rtn")

@@ -7,8 +7,8 @@ from qexp.report import kwon2021
 
 
 def rec(recipe, score, bits=3, seed=0, rounds=15, E=0.0, C=1.0, P=0.0, set_=None, search=None, group_size=None,
-        enabled=True, train=(0.5, 80.0), mse=1e-4):
-    bcq = {"enabled": enabled, "rounds": rounds, "E": E, "C": C, "P": P, "group_size": group_size}
+        enabled=True, train=(0.5, 80.0), mse=1e-4, scheme="bcq"):
+    bcq = {"enabled": enabled, "scheme": scheme, "rounds": rounds, "E": E, "C": C, "P": P, "group_size": group_size}
     if set_ is not None:
         bcq["set"] = set_
     out = {"model": "minilm_l6", "task": "mrpc", "recipe": recipe, "seed": seed, "score": score,
@@ -17,7 +17,7 @@ def rec(recipe, score, bits=3, seed=0, rounds=15, E=0.0, C=1.0, P=0.0, set_=None
                                  "bcq": bcq}},
            "train_objective": {"loss": train[0], "metric": train[1], "weight_mse": mse}}
     if enabled:
-        out["bcq"] = {"layers": [{"mse": mse, "avg_alpha": 0.02}], "seconds": 1.0}
+        out["bcq"] = {"layers": [{"mse": mse, "avg_alpha": None if scheme != "bcq" else 0.02}], "seconds": 1.0}
     if search:
         out["bcq"]["search"] = search
     return out
@@ -37,21 +37,22 @@ def records():
         rec("pwq_manual", 40.0, bits=2, E=1.0, C=0.99, set_=2),
         rec("pwq_bo_model", 76.0, search=bo),
         rec("pwq_alternating", 68.0, group_size=128),
+        rec("pwq_uniform_mse", 63.0, scheme="uniform_weighted_mse"),
         {"model": "x", "task": "y", "recipe": "w8a8_ptq", "seed": 0, "score": 1.0, "config": {"recipe": {}}},
     ]
 
 
 def test_frame_keeps_the_kwon_runs_only(records):
     df = kwon2021.frame(records)
-    assert len(df) == 10 and set(df.method) == {"uniform", "greedy", "alternating"}
+    assert len(df) == 11 and set(df.method) == {"uniform", "uniform (MSE step)", "greedy", "alternating"}
 
 
 def test_table1_means_over_seeds_and_rows_per_method(records):
     t = kwon2021.table1(kwon2021.frame(records), 3)
     uni = t[t.method.str.startswith("Uniform")].iloc[0]
     assert uni.score == pytest.approx(61.0) and uni.seeds == 2 and uni.mse == pytest.approx(1e-4)
-    assert set(t.method) == {"Uniform (RTN, min-max per row)", "Greedy, unweighted", "Alternating, unweighted",
-                             "Alternating, weighted (E = 1)"}   # no manual set, no group size, no search
+    assert set(t.method) == {"Uniform (RTN, min-max per row)", "Uniform (RTN, MSE step; ours)", "Greedy, unweighted",
+                             "Alternating, unweighted", "Alternating, weighted (E = 1)"}   # no set, group size, search
 
 
 def test_table3_takes_the_best_manual_set_by_test_score(records):
@@ -60,6 +61,7 @@ def test_table3_takes_the_best_manual_set_by_test_score(records):
     assert t.loc["Alternating + importance (best manual set)", "minilm_l6/mrpc 2-bit"] == 40.0
     assert t.loc["Alternating + importance (model-wise BO)", "minilm_l6/mrpc 3-bit"] == 76.0
     assert t.loc["Alternating", "minilm_l6/mrpc 3-bit"] == 70.0   # the group-size run is Table 7's, not here
+    assert t.loc["Uniform, MSE step (ours)", "minilm_l6/mrpc 3-bit"] == 63.0
     assert pd.isna(t.loc["Alternating + importance (layer-wise BO, 'Ours')", "minilm_l6/mrpc 3-bit"])
     assert "bert_base (paper model)" in t.columns
 
