@@ -76,20 +76,16 @@ class LanguageModelKind(TaskKind):
         return perplexity.random_windows(self.cal_ids, n, self.calibration_length(),
                                          torch.Generator().manual_seed(self.ctx.seed + 4))
 
-    @torch.no_grad()
     def objective(self, model, data) -> dict:
-        """Mean next-token cross-entropy over the windows (every token but each window's first), and its
-        perplexity."""
-        import torch.nn.functional as F
-
-        model.eval()
-        nll, count = 0.0, 0
-        for i in range(0, data.shape[0], 8):
-            x = data[i:i + 8].to(self.ctx.device)
-            logits = model(input_ids=x).logits[:, :-1].float()
-            nll += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum").item()
-            count += x[:, 1:].numel()
-        return {"loss": nll / count, "metric": perplexity.perplexity_of(nll / count), "metric_name": "perplexity",
+        """Mean next-token cross-entropy over the windows (the perplexity module's batched evaluation of the windows
+        laid end to end: every token but each window's first is scored), and its perplexity; a trial whose logits are
+        not finite scores inf instead of stopping the search."""
+        try:
+            nll = perplexity.evaluate_batched(model, data.reshape(1, -1), int(data.shape[1]), self.ctx.device,
+                                              batch_size=8)["nll"]
+        except FloatingPointError:
+            nll = float("inf")
+        return {"loss": nll, "metric": perplexity.perplexity_of(nll), "metric_name": "perplexity",
                 "higher_is_better": False, "n": int(data.shape[0])}
 
     def lkd_length(self) -> int:
