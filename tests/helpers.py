@@ -37,3 +37,22 @@ def qexp(*args, cwd=REPO, timeout=300):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.run([sys.executable, "-m", "qexp.cli", *args], capture_output=True, text=True, cwd=cwd,
                           timeout=timeout, env=env)
+
+
+def tiny_configured_decoder(recipe: str):
+    """A one-layer, 32-wide gpt2_cpu decoder wrapped and configured for ``recipe`` (quantizers off until calibrated),
+    with its composed config: what the BCQ step and search tests quantize."""
+    from omegaconf import OmegaConf
+
+    from qexp.cli import compose
+    from qexp.config.quant import effective_calibration, quant_config
+    from qexp.models import scratch
+    from qexp.models.families import family_of
+    from qexp.quant.sites import configure
+
+    cfg = compose(["task=qpt_clm", "model=gpt2_cpu", "model.architecture.num_hidden_layers=1",
+                   "model.architecture.hidden_size=32", "model.architecture.num_attention_heads=2",
+                   "model.architecture.intermediate_size=64", f"+recipe={recipe}"])
+    model = family_of(cfg.model).wrap(scratch.build(cfg.model, 64, 16, {}, seed=0))
+    configure(model, quant_config(OmegaConf.to_container(cfg.recipe, resolve=True), effective_calibration(cfg)))
+    return model, cfg

@@ -80,21 +80,13 @@ def _record(tmp_path, rec) -> str:
 
 def test_only_changed_layers_are_requantized():
     import torch
-    from omegaconf import OmegaConf
 
-    from qexp.cli import compose
-    from qexp.config.quant import effective_calibration, quant_config
-    from qexp.models import scratch
-    from qexp.models.families import family_of
     from qexp.quant.bcq import BCQ
     from qexp.quant.bcq_step import BCQConfig
-    from qexp.quant.sites import configure
 
-    cfg = compose(["task=qpt_clm", "model=gpt2_cpu", "model.architecture.num_hidden_layers=1",
-                   "model.architecture.hidden_size=32", "model.architecture.num_attention_heads=2",
-                   "model.architecture.intermediate_size=64", "+recipe=pwq_alternating"])
-    model = family_of(cfg.model).wrap(scratch.build(cfg.model, 64, 16, {}, seed=0))
-    configure(model, quant_config(OmegaConf.to_container(cfg.recipe, resolve=True), effective_calibration(cfg)))
+    from .helpers import tiny_configured_decoder
+
+    model, cfg = tiny_configured_decoder("pwq_alternating")
     state = LayerState(model, BCQConfig.from_config(dict(cfg.recipe.bcq), 3))
     base = {n: Importance() for n in state.names}
     assert state.apply(base) == 6 and state.apply(base) == 0

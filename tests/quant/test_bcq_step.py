@@ -28,20 +28,11 @@ def test_one_bit_bcq_is_sign_times_the_mean_magnitude(tmp_path):
 
 
 def test_apply_bcq_sets_the_values_the_quantizer_returns():
-    from qexp.models import scratch
-    from qexp.models.families import family_of
     from qexp.quant.modules import QLinear
-    from qexp.quant.sites import configure
 
-    cfg = compose(["task=qpt_clm", "model=gpt2_cpu", "model.architecture.num_hidden_layers=1",
-                   "model.architecture.hidden_size=32", "model.architecture.num_attention_heads=2",
-                   "model.architecture.intermediate_size=64", "+recipe=pwq_alternating"])
-    model = family_of(cfg.model).wrap(scratch.build(cfg.model, 64, 16, {}, seed=0))
-    from omegaconf import OmegaConf
+    from ..helpers import tiny_configured_decoder
 
-    from qexp.config.quant import effective_calibration, quant_config
-
-    configure(model, quant_config(OmegaConf.to_container(cfg.recipe, resolve=True), effective_calibration(cfg)))
+    model, cfg = tiny_configured_decoder("pwq_alternating")
     report = apply_bcq(model, BCQConfig.from_config(dict(cfg.recipe.bcq), 3))
     assert len(report) == 6
     lin = next(m for m in model.modules() if isinstance(m, QLinear) and m.weight_quantizer.values is not None)
