@@ -51,6 +51,7 @@ def frame(records: list[dict]) -> pd.DataFrame:
         weighted = mode != "none" or (b.get("enabled", True) and (E, C, P) != (0.0, 1.0, 0.0))
         rows.append({
             "model": r["model"], "task": r["task"], "recipe": r["recipe"], "seed": r["seed"],
+            "kind": ((r["config"].get("task") or {}).get("kind")),
             "bits": recipe["quant"]["weights"]["bits"], "method": _method(b, b.get("rounds", 15)),
             "weighted": bool(weighted), "E": E if mode == "none" else None, "C": C if mode == "none" else None,
             "P": P if mode == "none" else None, "set": b.get("set") if r["recipe"] == "pwq_manual" else None,
@@ -129,7 +130,8 @@ def _best_manual(sel: pd.DataFrame, higher: bool) -> pd.DataFrame:
 
 
 def _higher(task_rows: pd.DataFrame) -> bool:
-    return not any("perplexity" in str(t) or "wikitext" in str(t) or "ptb" in str(t) for t in task_rows.task)
+    """Whether a higher test score is better: not for perplexity."""
+    return not (task_rows.kind == "perplexity").any()
 
 
 def table3(df: pd.DataFrame) -> pd.DataFrame:
