@@ -37,6 +37,9 @@ commands:
                          training-step time of quantized pre-training recipes vs the FP step, side by side
   bench fakequant [--model minilm_l6] [--recipe w8a8_ptq] [--threads N]
                          W8A8 fake-quantized forward vs the FP32 forward (ratio), one quantizer vs torch's fused op
+  bench eval [--backend cpu_int8 ...] [--repeats 2] [--threads N] OVERRIDES
+                         one experiment's evaluation (same load and calibration as `qexp run OVERRIDES`) timed
+                         in FP32 and on each inference backend, interleaved in one process; scores compared
   bench memory [--model gpt2_cpu] [--batch 16] [--seq 128] [--device cpu|cuda]
                          training memory by component, measured vs analytic; the GPT-2 grid of Figures 14/15
 
@@ -338,6 +341,13 @@ def _main(argv: list[str] | None = None) -> None:
         _search_space(rest)
     elif cmd == "tables":
         _tables(rest)
+    elif cmd == "bench" and rest[:1] == ["eval"]:
+        from .experiment.bench_eval import main as bench_eval_main
+
+        try:
+            bench_eval_main(rest[1:])
+        except _user_errors() as e:  # IntegerBackendError and BenchEvalError are ValueErrors
+            sys.exit(f"qexp: error: {e}")
     elif cmd == "bench":
         from .integer.bench import BenchError, main as bench_main
         from .integer.kernels import KernelError

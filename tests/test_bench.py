@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from qexp.integer.bench import BenchError, bench_gemm, shapes, time_cpu
-from qexp.report.gemm import table_g8
+from qexp.report.gemm import device_label, table_g8
 from tests.helpers import qexp
 
 
@@ -54,16 +54,32 @@ def test_bench_gemm_cli_writes_a_record_and_make_tables_renders_it(tmp_path):
     from qexp.integer.cpu_int8 import available
 
     if available():
-        assert {r["impl"] for r in rows} >= {"cpu_int8", "cpu_int8+quant", "cpu_int8_single"}
+        assert {r["impl"] for r in rows} >= {"cpu_int8", "cpu_int8+quant", "cpu_int8_single", "cpu_int8_split"}
         assert rec["bench"]["cpu_int8"]["path"] and rec["bench"]["cpu_int8"]["isa"]  # which oneDNN path ran
     r = rows[0]
     assert r["tflops"] == pytest.approx(2 * r["M"] * r["K"] * r["N"] / (r["time_ms"] * 1e-3) / 1e12)
     t = table_g8(out)
     assert len(t) == 14 + 2 and t.paper_A100_int8_cutlass_ms.notna().sum() == 14
-    measured = t[t.device == f"cpu ({rec['bench']['threads']} threads)"]
+    assert rec["device"]["cpu"]["logical_cpus"] >= 1 and "isa_flags" in rec["device"]["cpu"]
+    measured = t[t.device == device_label(rec)]
+    assert t.device.dropna().str.endswith(f"({rec['bench']['threads']} threads)").all()
     assert len(measured) == 2 and measured.fp32_cpu_ms.notna().all()
     if "cpu_int8_ms" in measured:
         assert (measured.cpu_int8_speedup_vs_fp32 == measured.fp32_cpu_ms / measured.cpu_int8_ms).all()
+
+
+def test_cpu_rows_name_the_cpu_so_two_machines_never_share_a_row():
+    """A VNNI CPU runs the exact INT8 GEMM once, one without VNNI twice: their timings must be different rows, also
+    for records written before the CPU was recorded (then the INT8 backend's ISA and path name it)."""
+    old = {"device": {"type": "cpu", "gpu": None},
+           "bench": {"threads": 2, "cpu_int8": {"isa": "AVX2", "path": "split-u7 (two exact GEMMs)"}}}
+    new = {"device": {"type": "cpu", "gpu": None, "cpu": {"model": "x", "isa_flags": ["avx2", "avx512f", "avx512_vnni"]}},
+           "bench": {"threads": 1, "cpu_int8": {"isa": "AVX512", "path": "single"}}}
+    bare = {"device": {"type": "cpu", "gpu": None}, "bench": {"threads": 1}}
+    gpu = {"device": {"type": "cuda", "gpu": "NVIDIA H200"}, "bench": {}}
+    assert device_label(old) == "cpu AVX2, no VNNI (2 threads)"
+    assert device_label(new) == "cpu AVX512, VNNI (1 threads)"
+    assert device_label(bare) == "cpu (1 threads)" and device_label(gpu) == "NVIDIA H200"
 
 
 def test_table_g8_layout_with_a_gpu_record(tmp_path):
@@ -105,7 +121,7 @@ def test_bench_errors_are_clear(tmp_path):
 
     from qexp.integer.cpu_int8 import available
 
-    valid = ["fp32_cpu", *(["cpu_int8", "cpu_int8+quant", "cpu_int8_single"] if available() else []),
+    valid = ["fp32_cpu", *(["cpu_int8", "cpu_int8+quant", "cpu_int8_single", "cpu_int8_split"] if available() else []),
              "int_reference_cpu"]
     with pytest.raises(BenchError, match=re.escape(f"implementation(s) ['ours'] are not available here; valid on this "
                                                    f"machine: {valid}")):

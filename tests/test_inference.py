@@ -120,6 +120,11 @@ I_SPECS = {
     "per_token_asym": QuantSpec(bits=8, symmetric=False, granularity=PerToken()),
     "static_sym": QuantSpec(bits=8, symmetric=True, granularity=PerTensor(), estimator="running_minmax"),
     "static_asym": QuantSpec(bits=8, symmetric=False, granularity=PerTensor(), estimator="running_minmax"),
+    # the ZeroQuant authors' grid (the zq_* recipes' default): cpu_int8 once quantized these on qexp's grid
+    "per_token_sym_ds": QuantSpec(bits=8, symmetric=True, granularity=PerToken(), grid="deepspeed"),
+    "per_token_asym_ds": QuantSpec(bits=8, symmetric=False, granularity=PerToken(), grid="deepspeed"),
+    "static_sym_ds": QuantSpec(bits=8, symmetric=True, granularity=PerTensor(), estimator="running_minmax",
+                               grid="deepspeed"),
 }
 
 

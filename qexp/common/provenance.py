@@ -60,10 +60,30 @@ def versions() -> dict:
     return out
 
 
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")  # the ones INT8 speed depends on
+
+
+def cpu_info() -> dict:
+    """The CPU's model name and the INT8-relevant ISA flags (Linux /proc/cpuinfo; elsewhere platform's guess): CPU
+    timings are comparable only on the same CPU, and whether an INT8 GEMM has VNNI changes them by 2x."""
+    model, flags = platform.processor() or None, None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model in (None, "", platform.machine()):
+                model = value.strip()
+            elif key.strip() == "flags" and flags is None:
+                have = set(value.split())
+                flags = [f for f in ISA_FLAGS if f in have]
+    except OSError:
+        pass
+    return {"model": model, "isa_flags": flags, "logical_cpus": os.cpu_count()}
+
+
 def device_info(device) -> dict:
     import torch
 
-    info = {"type": str(device), "torch_threads": torch.get_num_threads(), "cpu": platform.processor() or None}
+    info = {"type": str(device), "torch_threads": torch.get_num_threads(), "cpu": cpu_info()}
     if str(device).startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(device)
     return info

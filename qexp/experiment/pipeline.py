@@ -134,15 +134,8 @@ def weight_mse(model) -> float | None:
     return sum(errs) / len(errs) if errs else None
 
 
-def run(cfg: DictConfig, overrides: list[str] | None = None, cwd: Path | None = None) -> dict:
-    cfg = prepare(cfg, Path(cwd or Path.cwd()))
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    path = records.record_path(Path(cfg.results_dir), resolved)
-    if path.exists() and not cfg.force:
-        log.info("skip: a record for this config and seed exists: %s (force=true re-runs it)", path)
-        return {"skipped": True, "path": str(path)}
-
-    # validate: every check that needs no model, before anything expensive
+def validated(cfg: DictConfig, resolved: dict, cwd: Path | None = None):
+    """Every check that needs no model, before anything expensive: (context, task, post-weight steps, backend)."""
     writable(Path(cfg.results_dir), "results_dir")
     writable(Path(cfg.cache_dir), "cache_dir")
     where(Path(cwd or Path.cwd()), cfg)
@@ -161,23 +154,45 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, cwd: Path | None = 
         from ..train.qat import hyperparameters
 
         hyperparameters(cfg.recipe.qat)
+    return ctx, task, steps, backend
+
+
+def load_and_calibrate(ctx: RunContext, task, steps: PostWeightSteps, report: dict):
+    """Load (GLUE: fine-tune once, cached), then calibrate with the post-weight steps; the relative errors and the
+    steps' reports go into ``report``.  Returns the task's loaded model."""
+    from ..quant.calibrate import calibrate
+
+    with ctx.timer.stage("load"):
+        loaded = task.load()
+    model = loaded.model
+    check_quantizes_something(ctx.cfg.recipe, model)
+    with ctx.timer.stage("calibrate"):
+        batches = task.calibration_batches()
+        calibrate(model, batches, int(ctx.calibration.num_batches), progress=ctx.progress,
+                  after_weights=steps.hook(task))
+        report.update(steps.reports)
+        report.update(relative_errors(model, next(iter(batches()))))
+    return loaded
+
+
+def run(cfg: DictConfig, overrides: list[str] | None = None, cwd: Path | None = None) -> dict:
+    cfg = prepare(cfg, Path(cwd or Path.cwd()))
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    path = records.record_path(Path(cfg.results_dir), resolved)
+    if path.exists() and not cfg.force:
+        log.info("skip: a record for this config and seed exists: %s (force=true re-runs it)", path)
+        return {"skipped": True, "path": str(path)}
+
+    ctx, task, steps, backend = validated(cfg, resolved, cwd)
+    timer, rid = ctx.timer, ctx.run_id
     started, git = records.now(), records.git_state()  # the code that runs, before anything can change it
 
     from ..integer.backends import attach
-    from ..quant.calibrate import calibrate
 
     report = {}
     with timer.stage("total"):
-        with timer.stage("load"):
-            loaded = task.load()
+        loaded = load_and_calibrate(ctx, task, steps, report)
         model = loaded.model
-        check_quantizes_something(cfg.recipe, model)
-        with timer.stage("calibrate"):
-            batches = task.calibration_batches()
-            calibrate(model, batches, int(calibration.num_batches), progress=ctx.progress,
-                      after_weights=steps.hook(task))
-            report.update(steps.reports)
-            report.update(relative_errors(model, next(iter(batches()))))
         if cfg.recipe.get("train_objective") and task.searches:
             with timer.stage("train_objective"):
                 report["train_objective"] = train_objective(task, model, cfg.recipe.train_objective)

@@ -107,7 +107,8 @@ def _implementations(cuda: bool, wanted: list[str] | None):
     else:
         from .cpu_int8 import available
 
-        names = ["fp32_cpu", *(["cpu_int8", "cpu_int8+quant", "cpu_int8_single"] if available() else []),
+        names = ["fp32_cpu", *(["cpu_int8", "cpu_int8+quant", "cpu_int8_single", "cpu_int8_split"] if available()
+                               else []),
                  "int_reference_cpu"]
     if wanted:
         bad = [w for w in wanted if w not in names]
@@ -137,7 +138,7 @@ def _gemm_case(impl: str, m: int, k: int, n: int, dev: str):
                  torch.randint(-128, 128, (k, n), dtype=torch.int8, device=dev, generator=g))
                 for _ in range(_n_sets(per, True))]
         return (lambda i: torch._int_mm(*sets[i % len(sets)])), per, None
-    if impl in ("cpu_int8", "cpu_int8+quant", "cpu_int8_single"):
+    if impl in ("cpu_int8", "cpu_int8+quant", "cpu_int8_single", "cpu_int8_split"):
         return _cpu_int8_case(impl, m, k, n, g)
     kp = padded(k)
     per = m * kp + n * kp + 2 * m * n
@@ -172,15 +173,16 @@ def _cpu_int8_case(impl: str, m: int, k: int, n: int, g):
     """oneDNN INT8: the weight packed once (as an attached layer holds it); ``+quant`` also quantizes the fp32 input
     per token (ZeroQuant's activations) before the GEMM, as inference does.  ``cpu_int8_single`` times one plain u8*s8
     GEMM whatever the CPU: the speed of the INT8 instructions, and on a CPU whose probe saturates (no VNNI) NOT the
-    exact result -- it shows what exactness costs there (the backend itself never runs it on such a CPU)."""
+    exact result -- it shows what exactness costs there (the backend itself never runs it on such a CPU);
+    ``cpu_int8_split`` times the two-GEMM exact path whatever the CPU (what a CPU without VNNI pays)."""
     from ..quant.granularity import PerToken
     from ..quant.quantizer import Quantizer, QuantSpec
     from .operands import Int8Activation, Int8Weight
     from .cpu_int8 import CpuInt8Backend
 
     backend = CpuInt8Backend()
-    if impl == "cpu_int8_single":
-        backend.split = False
+    if impl in ("cpu_int8_single", "cpu_int8_split"):
+        backend.split = impl == "cpu_int8_split"
     q = Quantizer("bench.input", QuantSpec(bits=8, symmetric=True, granularity=PerToken()))
     q.set_state("fixed")
     per = m * k + n * k + 4 * m * n
@@ -191,7 +193,7 @@ def _cpu_int8_case(impl: str, m: int, k: int, n: int, g):
         a = Int8Activation(torch.randint(-128, 128, (m, k), dtype=torch.int8, generator=g), torch.rand(m) * 1e-3,
                            torch.zeros(m, dtype=torch.int32))
         sets.append((a, w, torch.randn(m, k, generator=g) if impl == "cpu_int8+quant" else None))
-    if impl in ("cpu_int8", "cpu_int8_single"):
+    if impl in ("cpu_int8", "cpu_int8_single", "cpu_int8_split"):
         return (lambda i: backend.gemm(sets[i % len(sets)][0], sets[i % len(sets)][1], None, torch.float32)), per, None
     return (lambda i: backend.gemm(backend.quantize(q, sets[i % len(sets)][2]), sets[i % len(sets)][1], None,
                                    torch.float32)), per + 4 * m * k, None
@@ -316,7 +318,8 @@ def write_record(result: dict, out_dir: Path, device: str) -> Path:
     gpu = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     stamp = provenance.now().replace(":", "").replace("+0000", "Z")
     name = f"{result['kind']}__{re.sub(r'[^A-Za-z0-9]+', '_', gpu)}__{stamp}.json"
-    rec = {"schema": BENCH_SCHEMA, "bench": result, "device": {"type": device, "gpu": gpu if device == "cuda" else None},
+    rec = {"schema": BENCH_SCHEMA, "bench": result,
+           "device": {"type": device, "gpu": gpu if device == "cuda" else None, "cpu": provenance.cpu_info()},
            "finished": provenance.now(), "git": provenance.git_state(), "versions": provenance.versions()}
     path = Path(out_dir) / name
     provenance.write_atomic(path, rec)

@@ -14,14 +14,27 @@ import pandas as pd
 REFERENCE = Path(__file__).parent / "reference"
 KEYS = ["group", "bsz", "seq", "dim"]
 IMPLS = ["fp16_cublas", "int8_cublaslt", "ours", "ours+quant", "dp4a", "fp32_cpu", "cpu_int8", "cpu_int8+quant",
-         "cpu_int8_single", "int_reference_cpu"]
+         "cpu_int8_single", "cpu_int8_split", "int_reference_cpu"]
 
 
 def device_label(rec: dict) -> str:
-    """The GPU's name, or ``cpu (N threads)``: CPU timings at different thread counts are different rows."""
-    threads = rec["bench"].get("threads")
+    """The GPU's name, or ``cpu <ISA>, VNNI|no VNNI (N threads)``: CPU timings on different CPUs or thread counts
+    are different rows (a VNNI CPU runs the exact INT8 GEMM once, one without it twice).  Records written before the
+    CPU was recorded name it through the INT8 backend's ISA and path."""
     gpu = rec["device"].get("gpu")
-    return gpu or (f"{rec['device']['type']} ({threads} threads)" if threads else rec["device"]["type"])
+    if gpu:
+        return gpu
+    threads = rec["bench"].get("threads")
+    label = rec["device"]["type"]
+    cpu, backend = rec["device"].get("cpu") or {}, rec["bench"].get("cpu_int8") or {}
+    flags = cpu.get("isa_flags")
+    vnni = (any("vnni" in f for f in flags) if flags is not None
+            else (not str(backend["path"]).startswith("split")) if backend.get("path") else None)
+    isa = backend.get("isa") or ("AVX512" if flags and "avx512f" in flags else "AVX2" if flags and "avx2" in flags
+                                 else None)
+    if isa or vnni is not None:
+        label += " " + ", ".join(x for x in (isa, None if vnni is None else "VNNI" if vnni else "no VNNI") if x)
+    return f"{label} ({threads} threads)" if threads else label
 
 
 def newest_gemm_records(bench_dir: Path) -> list[dict]:
@@ -52,7 +65,7 @@ def table_g8(bench_dir: Path) -> pd.DataFrame:
         for impl in ("ours", "ours+quant", "int8_cublaslt"):
             if f"{impl}_ms" in wide and "fp16_cublas_ms" in wide:
                 wide[f"{impl}_speedup_vs_fp16"] = wide["fp16_cublas_ms"] / wide[f"{impl}_ms"]
-        for impl in ("cpu_int8", "cpu_int8+quant", "cpu_int8_single"):
+        for impl in ("cpu_int8", "cpu_int8+quant", "cpu_int8_single", "cpu_int8_split"):
             if f"{impl}_ms" in wide and "fp32_cpu_ms" in wide:
                 wide[f"{impl}_speedup_vs_fp32"] = wide["fp32_cpu_ms"] / wide[f"{impl}_ms"]
         wide.insert(0, "device", device_label(rec))
