@@ -221,3 +221,21 @@ def test_uniform_weighted_mse_is_never_worse_than_minmax_on_its_objective():
     assert weighted_error(w, plain, ones).sum() < 0.95 * weighted_error(w, mm, ones).sum()   # measured 0.915
     with pytest.raises(BCQError, match="method='rtn'; valid: minmax, weighted_mse"):
         UniformRows(3, "rtn")
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("solver", ["exact", "cg"])
+def test_the_level_histogram_alpha_step_solves_the_same_normal_equations(bits, solver):
+    """Alternating's rounds after the first fit alpha from each level's importance and weighted sum; the normal
+    equations must be those of the explicit codes (float64, some weights pruned: importance 0)."""
+    from qexp.quant.bcq import alpha_step, alpha_step_levels, nearest_levels, sign_vectors
+
+    g = torch.Generator().manual_seed(bits)
+    w = torch.randn(7, 24, generator=g, dtype=torch.float64)
+    m = torch.rand(7, 24, generator=g, dtype=torch.float64).masked_fill(torch.rand(7, 24, generator=g) < 0.2, 0.0)
+    alpha = torch.rand(7, bits, generator=g, dtype=torch.float64).sort(1, descending=True).values
+    idx = nearest_levels(w, alpha)
+    codes = sign_vectors(bits, torch.float64)[idx] * (m != 0).unsqueeze(-1)
+    torch.testing.assert_close(alpha_step_levels(w, m, idx, alpha, solver), alpha_step(w, m, codes, alpha, solver),
+                               rtol=0, atol=1e-12)
+    assert torch.equal(sign_vectors(bits, torch.float64)[idx], nearest_codes(w, alpha))
