@@ -25,7 +25,7 @@ commands:
                          ranges and the >6-std outlier map per layer (PNG), top outlier dimensions (CSV)
   tables [--runs DIR] [--out DIR] [--show NAME]
                          rebuild every paper table as CSV (+ Markdown) from the run records
-  bench gemm [--shapes g8|extra|all|small] [--impl NAME] [--device auto|cuda|cpu]
+  bench gemm [--shapes g8|extra|all|ffn|small] [--impl NAME] [--device auto|cuda|cpu]
                          INT8 GEMM throughput (ZeroQuant Table G.8 layout): FP16 cuBLAS, INT8 cuBLASLt, our
                          CuPy kernels; on the CPU FP32 vs oneDNN INT8 (cpu_int8); writes results/bench/
                          (`make tables` -> zeroquant_tableG8.csv)

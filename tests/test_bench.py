@@ -21,7 +21,7 @@ def test_g8_shapes_are_the_papers_rows():
     # the paper's TFLOPS are 2 * M * d * d / time: the square-GEMM reading of "Matrix dim" (hand check of its rows)
     tflops = 2 * paper.bsz * paper.seq * paper.dim ** 2 / (paper.fp16_cublas_ms * 1e-3) / 1e12
     assert ((tflops - paper.fp16_cublas_tflops).abs() / paper.fp16_cublas_tflops < 1e-3).all()
-    with pytest.raises(BenchError, match="unknown shape set 'huge'; valid: g8, extra, all, small"):
+    with pytest.raises(BenchError, match="unknown shape set 'huge'; valid: g8, extra, all, ffn, small"):
         shapes("huge")
 
 
@@ -167,3 +167,27 @@ def test_bench_fakequant_reports_ratios_side_by_side(tmp_path):
     assert set(rows) == {"hf_fp32", "qexp_fp32", "qexp_w8a8", "qexp_w8a8_autograd_path"}
     assert rows["qexp_fp32"]["vs_qexp_fp32"] == 1.0
     assert 0 < res["w8a8_logit_rel_error"] < 1 and res["site"]["elements"] == 4096
+
+
+def test_a_later_record_of_other_shapes_adds_rows_and_hides_none(tmp_path):
+    """Per device, each (shape, implementation) comes from its newest record: a later ``--shapes ffn`` run adds the
+    FFN rows without hiding the earlier G.8 rows; a later run of the same shape replaces its timings."""
+    def rec(finished, rows, commit):
+        return {"schema": 1, "finished": finished, "git": {"commit": commit}, "device": {"type": "cpu", "gpu": None},
+                "bench": {"kind": "gemm", "threads": 1, "rows": rows}}
+
+    def row(group, bsz, seq, dim, ms):
+        return {"group": group, "bsz": bsz, "seq": seq, "dim": dim, "impl": "fp32_cpu", "time_ms": ms, "tflops": 1.0}
+
+    (tmp_path / "gemm__cpu__a.json").write_text(json.dumps(rec("2026-01-01T00:00:00+00:00",
+                                                               [row("BERT", 1, 128, 768, 5.0),
+                                                                row("BERT", 1, 128, 1024, 7.0)], "old")))
+    (tmp_path / "gemm__cpu__b.json").write_text(json.dumps(rec("2026-01-02T00:00:00+00:00",
+                                                               [row("BERT", 1, 128, 768, 4.0),
+                                                                row("BERT-base FFN", 64, 128, "768->3072", 9.0)],
+                                                               "new")))
+    t = table_g8(tmp_path)
+    ours = t[t.device == "cpu (1 threads)"].set_index(["group", "dim"])
+    assert ours.loc[("BERT", "768"), "fp32_cpu_ms"] == 4.0 and ours.loc[("BERT", "768"), "git_commit"] == "new"
+    assert ours.loc[("BERT", "1024"), "fp32_cpu_ms"] == 7.0 and ours.loc[("BERT", "1024"), "git_commit"] == "old"
+    assert ours.loc[("BERT-base FFN", "768->3072"), "fp32_cpu_ms"] == 9.0

@@ -41,6 +41,7 @@ G8_ROWS = ([("BERT", b, s, d) for b in (1, 64) for s in (128, 256) for d in (768
            + [("GPT", 1, s, d) for s in (1, 8, 16) for d in (4096, 6144)])
 EXTRA_ROWS = [("BERT-base FFN", 64, 128, (768, 3072)), ("BERT-base FFN", 64, 128, (3072, 768)),
               ("large", 1, 4096, 4096), ("large", 1, 8192, 8192)]
+FFN_ROWS = EXTRA_ROWS[:2]  # --shapes ffn: the BERT-base FFN linears alone (on a CPU "large" takes minutes a call)
 SMALL_ROWS = [("BERT", 1, 16, 64), ("BERT", 2, 16, 96)]  # --shapes small: a CPU smoke of the harness
 
 
@@ -52,9 +53,10 @@ class BenchError(RuntimeError):
 
 
 def shapes(which: str) -> list[dict]:
-    rows = {"g8": G8_ROWS, "extra": EXTRA_ROWS, "all": G8_ROWS + EXTRA_ROWS, "small": SMALL_ROWS}.get(which)
+    rows = {"g8": G8_ROWS, "extra": EXTRA_ROWS, "all": G8_ROWS + EXTRA_ROWS, "ffn": FFN_ROWS,
+            "small": SMALL_ROWS}.get(which)
     if rows is None:
-        raise BenchError(f"unknown shape set {which!r}; valid: g8, extra, all, small")
+        raise BenchError(f"unknown shape set {which!r}; valid: g8, extra, all, ffn, small")
     out = []
     for group, bsz, seq, d in rows:
         k, n = d if isinstance(d, tuple) else (d, d)
@@ -330,7 +332,7 @@ def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(prog="qexp bench", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="what", required=True)
     g = sub.add_parser("gemm", help="GEMM throughput, ZeroQuant Table G.8 layout")
-    g.add_argument("--shapes", default="all", help="g8 | extra | all | small")
+    g.add_argument("--shapes", default="all", help="g8 | extra | all | ffn | small")
     g.add_argument("--impl", action="append", help="repeatable; default: every implementation available here")
     g.add_argument("--repeats", type=int, default=50)
     g.add_argument("--inner", type=int, default=10)

@@ -37,23 +37,31 @@ def device_label(rec: dict) -> str:
     return f"{label} ({threads} threads)" if threads else label
 
 
-def newest_gemm_records(bench_dir: Path) -> list[dict]:
-    by_device: dict[str, dict] = {}
+def newest_rows(bench_dir: Path) -> dict[str, pd.DataFrame]:
+    """Per device label, every (shape, implementation) timing from its newest GEMM record that has it: a later run of
+    one shape set (``--shapes ffn``) adds rows and never hides another set's."""
+    frames = []
     for f in sorted(Path(bench_dir).glob("gemm__*.json")) if Path(bench_dir).exists() else []:
         rec = json.loads(f.read_text())
-        dev = device_label(rec)
-        if dev not in by_device or rec["finished"] > by_device[dev]["finished"]:
-            by_device[dev] = rec
-    return list(by_device.values())
+        rows = pd.DataFrame(rec["bench"]["rows"])
+        if rows.empty:
+            continue
+        rows["device"], rows["finished"] = device_label(rec), rec["finished"]
+        rows["git_commit"] = (rec.get("git") or {}).get("commit")
+        frames.append(rows)
+    if not frames:
+        return {}
+    every = pd.concat(frames, ignore_index=True)
+    every["dim"] = every["dim"].astype(str)
+    every = every.sort_values("finished", kind="stable").drop_duplicates(["device", *KEYS, "impl"], keep="last")
+    return {dev: g for dev, g in every.groupby("device", sort=False)}
 
 
 def table_g8(bench_dir: Path) -> pd.DataFrame:
     paper = pd.read_csv(REFERENCE / "zeroquant_tableG8.csv", dtype={"dim": str})
     paper = paper.rename(columns={c: f"paper_A100_{c}" for c in paper.columns if c not in KEYS})
     frames = []
-    for rec in newest_gemm_records(bench_dir):
-        rows = pd.DataFrame(rec["bench"]["rows"])
-        rows["dim"] = rows["dim"].astype(str)
+    for device, rows in newest_rows(bench_dir).items():
         wide = rows.pivot_table(index=KEYS, columns="impl", values=["time_ms", "tflops"], aggfunc="first")
         wide.columns = [f"{impl}_{'ms' if v == 'time_ms' else 'tflops'}" for v, impl in wide.columns]
         wide = wide.reset_index()
@@ -68,8 +76,8 @@ def table_g8(bench_dir: Path) -> pd.DataFrame:
         for impl in ("cpu_int8", "cpu_int8+quant", "cpu_int8_single", "cpu_int8_split"):
             if f"{impl}_ms" in wide and "fp32_cpu_ms" in wide:
                 wide[f"{impl}_speedup_vs_fp32"] = wide["fp32_cpu_ms"] / wide[f"{impl}_ms"]
-        wide.insert(0, "device", device_label(rec))
-        wide["git_commit"] = (rec.get("git") or {}).get("commit")
+        wide.insert(0, "device", device)
+        wide = wide.join(rows.sort_values("finished").groupby(KEYS)["git_commit"].last(), on=KEYS)
         frames.append(wide)
     ours = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["device", *KEYS])
     ours["bsz"] = ours["bsz"].astype(int) if len(ours) else ours["bsz"]
