@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Kwon et al. 2021 on a decoder: SmolLM2-135M, WikiText-2 test perplexity (the first 40 windows of 512 tokens, as the
+# ZeroQuant SmolLM2 rows), weight-only BCQ of the 210 block linears.  The search objective is the loss on windows of
+# the calibration text (WikiText-2 valid), never the test text.  SmolLM2's weights come from a Q4_1 GGUF (at most 16
+# values per block of 32): read its 4-bit rows with the README's caveat.  Resumable: rerun it (finished runs skip).
+#   scripts/kwon2021_smollm2.sh [STAGE ...]     stages: basic bo manual (default: all, in this order)
+#   basic:   uniform, Greedy, Alternating, Alternating weighted (E = 1) at 3 and 4 bits   (~3 min a run on one core)
+#   bo:      model-wise BO (30 trials) at 3 and 4 bits                                    (~30 min each)
+#   manual:  Table 5's 16 sets at 3 and 4 bits                                            (~3 min a run)
+set -euo pipefail
+data=${QEXP_SHARED_DATA:-../shared/data}
+runs=${RUNS:-results/runs}
+stages=("$@")
+[ ${#stages[@]} -eq 0 ] && stages=(basic bo manual)
+# objective and training-loss data: 16 windows of 512 tokens of the valid text (8,192 tokens; the GLUE default of 256
+# examples would be 256 windows of 2,048 tokens here, ten minutes a trial on one core)
+T=(model=smollm2_135m task=wikitext2 task.data_dir="$data/wikitext-2-raw" task.context_length=512
+   task.limit.windows=40 calibration.seq_length=512 recipe.train_objective.samples=16 recipe.bcq.search.samples=16
+   results_dir="$runs" progress=false)
+for stage in "${stages[@]}"; do
+  case $stage in
+    basic)
+      qexp run -m "${T[@]}" +recipe=pwq_uniform,pwq_greedy,pwq_alternating,pwq_alternating_weighted \
+        recipe.quant.weights.bits=3,4 ;;
+    bo)
+      for b in 3 4; do qexp run "${T[@]}" +recipe=pwq_bo_model recipe.quant.weights.bits=$b; done ;;
+    manual)
+      qexp run -m "${T[@]}" +recipe=pwq_manual recipe.bcq.set=1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16 \
+        recipe.quant.weights.bits=3,4 ;;
+    *) echo "unknown stage $stage; valid: basic bo manual" >&2; exit 2 ;;
+  esac
+done
