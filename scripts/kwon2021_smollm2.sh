@@ -15,18 +15,21 @@ stages=("$@")
 # objective and training-loss data: 16 windows of 512 tokens of the valid text (8,192 tokens; the GLUE default of 256
 # examples would be 256 windows of 2,048 tokens here, ten minutes a trial on one core)
 T=(model=smollm2_135m task=wikitext2 task.data_dir="$data/wikitext-2-raw" task.context_length=512
-   task.limit.windows=40 calibration.seq_length=512 recipe.train_objective.samples=16 recipe.bcq.search.samples=16
-   results_dir="$runs" progress=false)
+   task.limit.windows=40 calibration.seq_length=512 results_dir="$runs" progress=false)
+# recipe.* values need the recipe: one run per process (in a -m sweep over +recipe Hydra applies them to the base)
+O=(recipe.train_objective.samples=16 recipe.bcq.search.samples=16)
 for stage in "${stages[@]}"; do
   case $stage in
     basic)
-      qexp run -m "${T[@]}" +recipe=pwq_uniform,pwq_greedy,pwq_alternating,pwq_alternating_weighted \
-        recipe.quant.weights.bits=3,4 ;;
+      for b in 3 4; do for r in pwq_uniform pwq_greedy pwq_alternating pwq_alternating_weighted; do
+        qexp run "${T[@]}" +recipe=$r "${O[@]}" recipe.quant.weights.bits=$b
+      done; done ;;
     bo)
-      for b in 3 4; do qexp run "${T[@]}" +recipe=pwq_bo_model recipe.quant.weights.bits=$b; done ;;
+      for b in 3 4; do qexp run "${T[@]}" +recipe=pwq_bo_model "${O[@]}" recipe.quant.weights.bits=$b; done ;;
     manual)
-      qexp run -m "${T[@]}" +recipe=pwq_manual recipe.bcq.set=1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16 \
-        recipe.quant.weights.bits=3,4 ;;
+      for b in 3 4; do for k in $(seq 1 16); do
+        qexp run "${T[@]}" +recipe=pwq_manual "${O[@]}" recipe.bcq.set=$k recipe.quant.weights.bits=$b
+      done; done ;;
     *) echo "unknown stage $stage; valid: basic bo manual" >&2; exit 2 ;;
   esac
 done
