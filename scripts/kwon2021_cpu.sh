@@ -38,7 +38,9 @@ for stage in "${stages[@]}"; do
       groups)
         qexp run -m "${T[@]}" +recipe=pwq_alternating recipe.bcq.group_size=32,64,128 ;;
       objective)
-        qexp run -m "${T[@]}" +recipe=pwq_bo_model,pwq_bo_layer recipe.bcq.search.objective=metric ;;
+        # one run per recipe: in a -m sweep over +recipe, Hydra applies a single-valued recipe.* override to the
+        # base config, which has no recipe ("Key 'recipe' is not in struct")
+        for r in pwq_bo_model pwq_bo_layer; do qexp run "${T[@]}" +recipe=$r recipe.bcq.search.objective=metric; done ;;
       *) echo "unknown stage $stage; valid: basic manual bo bits groups objective" >&2; exit 2 ;;
     esac
   done
