@@ -25,15 +25,18 @@ def device_label(rec: dict) -> str:
     if gpu:
         return gpu
     threads = rec["bench"].get("threads")
-    label = rec["device"]["type"]
-    cpu, backend = rec["device"].get("cpu") or {}, rec["bench"].get("cpu_int8") or {}
-    flags = cpu.get("isa_flags")
-    vnni = (any("vnni" in f for f in flags) if flags is not None
-            else (not str(backend["path"]).startswith("split")) if backend.get("path") else None)
-    isa = backend.get("isa") or ("AVX512" if flags and "avx512f" in flags else "AVX2" if flags and "avx2" in flags
-                                 else None)
-    if isa or vnni is not None:
-        label += " " + ", ".join(x for x in (isa, None if vnni is None else "VNNI" if vnni else "no VNNI") if x)
+    flags = (rec["device"].get("cpu") or {}).get("isa_flags")
+    backend = rec["bench"].get("cpu_int8") or {}
+    if flags is not None:
+        vnni = any("vnni" in f for f in flags)
+    elif backend.get("path"):  # an older record: the backend's probe says it (the split path means no VNNI)
+        vnni = not str(backend["path"]).startswith("split")
+    else:
+        vnni = None
+    isa = backend.get("isa") or next((n for f, n in (("avx512f", "AVX512"), ("avx2", "AVX2")) if f in (flags or [])),
+                                     None)
+    parts = [p for p in (isa, {True: "VNNI", False: "no VNNI"}.get(vnni)) if p]
+    label = rec["device"]["type"] + (" " + ", ".join(parts) if parts else "")
     return f"{label} ({threads} threads)" if threads else label
 
 
