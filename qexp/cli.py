@@ -99,12 +99,14 @@ def _run(argv: list[str]) -> None:
         except Exception as e:  # noqa: BLE001 - anything else a job raises is that job's failure, not the sweep's
             _record_failure(cfg, overrides, f"{type(e).__name__}: {e}")
 
-    from .config.compose import UnknownKeyError, check_group_choices
+    from .config.compose import UnknownKeyError, check_group_choices, sweep_safe
 
     try:
         check_group_choices([a for a in argv if not a.startswith("-")])
     except UnknownKeyError as e:
         sys.exit(f"qexp: error: {e}")
+    if "-m" in argv or "--multirun" in argv:
+        argv = sweep_safe(argv)
     sys.argv = [f"{Path(sys.argv[0]).name} run", *argv]
     import tempfile
 

@@ -3,7 +3,8 @@
 # weight-only binary-coding quantization of its 36 linear layers.  Resumable: rerun it (finished runs are skipped;
 # an interrupted BO search resumes from its Optuna journal).  Order: most informative first.
 #   scripts/kwon2021_cpu.sh [STAGE ...]     stages: basic manual bo bits groups objective (default: all, in order)
-#   basic:     Tables 1/3/15: uniform, Greedy, Alternating, unweighted and E = 1, at 2/3/4 bits   (~30 s a run)
+#   basic:     Tables 1/3/15: uniform (min-max and MSE step), Greedy, Alternating, unweighted and E = 1, at 2/3/4
+#              bits (~30 s a run)
 #   manual:    Tables 2/5: the 16 manual sets at 3 bits                                          (~30 s a run)
 #   bo:        Tables 3/8/9: model-wise (30 trials) and layer-wise (60 trials) BO at 3 bits      (~10/20 min)
 #   bits:      the manual sets and both searches at 2 and 4 bits (Tables 6/16, Table 3's other columns)
@@ -21,7 +22,7 @@ for stage in "${stages[@]}"; do
     T=(model=minilm_l6 task=$task task.data_dir="$data/glue/$dir" results_dir="$runs" progress=false)
     case $stage in
       basic)
-        qexp run -m "${T[@]}" +recipe=pwq_uniform,pwq_greedy,pwq_alternating,pwq_alternating_weighted \
+        qexp run -m "${T[@]}" +recipe=pwq_uniform,pwq_uniform_mse,pwq_greedy,pwq_alternating,pwq_alternating_weighted \
           recipe.quant.weights.bits=3,2,4
         qexp run -m "${T[@]}" +recipe=pwq_greedy recipe.bcq.E=1.0 recipe.quant.weights.bits=3,2,4 ;;
       manual)
@@ -38,9 +39,7 @@ for stage in "${stages[@]}"; do
       groups)
         qexp run -m "${T[@]}" +recipe=pwq_alternating recipe.bcq.group_size=32,64,128 ;;
       objective)
-        # one run per recipe: in a -m sweep over +recipe, Hydra applies a single-valued recipe.* override to the
-        # base config, which has no recipe ("Key 'recipe' is not in struct")
-        for r in pwq_bo_model pwq_bo_layer; do qexp run "${T[@]}" +recipe=$r recipe.bcq.search.objective=metric; done ;;
+        qexp run -m "${T[@]}" +recipe=pwq_bo_model,pwq_bo_layer recipe.bcq.search.objective=metric ;;
       *) echo "unknown stage $stage; valid: basic manual bo bits groups objective" >&2; exit 2 ;;
     esac
   done

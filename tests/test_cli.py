@@ -190,3 +190,27 @@ def test_a_sweep_runs_every_valid_job_and_reports_the_failed_ones(tmp_path, caps
     assert [r["config"]["recipe"]["quant"]["weights"]["bits"] for r in recs] == [8]
     (failed,) = (tmp_path / "runs" / "failed").glob("*.json")
     assert "bit-width 0" in json.loads(failed.read_text())["error"]
+
+
+def test_a_recipe_sweep_takes_single_valued_recipe_overrides(tmp_path, capsys):
+    """`-m +recipe=a,b recipe.k=v`: Hydra composes the sweep's base config without the swept recipe, where a plain
+    `recipe.k=v` failed ("Key 'recipe' is not in struct") before any job ran; each job now gets the value."""
+    code, out, err = cli(capsys, "run", "-m", *SMOKE, "+recipe=w8a8_ptq,w32a8_ptq", "recipe.quant.activations.bits=6",
+                         f"results_dir={tmp_path / 'runs'}", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert code == 0, err[-2000:]
+    recs = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")]
+    assert sorted((r["recipe"], r["config"]["recipe"]["quant"]["activations"]["bits"]) for r in recs) == \
+        [("w32a8_ptq", 6), ("w8a8_ptq", 6)]
+    assert all("recipe.quant.activations.bits=6" in r["overrides"] for r in recs)   # as typed, not choice(6)
+
+
+def test_sweep_safe_rewrites_only_what_the_base_config_cannot_take():
+    from qexp.config.compose import sweep_safe
+
+    args = ["-m", "+recipe=a,b", "recipe.bcq.bits=2", "recipe.q=[1,2]", "recipe.w=2,3", "recipe.x=null",
+            "recipe.y=${oc.env:HOME}", "~recipe.z", "model.k=3", "seed=0,1", "+recipe.new=5"]
+    assert sweep_safe(args) == ["-m", "+recipe=a,b", "recipe.bcq.bits=choice(2)", "recipe.q=choice([1,2])",
+                                "recipe.w=2,3", "recipe.x=null", "recipe.y=${oc.env:HOME}", "~recipe.z", "model.k=3",
+                                "seed=0,1", "+recipe.new=choice(5)"]
+    assert sweep_safe(["-m", "+recipe=a", "recipe.bcq.bits=2", "seed=0,1"]) == \
+        ["-m", "+recipe=a", "recipe.bcq.bits=2", "seed=0,1"]   # no group swept: nothing to protect

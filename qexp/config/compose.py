@@ -83,3 +83,32 @@ def check_group_choices(overrides: list[str]) -> None:
                 near = difflib.get_close_matches(name, valid, n=3)
                 hint = f"; did you mean {', '.join(near)}?" if near else ""
                 raise UnknownKeyError(f"unknown {key} {name!r}{hint} valid: {', '.join(valid)}")
+
+
+def sweep_safe(overrides: list[str]) -> list[str]:
+    """``qexp run -m +recipe=a,b recipe.bcq.bits=2``: Hydra composes a multirun's base config once with the sweep
+    overrides left out, so a single-valued ``recipe.*`` override would meet a config without a recipe ("Key 'recipe'
+    is not in struct") and the sweep would never start.  Such an override (of any group that the command sweeps)
+    becomes a one-value sweep, ``recipe.bcq.bits=choice(2)``, which Hydra applies in each job after the group is
+    chosen: the jobs see the same value.  Left as typed: deletions, ``null`` and interpolations (``choice`` cannot
+    carry them), and every override when no group is swept."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    parsed = []
+    for o in overrides:
+        try:
+            parsed.append(parser.parse_override(o))
+        except Exception:  # noqa: BLE001 - a malformed override is Hydra's to report, with its own message
+            parsed.append(None)
+    swept = {p.key_or_group for p in parsed if p is not None and p.key_or_group in GROUPS and p.is_sweep_override()}
+    if not swept:
+        return list(overrides)
+    out = []
+    for o, p in zip(overrides, parsed):
+        key, _, value = o.partition("=")
+        if (p is not None and not p.is_sweep_override() and not p.is_delete() and p.key_or_group.split(".")[0] in swept
+                and "." in p.key_or_group and value and value != "null" and "${" not in value):
+            o = f"{key}=choice({value})"
+        out.append(o)
+    return out
