@@ -3,16 +3,17 @@
 # ZeroQuant SmolLM2 rows), weight-only BCQ of the 210 block linears.  The search objective is the loss on windows of
 # the calibration text (WikiText-2 valid), never the test text.  SmolLM2's weights come from a Q4_1 GGUF (at most 16
 # values per block of 32): read its 4-bit rows with the README's caveat.  Resumable: rerun it (finished runs skip).
-#   [BITS="3 4"] scripts/kwon2021_smollm2.sh [STAGE ...]   stages: basic bo manual (default: all, in this order)
+#   [BITS="3 4"] scripts/kwon2021_smollm2.sh [STAGE ...]   stages: basic bo manual groups (default: all, in this order)
 #   basic:   uniform, Greedy, Alternating, Alternating weighted (E = 1) at 3 and 4 bits   (~3 min a run on one core)
 #   bo:      model-wise BO (30 trials) at 3 and 4 bits                                    (~30 min each)
 #   manual:  Table 5's 16 sets at 3 and 4 bits                                            (~3 min a run)
+#   groups:  Table 7: Alternating with 32 / 128 weights sharing the alphas, 3 and 4 bits    (~3 min a run)
 set -euo pipefail
 data=${QEXP_SHARED_DATA:-../shared/data}
 runs=${RUNS:-results/runs}
 stages=("$@")
 bits=${BITS:-3 4}
-[ ${#stages[@]} -eq 0 ] && stages=(basic bo manual)
+[ ${#stages[@]} -eq 0 ] && stages=(basic bo manual groups)
 # objective and training-loss data: 16 windows of 512 tokens of the valid text (8,192 tokens; the GLUE default of 256
 # examples would be 256 windows of 2,048 tokens here, ten minutes a trial on one core)
 T=(model=smollm2_135m task=wikitext2 task.data_dir="$data/wikitext-2-raw" task.context_length=512
@@ -30,6 +31,9 @@ for stage in "${stages[@]}"; do
       for b in $bits; do for k in $(seq 1 16); do
         qexp run "${T[@]}" +recipe=pwq_manual "${O[@]}" recipe.bcq.set=$k recipe.quant.weights.bits=$b
       done; done ;;
-    *) echo "unknown stage $stage; valid: basic bo manual" >&2; exit 2 ;;
+    groups)
+      qexp run -m "${T[@]}" +recipe=pwq_alternating "${O[@]}" recipe.bcq.group_size=32,128 \
+        recipe.quant.weights.bits=$(echo $bits | tr ' ' ,) ;;
+    *) echo "unknown stage $stage; valid: basic bo manual groups" >&2; exit 2 ;;
   esac
 done
