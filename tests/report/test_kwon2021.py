@@ -83,3 +83,12 @@ def test_search_table_and_trace_figure(records, tmp_path):
     written = kwon2021.build(records, tmp_path)
     assert (tmp_path / "kwon2021_search_trace_minilm_l6_mrpc_3bit_loss.png").stat().st_size > 1000
     assert "kwon2021_table5" in written and len(pd.read_csv(written["kwon2021_table5"])) == 16
+
+
+def test_table7_rows_are_group_sizes_per_bit_width(records):
+    extra = [rec("pwq_alternating", 66.0, group_size=32), rec("pwq_alternating", 64.0, group_size=32, seed=1),
+             rec("pwq_alternating", 80.0, bits=4, group_size=32),
+             rec("pwq_alternating_weighted", 90.0, E=1.0, group_size=32)]   # weighted: not Table 7's
+    t = kwon2021.table7(kwon2021.frame(records + extra))
+    assert [(r.bits, r.group, r.score, r.seeds) for r in t.itertuples()] == \
+        [(3, "32", 65.0, 2), (3, "128", 68.0, 1), (3, "one row", 70.0, 1), (4, "32", 80.0, 1)]
