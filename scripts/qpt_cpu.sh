@@ -18,7 +18,7 @@ if [ ${#recipes[@]} -eq 0 ]; then
   recipes=(fp32 qpt_w8a8 qpt_g4_tensor qpt_m2_8_channel qpt_g8_token qpt_a8_token qpt_w4_tensor qpt_w8a8g8
            qpt_g8_token_both qpt_w4_channel qpt_a8_tensor qpt_a4_token qpt_g8_tensor qpt_g4_token qpt_m1_4_tensor
            qpt_m1_4_channel qpt_m1_8_tensor qpt_m1_8_channel qpt_w8_tensor qpt_w8_channel qpt_a4_tensor
-           qpt_a4_token_asym
+           qpt_a4_token_asym qpt_g4_token_both
            qpt_ptq_w4_tensor qpt_ptq_w4_channel qpt_ptq_w8_tensor qpt_ptq_w8_channel qpt_ptq_a4_tensor
            qpt_ptq_a4_channel qpt_ptq_a8_tensor)
 fi
