@@ -7,7 +7,8 @@
 #   basic:   uniform, Greedy, Alternating, Alternating weighted (E = 1) at 3 and 4 bits   (~3 min a run on one core)
 #   bo:      model-wise BO (30 trials) at 3 and 4 bits                                    (~30 min each)
 #   manual:  Table 5's 16 sets at 3 and 4 bits                                            (~3 min a run)
-#   groups:  Table 7: Alternating with 32 / 128 weights sharing the alphas, 3 and 4 bits    (~3 min a run)
+#   groups:  Table 7: Alternating with 32 / 64 weights sharing the alphas, 3 and 4 bits     (~3 min a run; 128
+#            does not divide the rows of 576)
 set -euo pipefail
 data=${QEXP_SHARED_DATA:-../shared/data}
 runs=${RUNS:-results/runs}
@@ -32,7 +33,7 @@ for stage in "${stages[@]}"; do
         qexp run "${T[@]}" +recipe=pwq_manual "${O[@]}" recipe.bcq.set=$k recipe.quant.weights.bits=$b
       done; done ;;
     groups)
-      qexp run -m "${T[@]}" +recipe=pwq_alternating "${O[@]}" recipe.bcq.group_size=32,128 \
+      qexp run -m "${T[@]}" +recipe=pwq_alternating "${O[@]}" recipe.bcq.group_size=32,64 \
         recipe.quant.weights.bits=$(echo $bits | tr ' ' ,) ;;
     *) echo "unknown stage $stage; valid: basic bo manual groups" >&2; exit 2 ;;
   esac
