@@ -44,7 +44,7 @@ for stage in "${stages[@]}"; do
       objective)
         qexp run -m "${T[@]}" +recipe=pwq_bo_model,pwq_bo_layer recipe.bcq.search.objective=metric ;;
       schemes)
-        qexp run -m "${T[@]}" +recipe=pwq_bo_model recipe.bcq.scheme=uniform_weighted_mse \
+        qexp run -m "${T[@]}" +recipe=pwq_uniform_mse recipe.bcq.search.mode=model recipe.bcq.search.trials=30 \
           recipe.bcq.search.objective=loss,metric ;;
       *) echo "unknown stage $stage; valid: basic manual bo bits groups objective schemes" >&2; exit 2 ;;
     esac
