@@ -92,3 +92,24 @@ def test_table7_rows_are_group_sizes_per_bit_width(records):
     t = kwon2021.table7(kwon2021.frame(records + extra))
     assert [(r.bits, r.group, r.score, r.seeds) for r in t.itertuples()] == \
         [(3, "32", 65.0, 2), (3, "128", 68.0, 1), (3, "one row", 70.0, 1), (4, "32", 80.0, 1)]
+
+
+def test_a_longer_search_supersedes_a_shorter_one_and_objectives_stay_apart(records):
+    """Table 3 shows the loss-objective search with the largest budget; Tables 8/9 and 14 keep a row per objective
+    (never a mean of a 25- and a 60-trial search, or of the loss and the metric objective)."""
+    def layer(score, n, objective="loss", seed=0):
+        trace = [{"trial": i, "objective": 1.0 - i / 100} for i in range(n)]
+        return rec("pwq_bo_layer", score, seed=seed, search={"mode": "layer", "objective": objective,
+                                                             "direction": "minimize", "trials": trace,
+                                                             "best": {"params": {"l0.E": 0.5, "l1.E": 1.5}}})
+    df = kwon2021.frame(records + [layer(80.0, 25), layer(84.0, 60), layer(86.0, 60, seed=1),
+                                   layer(70.0, 60, "metric")])
+    t3 = kwon2021.table3(df).set_index("method")
+    assert t3.loc["Alternating + importance (layer-wise BO, 'Ours')", "minilm_l6/mrpc 3-bit"] == 85.0
+    s = kwon2021.table_search(df)
+    lw = s[s.search == "layer-wise BO"].set_index("objective")
+    assert lw.loc["loss", "score"] == 85.0 and lw.loc["loss", "trials"] == 60 and lw.loc["loss", "seeds"] == 2
+    assert lw.loc["metric", "score"] == 70.0 and lw.loc["loss", "setting"] == "2 layers; E 0.50..1.50"
+    t14 = kwon2021.table14(df).set_index(["search", "objective"])
+    assert t14.loc[("layer", "loss"), "score"] == 85.0 and t14.loc[("layer", "metric"), "score"] == 70.0
+    assert t14.loc[("model", "loss"), "score"] == 76.0
