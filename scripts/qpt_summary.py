@@ -13,7 +13,7 @@ from pathlib import Path
 from qexp.experiment.records import load_records
 from qexp.report import chitsaz2024
 
-DOWNSTREAM = ("mrpc", "qnli", "rte", "sst2", "wnli")
+DOWNSTREAM = ("mrpc", "qnli", "rte", "sst2", "wnli")   # the GLUE tasks with dev files here (chitsaz2024.DOWNSTREAM_NAMES)
 
 
 def _num(x, fmt: str) -> str:
@@ -27,8 +27,9 @@ def rows(runs_dir: Path) -> list[str]:
         warnings.simplefilter("ignore")
         df = chitsaz2024.frame(load_records(runs_dir))
     base = df[df.recipe == "fp32"].wikitext2.mean()
-    order = {"fp32": 0}
-    df = df.assign(k=[(order.get(r, 2 if r.startswith("qpt_ptq_") else 1), f) for r, f in zip(df.recipe, df.finished)])
+    # the baseline first, then the training variants, then the post-training rows, each in the order they finished
+    df = df.assign(k=[(0 if r == "fp32" else 2 if r.startswith("qpt_ptq_") else 1, f)
+                      for r, f in zip(df.recipe, df.finished)])
     out = ["| recipe | final val loss | WikiText-2 ppl | PTB ppl | × baseline (WT-2) | status | downstream "
            "MRPC / QNLI / RTE / SST-2 / WNLI |", "|---|---|---|---|---|---|---|"]
     for _, r in df.sort_values("k").iterrows():
