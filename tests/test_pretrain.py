@@ -208,3 +208,54 @@ def test_a_checkpoint_of_another_variant_is_refused(tmp_path, corpus):
                f"task.checkpoint={tmp_path / 'ckpt'}")
     assert rec["model_identity"].startswith("checkpoint:") and "pretrain" not in rec["timings"]
     json.dumps(rec)
+
+
+@pytest.mark.parametrize("task", ["pretrain_clm", "pretrain_mlm"])
+def test_kwon_search_runs_on_a_pretrained_model_with_training_blocks(task, tmp_path, corpus):
+    """Kwon et al. 2021 on a model qexp pre-trained: the search objective and ``train_objective`` are the loss on
+    training blocks (never the valid split), the same value a per-block HF forward gives; BO runs on the cached model."""
+    from omegaconf import OmegaConf
+
+    from qexp.experiment.pipeline import prepare, validated
+
+    fp = _run(tmp_path, corpus, f"task={task}")
+    rec = _run(tmp_path, corpus, f"task={task}", "+recipe=pwq_bo_model", "recipe.bcq.search.trials=2",
+               "recipe.bcq.search.samples=6", "recipe.train_objective.samples=6")
+    assert rec["model_identity"] == fp["model_identity"] and "pretrain" not in rec["timings"]
+    s = rec["bcq"]["search"]
+    assert len(s["trials"]) == 2 and s["direction"] == "minimize" and s["metric_name"] == "perplexity"
+    assert all(math.isfinite(t["objective"]) for t in s["trials"])
+    assert len(rec["bcq"]["layers"]) == 2 * 6          # 2 blocks x (q, k, v, out, fc1, fc2)
+    t = rec["train_objective"]
+    assert t["n"] == 6 and math.isclose(t["metric"], math.exp(t["loss"]))
+
+    model = "model=bert_cpu" if task == "pretrain_mlm" else "model=opt_cpu"
+    extra = ["task.tokenizer.vocab_size=300"] if task == "pretrain_clm" else []
+    cfg = prepare(compose([model, *TINY, f"task.data_dir={corpus}", f"results_dir={tmp_path / 'runs'}",
+                           f"cache_dir={tmp_path / 'cache'}", *SHORT, *extra, f"task={task}"]), tmp_path)
+    _, kind, _, _ = validated(cfg, OmegaConf.to_container(cfg, resolve=True), tmp_path)
+    loaded = kind.load()
+    data = kind.objective_data(10)
+    ids = torch.cat([b["input_ids"] for b in data])
+    train = {tuple(r.tolist()) for r in kind.blocks["train"]["input_ids"]}
+    valid = {tuple(r.tolist()) for r in kind.blocks["valid"]["input_ids"]}
+    rows = [tuple(r.tolist()) for r in (torch.cat([b["labels"] for b in data]) if task == "pretrain_clm" else ids)]
+    if task == "pretrain_clm":   # the MLM inputs are masked: compare the unmasked labels' positions instead
+        assert len(rows) == 10 and all(r in train and r not in valid for r in rows)
+    assert len({*rows}) == len(rows)                                  # no block twice
+    got = kind.objective(loaded.model, data)
+    ref_num, ref_den = 0.0, 0
+    with torch.no_grad():   # one block at a time through the model's own forward, then the batch means rebuilt
+        for b in data:
+            n = b["input_ids"].shape[0]
+            losses, scored = [], []
+            for i in range(n):
+                one = {k: v[i:i + 1] for k, v in b.items() if k != "special_tokens_mask"}
+                losses.append(float(loaded.model(**one).loss))
+                lab = one["labels"][:, 1:] if task == "pretrain_clm" else one["labels"]   # CLM: shifted targets
+                scored.append(int((lab != -100).sum()))
+            ref_num += n * sum(x * m for x, m in zip(losses, scored)) / sum(scored)   # the batch's token mean
+            ref_den += n
+    assert got["loss"] == pytest.approx(ref_num / ref_den, rel=1e-5)
+    assert got["n"] == 10 and got["higher_is_better"] is False
+    assert kind.objective_data(10)[0]["input_ids"].equal(data[0]["input_ids"])   # the same draw every trial

@@ -91,8 +91,8 @@ class TaskKind:
         if enabled(recipe, "bcq") and search.get("mode", "none") != "none":
             if not self.searches:
                 raise KindError(f"recipe.bcq.search.mode={search.mode} needs an objective on the task's training "
-                                f"data, which task {self.task.name!r} ({self.name}) has not; valid: the GLUE and "
-                                f"perplexity tasks (`qexp ls tasks`)")
+                                f"data, which task {self.task.name!r} ({self.name}) has not; valid: the GLUE, "
+                                f"perplexity and pre-training tasks (`qexp ls tasks`)")
             self.check_search_data()
         if enabled(recipe, "lkd") and recipe.lkd.get("data", "task") == "task":
             fixed, asked = self.lkd_fixed_length(), recipe.lkd.get("seq_length")
@@ -132,7 +132,7 @@ class TaskKind:
         """``n`` examples of the task's *training* data (never an evaluation split) for a search objective
         (recipe.bcq.search): another draw than calibration's, the same every trial."""
         raise KindError(f"task {self.task.name!r} ({self.name}) has no search objective on training data; "
-                        f"recipe.bcq.search works on: glue, perplexity (`qexp ls tasks`)")
+                        f"recipe.bcq.search works on: glue, perplexity, pretrain_mlm/clm (`qexp ls tasks`)")
 
     def objective(self, model, data) -> dict:
         """The model's mean loss on ``data`` (:meth:`objective_data`) and the task metric: ``{"loss", "metric",

@@ -28,9 +28,10 @@ from .base import Evaluation, KindError, Loaded, TaskKind, register
 
 
 class Pretrain(TaskKind):
-    objective: str
+    lm_objective: str          # "mlm" | "clm": what the model is trained on
     arch: str
     quantized_training = True
+    searches = True           # recipe.bcq.search and train_objective: the loss on training blocks
 
     def check(self) -> None:
         super().check()
@@ -67,7 +68,7 @@ class Pretrain(TaskKind):
         try:
             arch = scratch.check_arch(model)
             if arch != self.arch:
-                raise KindError(f"task {task.name!r} ({self.objective}) trains an {self.arch} model, but model "
+                raise KindError(f"task {task.name!r} ({self.lm_objective}) trains an {self.arch} model, but model "
                                 f"{model.name!r} has arch {arch!r}")
             scratch.variant_of(model, int(task.seq_length))
             corpus.corpus_files(task)
@@ -94,7 +95,7 @@ class Pretrain(TaskKind):
         self.tokenizer, tok_desc = corpus.tokenizer_for(task, cache)
         raw = corpus.raw_dataset(task, cache)
         seq = int(task.seq_length)
-        self.blocks = {s: corpus.blocks(raw[s], self.tokenizer, seq, self.objective) for s in ("train", "valid")}
+        self.blocks = {s: corpus.blocks(raw[s], self.tokenizer, seq, self.lm_objective) for s in ("train", "valid")}
         if len(self.blocks["train"]) == 0 or len(self.blocks["valid"]) == 0:
             raise KindError(f"the corpus yields no blocks of {seq} tokens (train {len(self.blocks['train'])}, valid "
                             f"{len(self.blocks['valid'])}); lower task.seq_length or add text")
@@ -146,7 +147,7 @@ class Pretrain(TaskKind):
         def evaluate_fn(model):
             return pretraining.evaluate(model, eval_batches, ctx.device)
 
-        training.pretrain(wrapper, hf, self.blocks["train"], pretraining.collator(self.tokenizer, self.objective,
+        training.pretrain(wrapper, hf, self.blocks["train"], pretraining.collator(self.tokenizer, self.lm_objective,
                                                                                     float(task.mlm_probability)),
                           evaluate_fn, tr, ctx.seed, folder, ctx.device, ctx.progress,
                           save_fn=lambda path: self._save(hf, path), make_optimizer=make_optimizer, extra_meta=extra)
@@ -174,7 +175,7 @@ class Pretrain(TaskKind):
         n = len(self.blocks["valid"])
         cap = task.eval.get("blocks")
         n = min(n, *(int(c) for c in (cap, limit) if c))
-        return pretraining.fixed_batches(self.blocks["valid"], self.tokenizer, self.objective,
+        return pretraining.fixed_batches(self.blocks["valid"], self.tokenizer, self.lm_objective,
                                          int(task.eval.batch_size), int(task.eval_mask_seed),
                                          float(task.mlm_probability), indices=range(n))
 
@@ -188,7 +189,7 @@ class Pretrain(TaskKind):
         bs, nb, seed = int(cal.batch_size), int(cal.num_batches), self.calibration_seed()
         g = torch.Generator().manual_seed(seed)
         rows = torch.randperm(len(self.blocks["train"]), generator=g)[:bs * nb]
-        data = pretraining.fixed_batches(self.blocks["train"], self.tokenizer, self.objective, bs, seed,
+        data = pretraining.fixed_batches(self.blocks["train"], self.tokenizer, self.lm_objective, bs, seed,
                                          float(self.task.mlm_probability), indices=rows)
 
         def batches():
@@ -200,7 +201,7 @@ class Pretrain(TaskKind):
     def adaround_batches(self, n: int):
         g = torch.Generator().manual_seed(self.calibration_seed() + 1)
         rows = torch.randperm(len(self.blocks["train"]), generator=g)[:n]
-        data = pretraining.fixed_batches(self.blocks["train"], self.tokenizer, self.objective, 8,
+        data = pretraining.fixed_batches(self.blocks["train"], self.tokenizer, self.lm_objective, 8,
                                          self.calibration_seed() + 1, float(self.task.mlm_probability), indices=rows)
         return lambda: ({k: v.to(self.ctx.device) for k, v in b.items() if k in ("input_ids", "attention_mask")}
                         for b in data)
@@ -219,6 +220,38 @@ class Pretrain(TaskKind):
             return {"input_ids": torch.stack([train[int(i)]["input_ids"] for i in rows]).to(self.ctx.device)}
 
         return sample
+
+    # -- search objective (recipe.bcq.search, train_objective) ------------------------------------------------------
+    def objective_data(self, n: int) -> list[dict]:
+        """``n`` training blocks (never the valid split or the held-out texts), another draw than calibration's and
+        AdaRound's (calibration seed + 4), collated once in batches of 8 (the MLM masks drawn once from that seed)."""
+        seed = self.calibration_seed() + 4
+        g = torch.Generator().manual_seed(seed)
+        train = self.blocks["train"]
+        rows = torch.randperm(len(train), generator=g)[:min(n, len(train))]
+        return pretraining.fixed_batches(train, self.tokenizer, self.lm_objective, 8, seed,
+                                         float(self.task.mlm_probability), indices=rows)
+
+    @torch.no_grad()
+    def objective(self, model, data) -> dict:
+        """The mean token loss over :meth:`objective_data` (batches weighted by their sequences; every block has
+        ``task.seq_length`` tokens) and its perplexity; a trial whose loss is not finite scores inf."""
+        was_training = model.training
+        model.eval()
+        total, count = 0.0, 0
+        try:
+            for batch in data:
+                batch = {k: v.to(self.ctx.device) for k, v in batch.items() if k != "special_tokens_mask"}
+                b = int(batch["input_ids"].shape[0])
+                total += float(model(**batch).loss) * b
+                count += b
+        finally:
+            model.train(was_training)
+        loss = total / count
+        if loss != loss or loss in (float("inf"), float("-inf")):
+            loss = float("inf")
+        return {"loss": loss, "metric": perplexity.perplexity_of(loss), "metric_name": "perplexity",
+                "higher_is_better": False, "n": count}
 
     # -- evaluation -----------------------------------------------------------------------------------------------
     def delimiter_ids(self) -> list[int]:
@@ -246,7 +279,7 @@ class Pretrain(TaskKind):
         maps = m["attention_maps"]
         maps["tokens"] = self.tokenizer.convert_ids_to_tokens(maps["token_ids"])
         m["delimiters"] = self.tokenizer.convert_ids_to_tokens(self.delimiter_ids())
-        m.update(eval_mask_seed=int(self.task.eval_mask_seed) if self.objective == "mlm" else None,
+        m.update(eval_mask_seed=int(self.task.eval_mask_seed) if self.lm_objective == "mlm" else None,
                  calibration_seed=self.calibration_seed(), tokenizer=self.loaded.record["tokenizer"]["name"])
         metrics = {"valid": m}
         limit = (self.task.get("heldout_limit") or {}).get("windows")
@@ -268,7 +301,7 @@ class PretrainMLM(Pretrain):
     """Masked-LM pre-training from scratch (BERT; Bondarenko et al. 2023), then PTQ: perplexity and outlier metrics."""
     name = "pretrain_mlm"
     causal = False
-    objective, arch = "mlm", "bert"
+    lm_objective, arch = "mlm", "bert"
 
 
 @register
@@ -276,4 +309,4 @@ class PretrainCLM(Pretrain):
     """Causal-LM pre-training from scratch (pre-LN OPT; Bondarenko et al. 2023), then PTQ: perplexity and outliers."""
     name = "pretrain_clm"
     causal = True
-    objective, arch = "clm", "opt"
+    lm_objective, arch = "clm", "opt"

@@ -43,7 +43,13 @@ NOT_HERE = "not on this machine (WikiText-103 / One Billion Words are hub-only)"
 
 
 def is_chitsaz(record: dict) -> bool:
-    return ((record.get("config") or {}).get("task") or {}).get("paper") == PAPER
+    """A qpt_clm run of this paper: not another paper's recipe on the same trained model (Kwon et al. 2021's
+    ``pwq_*`` on the brown_austen decoder), and not a quick evaluation of the held-out texts (``task.heldout_limit``):
+    the tables compare full held-out perplexities, which a partial one would replace as the newer record."""
+    cfg = record.get("config") or {}
+    task, recipe = cfg.get("task") or {}, cfg.get("recipe") or {}
+    return (task.get("paper") == PAPER and recipe.get("paper") in (None, PAPER)
+            and (task.get("heldout_limit") or {}).get("windows") is None)
 
 
 def _setting(cfg: dict) -> str:

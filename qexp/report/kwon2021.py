@@ -19,6 +19,7 @@ NOT_HERE = ("BERT-base, DistilBERT-base, Longformer, AWD-LSTM and the NMT Transf
             "only); their rows stay empty")
 NOTE = ("The paper's numbers are not available here (only the table captions are): the values are ours, on the "
         "models of this machine.")
+LOWER_IS_BETTER = ("perplexity", "pretrain_clm", "pretrain_mlm")   # task kinds whose score is a perplexity
 PAPER_MODELS = ("bert_base", "distilbert_base", "longformer", "awd_lstm", "transformer_nmt")
 
 
@@ -130,8 +131,9 @@ def _best_manual(sel: pd.DataFrame, higher: bool) -> pd.DataFrame:
 
 
 def _higher(task_rows: pd.DataFrame) -> bool:
-    """Whether a higher test score is better: not for perplexity."""
-    return not (task_rows.kind == "perplexity").any()
+    """Whether a higher test score is better: not for perplexity (the perplexity kind, and the pre-training kinds,
+    whose score is the validation perplexity)."""
+    return not task_rows.kind.isin(LOWER_IS_BETTER).any()
 
 
 def _searched(g: pd.DataFrame, mode: str, objective: str | None = "loss") -> pd.DataFrame:

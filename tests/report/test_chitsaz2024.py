@@ -56,6 +56,18 @@ def test_other_pretraining_runs_stay_in_their_own_tables():
     assert len(b23.frame(recs)) == 1    # only the record that is not a Chitsaz et al. run
 
 
+def test_another_papers_recipe_and_a_partial_held_out_evaluation_stay_out():
+    kwon = _rec("pwq_alternating", 0, 4.5, 150.0, 160.0)
+    kwon["config"]["recipe"] = {"name": "pwq_alternating", "paper": "kwon2021"}
+    quick = _rec("fp32", 0, 4.0, 90.0, 95.0)      # the same trained model, 200 held-out windows: newer, not better
+    quick["config"]["task"]["heldout_limit"] = {"windows": 200}
+    quick["finished"] = "2099-01-01"
+    df = c24.frame(_records() + [kwon, quick])
+    assert len(df) == 5 and "pwq_alternating" not in set(df.recipe)
+    t = c24.tables(df)
+    assert math.isclose(t[(t.table == 2) & (t.recipe == "fp32")].iloc[0].ours_wikitext2, 105.0)
+
+
 def test_figures_are_written(tmp_path):
     written = c24.build(_records(), tmp_path)
     figs = sorted(k for k in written if "figure" in k)

@@ -66,6 +66,17 @@ def test_table3_takes_the_best_manual_set_by_test_score(records):
     assert "bert_base (paper model)" in t.columns
 
 
+@pytest.mark.parametrize("kind", ["perplexity", "pretrain_clm", "pretrain_mlm"])
+def test_a_perplexity_score_picks_the_lowest_manual_set(kind):
+    recs = [rec("pwq_manual", 210.0, E=1.0, set_=2), rec("pwq_manual", 205.0, P=0.05, set_=10),
+            rec("pwq_manual", 230.0, C=0.99, set_=3)]
+    for r in recs:
+        r.update(model="gpt2_cpu", task="qpt_clm")
+        r["config"]["task"] = {"kind": kind}
+    t = kwon2021.table3(kwon2021.frame(recs)).set_index("method")
+    assert t.loc["Alternating + importance (best manual set)", "gpt2_cpu/qpt_clm 3-bit"] == 205.0
+
+
 def test_table2_rows_are_the_settings(records):
     t = kwon2021.table_ecp(kwon2021.frame(records), 3).set_index("E, C, P")
     assert t.loc["set 10: E=0, C=1, P=0.05", "minilm_l6/mrpc"] == 75.0
