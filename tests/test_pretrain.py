@@ -213,7 +213,8 @@ def test_a_checkpoint_of_another_variant_is_refused(tmp_path, corpus):
 @pytest.mark.parametrize("task", ["pretrain_clm", "pretrain_mlm"])
 def test_kwon_search_runs_on_a_pretrained_model_with_training_blocks(task, tmp_path, corpus):
     """Kwon et al. 2021 on a model qexp pre-trained: the search objective and ``train_objective`` are the loss on
-    training blocks (never the valid split), the same value a per-block HF forward gives; BO runs on the cached model."""
+    training blocks (never the valid split), the value rebuilt from one block at a time; BO runs on the cached
+    model."""
     from omegaconf import OmegaConf
 
     from qexp.experiment.pipeline import prepare, validated
