@@ -17,7 +17,7 @@ from ..config.paths import absolute_paths
 from ..config.quant import FP32, effective_calibration, enabled, quant_config
 from ..kinds.base import RunContext, kind
 from . import records
-from .steps import PostWeightSteps
+from .steps import PostWeightSteps, check_group_size
 from .summary import memory_footprint, relative_errors, site_summary
 from .timer import Timer, pick_device
 
@@ -150,6 +150,7 @@ def validated(cfg: DictConfig, resolved: dict, cwd: Path | None = None):
     steps = PostWeightSteps.from_recipe(cfg.recipe)   # the steps' own values first, then what the task allows
     task = kind_cls(ctx)
     task.check()
+    check_group_size(cfg.recipe, cfg.model)
     if enabled(cfg.recipe, "qat"):
         from ..train.qat import hyperparameters
 

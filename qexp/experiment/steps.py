@@ -8,9 +8,33 @@ from dataclasses import dataclass, field
 
 from ..config.quant import enabled
 from ..quant.adaround import AdaRoundConfig
+from ..quant.bcq import BCQError
 from ..quant.bcq_step import BCQConfig
 from .bcq_search import SearchConfig, load_params
 from ..train.lkd import LKDConfig
+
+
+def check_group_size(recipe, model_cfg) -> None:
+    """Refuse a BCQ ``group_size`` that does not divide the rows of the model's block linears before anything loads
+    (or fine-tunes), where the model config tells the row lengths (:func:`qexp.models.loading.linear_row_lengths`);
+    elsewhere, and for a narrowed ``recipe.bcq.layers``, the quantizer's own check after loading applies."""
+    import math
+
+    from ..models.loading import linear_row_lengths
+
+    if not enabled(recipe, "bcq") or recipe.bcq.get("group_size") is None:
+        return
+    if tuple(recipe.bcq.get("layers") or BCQConfig.layers) != BCQConfig.layers:
+        return
+    lengths = linear_row_lengths(model_cfg)
+    g = int(recipe.bcq.group_size)
+    bad = {k: n for k, n in (lengths or {}).items() if n % g}
+    if bad:
+        common = math.gcd(*lengths.values())
+        divisors = [d for d in range(1, common + 1) if common % d == 0]
+        raise BCQError(f"recipe.bcq.group_size={g} does not divide the row lengths of model {model_cfg.get('name')!r} "
+                         f"(row lengths: {', '.join(f'{k} {n}' for k, n in lengths.items())}); valid: null (one "
+                         f"row) or a divisor of every row length: {', '.join(map(str, divisors))}")
 
 
 @dataclass

