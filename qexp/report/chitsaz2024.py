@@ -94,13 +94,21 @@ def frame(records: list[dict]) -> pd.DataFrame:
 
 
 def _status(diverged, loss, curves) -> str:
-    """"diverged at step N (...)" for a non-finite training loss; "exploded" when the final validation loss is worse
-    than the untrained model's at step 0 (finite, but the paper's "diverges"); else "ok"."""
+    """"diverged at step N (...)" for a non-finite training loss; "exploded" when a validation loss during training,
+    or the final one, is worse than the untrained model's at step 0 (finite, but the paper's "diverges"), so a run
+    that blew up and partly recovered is flagged too, with the step of its worst loss; else "ok"."""
     if diverged:
         return f"diverged at step {diverged['step']} ({diverged['reason']})"
     start = curves[0].get("loss") if curves else None
-    if loss is not None and start is not None and loss > start:
+    if start is None:
+        return "ok"
+    later = [c for c in curves[1:] if c.get("loss") is not None and c["loss"] == c["loss"]]
+    worst = max(later, key=lambda c: c["loss"], default=None)
+    if loss is not None and loss > start and (worst is None or loss >= worst["loss"]):
         return f"exploded: final validation loss {loss:.3g} > {start:.3g} at step 0"
+    if worst is not None and worst["loss"] > start:
+        final = f"; final {loss:.3g}" if loss is not None else ""
+        return f"exploded: validation loss {worst['loss']:.3g} at step {worst['step']} > {start:.3g} at step 0{final}"
     return "ok"
 
 

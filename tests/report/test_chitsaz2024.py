@@ -99,3 +99,14 @@ def test_a_re_evaluation_of_the_same_run_is_not_a_second_seed():
 def test_a_run_worse_than_its_initialisation_is_flagged():
     rec = _rec("qpt_m2_8_channel", 0, 30.0, 1e13, 1e13)     # curves start at 8.0
     assert c24.frame([rec]).status.iloc[0] == "exploded: final validation loss 30 > 8 at step 0"
+
+
+def test_a_run_that_blew_up_and_partly_recovered_is_flagged():
+    rec = _rec("qpt_m2_8_channel", 0, 6.0, 500.0, 600.0)      # final 6.0 < 8.0 at step 0, but 40.0 at step 100
+    rec["pretrain"]["curves"] = [{"step": 0, "loss": 8.0}, {"step": 100, "loss": 40.0}, {"step": 200, "loss": 6.0}]
+    assert c24.frame([rec]).status.iloc[0] == ("exploded: validation loss 40 at step 100 > 8 at step 0; "
+                                               "final 6")
+    ok = _rec("qpt_w8_channel", 0, 4.0, 100.0, 120.0)
+    ok["pretrain"]["curves"] = [{"step": 0, "loss": 8.0}, {"step": 100, "loss": 7.9}, {"step": 200, "loss": 4.0}]
+    assert c24.frame([ok]).status.iloc[0] == "ok"
+
