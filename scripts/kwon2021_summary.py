@@ -48,8 +48,8 @@ def rows(model: str, task: str, runs_dir: Path) -> list[str]:
     df = df.assign(run_id=[r["run_id"] for r in records if kwon2021.is_kwon(r)])
     names = sorted({k for m in held.values() for k, v in m.items()
                     if k not in ("valid", "test") and isinstance(v, dict) and "perplexity" in v})  # not the score
-    out = ["| bits | method | test score | " + " | ".join(f"{n} ppl" for n in names)
-           + " | train loss | weight MSE |", "|---" * (5 + len(names)) + "|"]
+    head = ["bits", "method", "test score", *(f"{n} ppl" for n in names), "train loss", "weight MSE"]
+    out = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     df = df.assign(order=[(b, 0 if s == "none" and rc != "pwq_manual" else 1 if rc == "pwq_manual" else 2,
                            str(rc), _val(e), int(st) if st is not None and str(st).isdigit() else 0, _val(g))
                           for b, s, rc, e, st, g in zip(df.bits, df.search, df.recipe, df.E, df.set,
