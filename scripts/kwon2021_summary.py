@@ -5,10 +5,14 @@ test score and the lowest training loss (what a user without test labels would p
 
     python scripts/kwon2021_summary.py MODEL TASK [RUNS_DIR] [--all]       # markdown on stdout
     python scripts/kwon2021_summary.py gpt2_cpu qpt_clm
+    python scripts/kwon2021_summary.py --readme README.md [RUNS_DIR]      # rewrite every marked table in place
+
+A README table is marked by the lines ``<!-- kwon2021_summary MODEL TASK -->`` and ``<!-- /kwon2021_summary -->``.
 """
 from __future__ import annotations
 
 import math
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -110,9 +114,25 @@ def rows(model: str, task: str, runs_dir: Path, every_set: bool = False) -> list
     return out
 
 
+MARK = re.compile(r"(<!-- kwon2021_summary (\S+) (\S+) -->\n)(.*?)(<!-- /kwon2021_summary -->)", re.S)
+
+
+def rewrite(readme: Path, runs_dir: Path) -> int:
+    text = readme.read_text()
+    new, n = MARK.subn(lambda m: m.group(1) + "\n".join(rows(m.group(2), m.group(3), runs_dir)) + "\n" + m.group(5),
+                       text)
+    tmp = readme.with_suffix(".tmp")
+    tmp.write_text(new)
+    tmp.replace(readme)
+    return n
+
+
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if a != "--all"]
-    if len(args) < 2:
+    args = [a for a in sys.argv[1:] if a not in ("--all", "--readme")]
+    if "--readme" in sys.argv and args:
+        print(f"{rewrite(Path(args[0]), Path(args[1] if len(args) > 1 else 'results/runs'))} table(s) rewritten")
+    elif len(args) >= 2:
+        print("\n".join(rows(args[0], args[1], Path(args[2] if len(args) > 2 else "results/runs"),
+                             every_set="--all" in sys.argv)))
+    else:
         sys.exit(__doc__)
-    print("\n".join(rows(args[0], args[1], Path(args[2] if len(args) > 2 else "results/runs"),
-                         every_set="--all" in sys.argv)))
