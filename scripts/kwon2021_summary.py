@@ -82,11 +82,9 @@ def rows(model: str, task: str, runs_dir: Path, every_set: bool = False) -> list
         df = kwon2021.frame(kwon).assign(run_id=[r["run_id"] for r in kwon])
     if df.empty:
         return [f"no Kwon et al. 2021 records of {model} / {task} in {runs_dir}"]
-    higher = kwon2021._higher(df)
-    searched = kwon2021._searched(df, "model", None), kwon2021._searched(df, "layer", None)
-    other = df[df.search.isin(["model", "layer"]) & (df.method != "alternating")]   # the searched uniform grid
-    df = pd.concat([df[(df.search == "none") & (df.recipe != "pwq_manual")], *searched, other,
-                    df[df.recipe == "pwq_manual"] if every_set else _chosen_manual(df, higher)])
+    searches = [kwon2021.searched(df, mode, None, None) for mode in ("model", "layer")]   # any objective and scheme
+    df = pd.concat([df[(df.search == "none") & (df.recipe != "pwq_manual")], *searches,
+                    df[df.recipe == "pwq_manual"] if every_set else _chosen_manual(df, kwon2021.higher_is_better(df))])
     held = {r["run_id"]: r.get("metrics") or {} for r in records}
     names = sorted({k for m in held.values() for k, v in m.items()
                     if k not in ("valid", "test") and isinstance(v, dict) and "perplexity" in v})  # not the score

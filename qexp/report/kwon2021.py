@@ -130,22 +130,25 @@ def _best_manual(sel: pd.DataFrame, higher: bool) -> pd.DataFrame:
     return m.merge(pick[["model", "task", "bits", "set"]], on=["model", "task", "bits", "set"])
 
 
-def _higher(task_rows: pd.DataFrame) -> bool:
+def higher_is_better(task_rows: pd.DataFrame) -> bool:
     """Whether a higher test score is better: not for perplexity (the perplexity kind, and the pre-training kinds,
     whose score is the validation perplexity)."""
     return not task_rows.kind.isin(LOWER_IS_BETTER).any()
 
 
-def _searched(g: pd.DataFrame, mode: str, objective: str | None = "loss") -> pd.DataFrame:
-    """The Alternating runs of one search mode (and objective; None: every objective), only the largest trial budget
-    per (model, task, bits, objective): a longer search of the same setting supersedes a shorter one instead of being
-    averaged with it."""
-    s = g[(g.method == "alternating") & (g.search == mode)]
+def searched(g: pd.DataFrame, mode: str, objective: str | None = "loss",
+             method: str | None = "alternating") -> pd.DataFrame:
+    """The runs of one search mode (and objective, and quantizer method; None: every one), only the largest trial
+    budget per (model, task, bits, method, objective): a longer search of the same setting supersedes a shorter one
+    instead of being averaged with it."""
+    s = g[g.search == mode]
+    if method is not None:
+        s = s[s.method == method]
     if objective is not None:
         s = s[s.objective == objective]
     if s.empty:
         return s
-    top = s.groupby(["model", "task", "bits", "objective"]).trials.transform("max")
+    top = s.groupby(["model", "task", "bits", "method", "objective"]).trials.transform("max")
     return s[s.trials == top]
 
 
@@ -157,15 +160,15 @@ def table3(df: pd.DataFrame) -> pd.DataFrame:
     base = df[df.group_size.isna()]
     parts = []
     for (model, task), g in base.groupby(["model", "task"]):
-        higher = _higher(g)
+        higher = higher_is_better(g)
         cells = {
             "Uniform": g[g.method == "uniform"],
             "Uniform, MSE step (ours)": g[(g.method == "uniform (MSE step)") & ~g.weighted],
             "Greedy": g[(g.method == "greedy") & ~g.weighted],
             "Alternating": g[(g.method == "alternating") & ~g.weighted],
             "Alternating + importance (best manual set)": _best_manual(g[g.method == "alternating"], higher),
-            "Alternating + importance (model-wise BO)": _searched(g, "model"),
-            "Alternating + importance (layer-wise BO, 'Ours')": _searched(g, "layer"),
+            "Alternating + importance (model-wise BO)": searched(g, "model"),
+            "Alternating + importance (layer-wise BO, 'Ours')": searched(g, "layer"),
         }
         for row, c in cells.items():
             for b, cb in c.groupby("bits"):
@@ -219,7 +222,7 @@ def table_search(df: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     rows = []
     for (model, task, b), g in df[df.method == "alternating"].groupby(["model", "task", "bits"]):
-        higher = _higher(g)
+        higher = higher_is_better(g)
         man = _best_manual(g, higher)
         if not man.empty:
             r = man.iloc[0]
@@ -230,7 +233,7 @@ def table_search(df: pd.DataFrame) -> pd.DataFrame:
                          "train_loss": man.train_loss.mean(), "score": man.score.mean(), "seeds": man.seed.nunique()})
         for mode, label in (("manual", "manual (in-process, best by training objective)"),
                             ("model", "model-wise BO"), ("layer", "layer-wise BO")):
-            for obj, s in _searched(g, mode, None).groupby("objective"):
+            for obj, s in searched(g, mode, None).groupby("objective"):
                 p = s.iloc[-1].best_params or {}
                 if mode == "layer":
                     es = [v for k, v in p.items() if k.endswith(".E")]
@@ -249,11 +252,12 @@ def table_search(df: pd.DataFrame) -> pd.DataFrame:
 def table14(df: pd.DataFrame) -> pd.DataFrame:
     """Table 14: quantization scheme x the metric BO optimises (loss or the task metric); the largest trial budget of
     each search."""
-    s = df[df.search.isin(["model", "layer"])] if not df.empty else df
+    if df.empty:
+        return pd.DataFrame()
+    s = pd.concat([searched(df, mode, None, None) for mode in ("model", "layer")])
     if s.empty:
         return pd.DataFrame()
     keys = ["model", "task", "bits", "method", "search", "objective"]
-    s = s[s.trials == s.groupby(keys).trials.transform("max")]
     return (s.groupby(keys).agg(trials=("trials", "max"), score=("score", "mean"), train_loss=("train_loss", "mean"),
                                 seeds=("seed", "nunique")).reset_index())
 
