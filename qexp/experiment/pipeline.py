@@ -150,7 +150,7 @@ def validated(cfg: DictConfig, resolved: dict, cwd: Path | None = None):
     steps = PostWeightSteps.from_recipe(cfg.recipe)   # the steps' own values first, then what the task allows
     task = kind_cls(ctx)
     task.check()
-    check_group_size(cfg.recipe, cfg.model)
+    check_group_size(steps.bcq, cfg.model)
     if enabled(cfg.recipe, "qat"):
         from ..train.qat import hyperparameters
 

@@ -14,7 +14,7 @@ from .bcq_search import SearchConfig, load_params
 from ..train.lkd import LKDConfig
 
 
-def check_group_size(recipe, model_cfg) -> None:
+def check_group_size(bcq: BCQConfig | None, model_cfg) -> None:
     """Refuse a BCQ ``group_size`` that does not divide the rows of the model's block linears before anything loads
     (or fine-tunes), where the model config tells the row lengths (:func:`qexp.models.loading.linear_row_lengths`);
     elsewhere, and for a narrowed ``recipe.bcq.layers``, the quantizer's own check after loading applies."""
@@ -22,19 +22,15 @@ def check_group_size(recipe, model_cfg) -> None:
 
     from ..models.loading import linear_row_lengths
 
-    if not enabled(recipe, "bcq") or recipe.bcq.get("group_size") is None:
+    if bcq is None or bcq.group_size is None or bcq.layers != BCQConfig.layers:
         return
-    if tuple(recipe.bcq.get("layers") or BCQConfig.layers) != BCQConfig.layers:
-        return
-    lengths = linear_row_lengths(model_cfg)
-    g = int(recipe.bcq.group_size)
-    bad = {k: n for k, n in (lengths or {}).items() if n % g}
-    if bad:
+    lengths, g = linear_row_lengths(model_cfg), int(bcq.group_size)
+    if lengths and any(n % g for n in lengths.values()):
         common = math.gcd(*lengths.values())
         divisors = [d for d in range(1, common + 1) if common % d == 0]
         raise BCQError(f"recipe.bcq.group_size={g} does not divide the row lengths of model {model_cfg.get('name')!r} "
-                         f"(row lengths: {', '.join(f'{k} {n}' for k, n in lengths.items())}); valid: null (one "
-                         f"row) or a divisor of every row length: {', '.join(map(str, divisors))}")
+                       f"(row lengths: {', '.join(f'{k} {n}' for k, n in lengths.items())}); valid: null (one "
+                       f"row) or a divisor of every row length: {', '.join(map(str, divisors))}")
 
 
 @dataclass

@@ -10,6 +10,7 @@ from the calibration seed; evaluation scores fixed validation batches (masks fro
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -247,9 +248,7 @@ class Pretrain(TaskKind):
                 count += b
         finally:
             model.train(was_training)
-        loss = total / count
-        if loss != loss or loss in (float("inf"), float("-inf")):
-            loss = float("inf")
+        loss = total / count if math.isfinite(total) else float("inf")
         return {"loss": loss, "metric": perplexity.perplexity_of(loss), "metric_name": "perplexity",
                 "higher_is_better": False, "n": count}
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import warnings
 from pathlib import Path
 
@@ -102,7 +103,7 @@ def _status(diverged, loss, curves) -> str:
     start = curves[0].get("loss") if curves else None
     if start is None:
         return "ok"
-    later = [c for c in curves[1:] if c.get("loss") is not None and c["loss"] == c["loss"]]
+    later = [c for c in curves[1:] if c.get("loss") is not None and not math.isnan(c["loss"])]
     worst = max(later, key=lambda c: c["loss"], default=None)
     if loss is not None and loss > start and (worst is None or loss >= worst["loss"]):
         return f"exploded: final validation loss {loss:.3g} > {start:.3g} at step 0"
