@@ -99,10 +99,11 @@ def _run(argv: list[str]) -> None:
         except Exception as e:  # noqa: BLE001 - anything else a job raises is that job's failure, not the sweep's
             _record_failure(cfg, overrides, f"{type(e).__name__}: {e}")
 
-    from .config.compose import UnknownKeyError, check_group_choices, sweep_safe
+    from .config.compose import UnknownKeyError, check_added_keys, check_group_choices, sweep_safe
 
     try:
         check_group_choices([a for a in argv if not a.startswith("-")])
+        check_added_keys([a for a in argv if a.startswith("+")])
     except UnknownKeyError as e:
         sys.exit(f"qexp: error: {e}")
     if "-m" in argv or "--multirun" in argv:
@@ -284,7 +285,12 @@ def _tables(argv: list[str]) -> None:
     ap.add_argument("--out", default="results/tables")
     ap.add_argument("--show", default=None, help="print this table (by file stem) as Markdown")
     a = ap.parse_args(argv)
-    written = build_all(Path(a.runs), Path(a.out))
+    from .report.tables import TablesError
+
+    try:
+        written = build_all(Path(a.runs), Path(a.out))
+    except TablesError as e:
+        fail(str(e))
     for name, path in written.items():
         print(f"wrote {path}")
     if a.show:
@@ -292,6 +298,12 @@ def _tables(argv: list[str]) -> None:
         if not md.exists():
             sys.exit(f"qexp: error: no table {a.show!r}; valid: {', '.join(sorted(p.stem for p in Path(a.out).glob('*.md')))}")
         print(md.read_text())
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Bad input: one line on stderr naming the value, exit status 2 (argparse's convention), no traceback."""
+    print(f"qexp: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
 
 
 def _user_errors():
@@ -310,6 +322,36 @@ def _user_errors():
             UnknownChoiceError, DataError, FloatingPointError, OmegaConfBaseException, ValueError)
 
 
+class _ReaderMayLeave:
+    """``sys.stdout`` for commands that keep working after printing (issue 27 #16): ``qexp run ... | head -1`` killed
+    the run with a BrokenPipeError from the Trainer's log print and wrote no record.  When the reader leaves, later
+    output goes to /dev/null and the run finishes; everything else is the real stream's."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._gone()
+            return len(text)
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._gone()
+
+    def _gone(self):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())
+        os.close(devnull)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         _main(argv)
@@ -317,6 +359,10 @@ def main(argv: list[str] | None = None) -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         sys.exit(0)
+    except KeyboardInterrupt:   # Ctrl-C: one line and the shell's status 130, not a 90-line traceback (issue 27 #16)
+        print("qexp: interrupted (nothing half-written is left: records and checkpoints are atomic; rerun the same "
+              "command to resume)", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def _main(argv: list[str] | None = None) -> None:
@@ -328,6 +374,8 @@ def _main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     cmd, rest = argv[0], argv[1:]
     if cmd == "run":
+        if not isinstance(sys.stdout, _ReaderMayLeave):
+            sys.stdout = _ReaderMayLeave(sys.stdout)
         _run(rest)
     elif cmd == "ls":
         if rest[:1] == ["sites"]:

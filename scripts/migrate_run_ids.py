@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
-"""One-off migration (issue 10): recipes no longer carry ``table_row`` (the table specs in qexp/report name their rows),
-so the run id of every record written before that change is recomputed without it.
+"""Bring every committed record to the current code's run ids and portable paths (issues 10, 27).
 
-For each record in RUNS (default results/runs): drop ``config.recipe.table_row``, recompute the run id with
-``qexp.experiment.records.run_id``, write the record under its new file name (atomically), keep the old id in
-``previous_run_ids``, then remove the old file.  Idempotent: a record without ``table_row`` is left alone, and a run
-interrupted between writing the new file and removing the old one resumes.
+For each record in RUNS (default results/runs), in one pass:
+  * drop ``config.recipe.table_row`` (issue 10: the table specs name their rows);
+  * write absolute paths inside the checkout's parent folder relative to the checkout (issue 27: records held one
+    machine's layout, e.g. ``/work/main/cache``; now ``cache``, ``../shared/data/glue/RTE``);
+  * recompute the run id with ``qexp.experiment.records.run_id`` (issue 27 #6: a data folder's fingerprint covers the
+    files the task reads, not every file beside them);
+then write the record under its new file name (atomically), keep the old id in ``previous_run_ids`` and remove the old
+file.  Idempotent (a record already current is left alone) and resumable (a run interrupted between writing the new
+file and removing the old one finishes the move).  Run it from the checkout (data fingerprints read the files).
 
     python scripts/migrate_run_ids.py [--runs results/runs] [--dry-run]
 """
@@ -16,30 +20,35 @@ import json
 import sys
 from pathlib import Path
 
-from qexp.experiment.records import record_path, run_id, write_atomic
+from qexp.experiment.records import portable, record_path, run_id, write_atomic
+
+
+def current(rec: dict) -> dict:
+    """The record as the current code writes it (without touching its results)."""
+    rec = json.loads(json.dumps(rec))
+    ((rec.get("config") or {}).get("recipe") or {}).pop("table_row", None)
+    rec = portable(rec)
+    new = run_id(rec["config"])
+    if new != rec.get("run_id"):
+        rec["previous_run_ids"] = [*rec.get("previous_run_ids", []), rec.get("run_id")]
+        rec["run_id"] = new
+    return rec
 
 
 def migrate(path: Path, dry_run: bool) -> Path | None:
     rec = json.loads(path.read_text())
-    recipe = (rec.get("config") or {}).get("recipe") or {}
-    if "table_row" not in recipe:
+    new = current(rec)
+    target = record_path(path.parent, new["config"])
+    if new == rec and target == path:
         return None
-    old = rec.get("run_id")
-    if old is not None and old != run_id(rec["config"]):
-        raise SystemExit(f"{path}: its run_id {old} is not the id of its own config; not touching it")
-    recipe.pop("table_row")
-    new = run_id(rec["config"])
-    rec["run_id"] = new
-    rec["previous_run_ids"] = [*rec.get("previous_run_ids", []), old]
-    target = record_path(path.parent, rec["config"])
     if target.exists() and target != path:
-        if json.loads(target.read_text()) == rec:  # an interrupted migration wrote it and stopped before the unlink
+        if json.loads(target.read_text()) == new:  # an interrupted migration wrote it and stopped before the unlink
             if not dry_run:
                 path.unlink()
             return target
         raise SystemExit(f"{path}: {target.name} already exists and differs; resolve the duplicate by hand")
     if not dry_run:
-        write_atomic(target, rec)
+        write_atomic(target, new)
         if target != path:
             path.unlink()
     return target

@@ -33,15 +33,41 @@ def test_migration_renames_and_keeps_the_old_id(tmp_path):
     assert migrate_run_ids.migrate(new, dry_run=False) is None  # idempotent
 
 
-def test_dry_run_changes_nothing_and_a_foreign_id_is_refused(tmp_path):
+def test_dry_run_changes_nothing(tmp_path):
     old = _old_record(tmp_path)
     before = old.read_text()
     assert migrate_run_ids.migrate(old, dry_run=True) is not None and old.read_text() == before
-    rec = json.loads(before)
-    rec["run_id"] = "000000000000"
-    old.write_text(json.dumps(rec))
-    with pytest.raises(SystemExit, match="is not the id of its own config"):
-        migrate_run_ids.migrate(old, dry_run=False)
+
+
+def test_machine_paths_become_checkout_relative_and_the_id_follows_the_files_read(tmp_path):
+    """Issue 27: records held the developer machine's absolute paths; issue 27 #6: the id of a GLUE run hashed every
+    file in its folder.  After the migration the record names ``results/runs`` / ``../shared/...`` relative to the
+    checkout and its id is what ``qexp run`` computes now (a NOTES.txt beside the TSVs changes nothing)."""
+    from qexp.common.provenance import REPO
+
+    data = tmp_path / "glue"
+    data.mkdir()
+    (data / "train.tsv").write_text("a\tb\n")
+    (data / "dev.tsv").write_text("c\td\n")
+    task = {"name": "rte", "data_dir": str(data), "tsv": {"train": "train.tsv"},
+            "eval_splits": [{"name": "validation", "tsv": "dev.tsv"}]}
+    cfg = {"model": {"name": "m"}, "task": task, "seed": 0, "recipe": {"name": "w8a8_ptq"},
+           "results_dir": str(REPO / "results" / "runs"), "cache_dir": str(REPO.parent / "scratch" / "cache")}
+    old_id = "0123456789ab"
+    path = tmp_path / f"m__rte__w8a8_ptq__seed0__{old_id}.json"
+    write_atomic(path, {"schema": 1, "run_id": old_id, "config": cfg, "score": 1.0,
+                        "finetune": {"checkpoint": str(REPO / "cache" / "finetune" / "x")}})
+    new = migrate_run_ids.migrate(path, dry_run=False)
+    rec = json.loads(new.read_text())
+    assert rec["config"]["results_dir"] == "results/runs" and rec["config"]["cache_dir"] == "../scratch/cache"
+    assert rec["finetune"]["checkpoint"] == "cache/finetune/x"
+    assert rec["config"]["task"]["data_dir"] == str(data)   # outside the checkout's parent: as given
+    assert rec["previous_run_ids"] == [old_id] and rec["run_id"] == run_id(cfg)
+    (data / "NOTES.txt").write_text("my notes")
+    (data / "train.tsv~").write_text("editor backup")
+    assert run_id(cfg) == rec["run_id"]
+    (data / "dev.tsv").write_text("c\te\n")   # a file the task reads: a new id
+    assert run_id(cfg) != rec["run_id"]
 
 
 def test_an_interrupted_migration_resumes(tmp_path, monkeypatch):

@@ -132,7 +132,7 @@ def test_a_killed_training_resumes_to_the_uninterrupted_result(tmp_path, corpus,
             if state.global_step == 4:
                 raise KeyboardInterrupt("killed")
 
-    base = ["task=pretrain_clm"]
+    base = ["task=pretrain_clm", "task.train.logging_steps=1"]
     whole = _run(tmp_path / "a", corpus, *base)
     real = training._trainer_class
 
@@ -151,11 +151,18 @@ def test_a_killed_training_resumes_to_the_uninterrupted_result(tmp_path, corpus,
     assert not list((tmp_path / "b" / "runs").glob("*.json"))          # no record for a killed run
     partial = list((tmp_path / "b" / "cache" / "pretrain").glob(".partial-*/trainer/checkpoint-3"))
     assert partial, "the checkpoint at step 3 survives the kill"
+    # issue 27 #12: a kill during the next save leaves a newer, half-written checkpoint; the rerun falls back
+    broken = partial[0].with_name("checkpoint-5")
+    broken.mkdir()
+    (broken / "optimizer.pt").write_bytes((partial[0] / "optimizer.pt").read_bytes()[:100])
     monkeypatch.setattr(training, "_trainer_class", real)
     resumed = _run(tmp_path / "b", corpus, *base)
     assert resumed["pretrain"]["resumed_from"] == "checkpoint-3" and resumed["pretrain"]["steps"] == 6
     assert resumed["score"] == whole["score"]
     assert resumed["pretrain"]["curves"] == whole["pretrain"]["curves"]
+    # issue 27 #4: the mean training loss covers every step, not only the resumed process's (was ~half of it)
+    assert resumed["pretrain"]["train_loss_mean"] == pytest.approx(whole["pretrain"]["train_loss_mean"], rel=1e-3)
+    assert resumed["pretrain"]["train_loss_mean_steps"] == whole["pretrain"]["train_loss_mean_steps"] == 6
     from safetensors.torch import load_file
 
     wa = load_file(str(next((tmp_path / "a" / "cache" / "pretrain").glob("opt_cpu*")) / "model.safetensors"))

@@ -26,15 +26,18 @@ def _file_sha256(path: Path) -> str:
     return _MEMO[key]
 
 
-def fingerprint(path: str | os.PathLike) -> str | None:
+def fingerprint(path: str | os.PathLike, files: list[str] | None = None) -> str | None:
     """``sha256:<16 hex>`` of a file's bytes, or of a folder's files (sorted names and their hashes); None when the
-    path does not exist (the run will fail on it by itself, with its own message)."""
+    path does not exist (the run will fail on it by itself, with its own message).  ``files``: for a folder, only
+    these names (those that exist; the files the task reads), not every file in it."""
     p = Path(path)
     if p.is_file():
         return "sha256:" + _file_sha256(p)[:16]
     if p.is_dir():
         h = hashlib.sha256()
-        for f in sorted(x for x in p.iterdir() if x.is_file() and not x.name.startswith(".")):
+        chosen = ([p / n for n in sorted(set(files))] if files is not None
+                  else [x for x in p.iterdir() if not x.name.startswith(".")])
+        for f in sorted(x for x in chosen if x.is_file()):
             h.update(f"{f.name}\0{_file_sha256(f)}\n".encode())
         return "sha256:" + h.hexdigest()[:16]
     return None

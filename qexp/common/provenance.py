@@ -36,6 +36,21 @@ def write_atomic(path: Path, obj) -> None:
         raise
 
 
+def portable(obj, root: Path = REPO):
+    """``obj`` with every absolute path inside the checkout's parent folder written relative to the checkout
+    (``/home/me/qexp/cache/x`` -> ``cache/x``, ``/home/me/shared/data`` -> ``../shared/data``): a record names paths as
+    the user gives them, not one machine's layout (issue 27, "Also").  Other absolute paths (``/scratch/glue``) stay as
+    they are; run ids never depend on either (data paths count by content, output folders not at all)."""
+    base = str(Path(root).parent).rstrip("/") + "/"
+    if isinstance(obj, dict):
+        return {k: portable(v, root) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [portable(v, root) for v in obj]
+    if isinstance(obj, str) and obj.startswith(base):
+        return os.path.relpath(obj, root)
+    return obj
+
+
 def git_state() -> dict:
     def git(*args):
         return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=10)

@@ -85,6 +85,60 @@ def check_group_choices(overrides: list[str]) -> None:
                 raise UnknownKeyError(f"unknown {key} {name!r}{hint} valid: {', '.join(valid)}")
 
 
+def _union_tree(group: str) -> dict:
+    """Every key any config file of ``group`` defines (partials and sub-groups included), merged into one tree."""
+    import yaml
+
+    def merge(a: dict, b: dict) -> dict:
+        for k, v in b.items():
+            if isinstance(v, dict) and isinstance(a.get(k), dict):
+                merge(a[k], v)
+            elif k not in a or isinstance(v, dict):
+                a[k] = v
+        return a
+
+    root = conf_dir() / group
+    files = {p: yaml.safe_load(p.read_text()) or {} for p in sorted(root.rglob("*.yaml"))}
+    nested = {str(next(iter(d))) for data in files.values() if isinstance(data, dict)
+              for d in data.get("defaults") or [] if isinstance(d, dict) and len(d) == 1}   # `- attention: vanilla`
+    tree: dict = {}
+    for path, data in files.items():
+        if not isinstance(data, dict):
+            continue
+        body = {k: v for k, v in data.items() if k != "defaults"}
+        sub = path.relative_to(root).parts[0] if len(path.relative_to(root).parts) > 1 else None
+        merge(tree, {sub: body} if sub in nested else body)   # a sub-group's files sit at its own key
+    return tree
+
+
+def check_added_keys(overrides: list[str]) -> None:
+    """``++task.dat_dir=DIR`` / ``+model.atention.alpha=1`` (issue 27 #7): a key *added* with ``+``/``++`` under a
+    group that no config file of the group defines anywhere is a typo, not a new setting: refused with the nearest
+    key, before Hydra composes (it would run under a new run id and the key would be read by nothing).  A key below a
+    value that some config leaves open (a list, a free-form mapping such as ``recipe.quant.sites``) is not judged."""
+    import difflib
+
+    trees: dict[str, dict] = {}
+    for o in overrides:
+        if not o.startswith("+"):
+            continue
+        key, eq, _ = o.lstrip("+").partition("=")
+        parts = key.split(".")
+        if not eq or len(parts) < 2 or parts[0] not in GROUPS or "/" in parts[0]:
+            continue
+        node = trees.setdefault(parts[0], _union_tree(parts[0]))
+        for depth, part in enumerate(parts[1:], start=1):
+            if not isinstance(node, dict) or not node:
+                break
+            if part not in node:
+                near = difflib.get_close_matches(part, [str(k) for k in node], n=1)
+                where = ".".join(parts[:depth])
+                hint = f"; did you mean {where}.{near[0]}?" if near else ""
+                raise UnknownKeyError(f"{o.split('=')[0]}: no config of {parts[0]!r} has a key {'.'.join(parts[:depth + 1])!r}"
+                                      f"{hint} (valid under {where}: {', '.join(sorted(map(str, node)))})")
+            node = node[part]
+
+
 def sweep_safe(overrides: list[str]) -> list[str]:
     """``qexp run -m +recipe=a,b recipe.bcq.bits=2``: Hydra composes a multirun's base config once with the sweep
     overrides left out, so a single-valued ``recipe.*`` override would meet a config without a recipe ("Key 'recipe'

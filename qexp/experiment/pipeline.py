@@ -29,12 +29,19 @@ def backend_name(cfg) -> str:
     return str((cfg.get("inference") or {}).get("backend", "fake"))
 
 
+class SeedError(ValueError):
+    pass
+
+
 def prepare(cfg: DictConfig, cwd: Path) -> DictConfig:
     """No recipe means FP32; relative paths become absolute (they enter run ids and cache keys); an unknown top-level
     key (a ``+`` typo) is refused."""
     from ..config.compose import check_top_level
 
     check_top_level(cfg)
+    if not isinstance(cfg.get("seed"), int) or isinstance(cfg.get("seed"), bool):
+        raise SeedError(f"seed={cfg.get('seed')!r} must be an integer (seeds name fine-tuning and calibration "
+                        f"streams: seed=0, seed=0,1,2 in a sweep)")
     if cfg.get("recipe") is None:
         OmegaConf.set_struct(cfg, False)
         cfg.recipe = FP32
@@ -49,18 +56,29 @@ class OutputDirError(ValueError):
 
 def writable(folder: Path, key: str) -> None:
     """Refuse an output folder that cannot be created or written, now, so it fails before the run and not at its end
-    (issue 14 #5).  Nothing is created here: the nearest existing ancestor must be a writable folder."""
+    (issue 14 #5, issue 27 #13).  The nearest existing ancestor must be a folder in which a probe file can really be
+    created and removed (``os.access`` says yes under ``/proc`` as root); a dangling symlink (an unmounted scratch
+    disk) on the way is refused by name."""
     import os
+    import tempfile
 
     p = folder
     while not p.exists() and p != p.parent:
+        if p.is_symlink():
+            raise OutputDirError(f"{key}={str(folder)!r} cannot be created: {str(p)!r} is a symlink to "
+                                 f"{os.readlink(p)!r}, which does not exist (an unmounted disk?); choose another with "
+                                 f"{key}=DIR")
         p = p.parent
     if not p.is_dir():
         raise OutputDirError(f"{key}={str(folder)!r} cannot be created: {str(p)!r} is a file, not a folder; choose "
                              f"another with {key}=DIR")
-    if not os.access(p, os.W_OK | os.X_OK):
-        raise OutputDirError(f"{key}={str(folder)!r} is not writable (no write permission on {str(p)!r}); choose "
-                             f"another with {key}=DIR")
+    try:
+        fd, probe = tempfile.mkstemp(dir=p, prefix=".qexp-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OutputDirError(f"{key}={str(folder)!r} is not writable (creating a file in {str(p)!r} failed: "
+                             f"{e.strerror or e}); choose another with {key}=DIR") from None
 
 
 def where(cwd: Path, cfg) -> None:
@@ -181,8 +199,11 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, cwd: Path | None = 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     path = records.record_path(Path(cfg.results_dir), resolved)
     if path.exists() and not cfg.force:
-        log.info("skip: a record for this config and seed exists: %s (force=true re-runs it)", path)
-        return {"skipped": True, "path": str(path)}
+        if records.readable(path):
+            log.info("skip: a record for this config and seed exists: %s (force=true re-runs it)", path)
+            return {"skipped": True, "path": str(path)}
+        aside = records.set_aside(path)   # truncated or hand-broken: not done (issue 27 #5); kept for inspection
+        log.warning("the record %s is unreadable; moved it to %s and running again", path, aside)
 
     ctx, task, steps, backend = validated(cfg, resolved, cwd)
     timer, rid = ctx.timer, ctx.run_id
@@ -213,7 +234,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, cwd: Path | None = 
         "config": resolved, "overrides": list(overrides or []), "git": git,
         "versions": records.versions(), "device": records.device_info(ctx.device), "timings": timer.stages,
     }
-    records.write_atomic(path, record)
+    records.write_atomic(path, records.portable(record))
     score = "none (diverged)" if record["score"] is None else f"{record['score']:.2f}"
     log.info("%s / %s / %s / seed %s: score %s -> %s", cfg.model.name, cfg.task.name, cfg.recipe.name, cfg.seed,
              score, path)

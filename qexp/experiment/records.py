@@ -11,7 +11,7 @@ import json
 import logging
 from pathlib import Path
 
-from ..common.provenance import device_info, git_state, now, versions, write_atomic  # noqa: F401  (the record's parts)
+from ..common.provenance import device_info, git_state, now, portable, versions, write_atomic  # noqa: F401  (the record's parts)
 
 SCHEMA = 1
 OPERATIONAL_KEYS = ("force", "results_dir", "cache_dir", "progress", "device")
@@ -20,6 +20,30 @@ OPERATIONAL_KEYS = ("force", "results_dir", "cache_dir", "progress", "device")
 # the config keys that name data a run reads: the run id hashes their content, not their path (issue 14 #1)
 DATA_PATHS = (("task", "data_dir"), ("task", "heldout", "*", "data_dir"), ("task", "downstream", "data_dir"),
               ("task", "calibration_source"), ("recipe", "lkd", "text_file"), ("recipe", "bcq", "params_from"))
+
+
+def read_files(node: dict) -> list[str] | None:
+    """The file names a config node with a ``data_dir`` reads there (issue 27 #6: a ``NOTES.txt`` or an editor
+    backup beside them must not change the run id): GLUE's ``tsv.train`` and each eval split's ``tsv``; a corpus' or
+    perplexity text's ``files``; None (the whole folder) where the node names none."""
+    tsv = node.get("tsv")
+    if isinstance(tsv, dict) and tsv.get("train"):
+        return [tsv["train"], *(e["tsv"] for e in node.get("eval_splits") or [] if isinstance(e, dict) and e.get("tsv"))]
+    files = node.get("files")
+    if isinstance(files, dict) and files:
+        return sorted({str(v) for v in files.values() if v})
+    return None
+
+
+def locate(path: str) -> Path:
+    """A data path as a record holds it: absolute, relative to the working directory, or (records are portable,
+    :func:`portable`) relative to the qexp checkout."""
+    from ..common.provenance import REPO
+
+    p = Path(path).expanduser()
+    if p.is_absolute() or p.exists() or not (REPO / p).exists():
+        return p
+    return REPO / p
 
 
 def _with_content(node, keys: tuple):
@@ -35,7 +59,7 @@ def _with_content(node, keys: tuple):
         if rest:
             out[name] = _with_content(node[name], rest)
         elif isinstance(node[name], str) and node[name]:
-            fp = fingerprint(node[name])
+            fp = fingerprint(locate(node[name]), files=read_files(node) if name == "data_dir" else None)
             if fp is not None:
                 out[name] = {"content": fp}
     return out
@@ -68,6 +92,45 @@ REQUIRED = ("model", "task", "recipe", "seed", "config", "metrics")
 log = logging.getLogger("qexp")
 
 
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def malformed(rec: dict) -> str | None:
+    """Why a record with every required key still cannot feed a table (a hand-edited or badly merged file), or None:
+    the score is a number or null (a diverged run), the seed an integer, the metrics a mapping."""
+    if rec.get("score") is not None and not _number(rec["score"]):
+        return f"its score {rec['score']!r} is not a number (nor null)"
+    if not isinstance(rec.get("seed"), int) or isinstance(rec.get("seed"), bool):
+        return f"its seed {rec.get('seed')!r} is not an integer"
+    if not isinstance(rec.get("metrics"), dict):
+        return f"its metrics {type(rec.get('metrics')).__name__} is not a mapping"
+    return None
+
+
+def readable(path: Path) -> bool:
+    """Whether ``path`` holds a record :func:`load_records` would read: what "this run is done" means (issue 27 #5:
+    a truncated record is not done)."""
+    try:
+        with open(path) as f:
+            rec = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return (isinstance(rec, dict) and rec.get("schema") == SCHEMA and all(k in rec for k in REQUIRED)
+            and malformed(rec) is None)
+
+
+def set_aside(path: Path) -> Path:
+    """Move an unreadable record to ``<results_dir>/unreadable/`` (a new name if one is there) so the run re-runs."""
+    folder = path.parent / "unreadable"
+    folder.mkdir(exist_ok=True)
+    target, n = folder / path.name, 1
+    while target.exists():
+        target, n = folder / f"{path.stem}.{n}{path.suffix}", n + 1
+    path.replace(target)
+    return target
+
+
 def load_records(results_dir: Path) -> list[dict]:
     """Every readable record of this schema; a file that is not one (truncated, another schema, keys missing) is
     skipped with a warning that names it, so one bad file never hides the others or stops a table."""
@@ -87,6 +150,10 @@ def load_records(results_dir: Path) -> list[dict]:
         missing = [k for k in REQUIRED if k not in rec]
         if missing:
             log.warning("skipping %s: the record lacks %s", p, ", ".join(missing))
+            continue
+        bad = malformed(rec)
+        if bad:
+            log.warning("skipping %s: %s", p, bad)
             continue
         rec["_path"] = str(p)
         out.append(rec)

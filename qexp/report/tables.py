@@ -204,20 +204,53 @@ def text_outliers(df: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["model", "recipe"], key=lambda s: s.map(order).fillna(99) if s.name == "recipe" else s)
 
 
+class TablesError(ValueError):
+    """``qexp tables`` was pointed at something it cannot build from (no such folder, no records)."""
+
+
 def build_all(runs_dir: Path, out_dir: Path, bench_dir: Path | None = None) -> dict[str, Path]:
     """Every paper table from the run records in ``runs_dir`` (and the ``qexp bench`` records in ``bench_dir``,
-    default ``<runs_dir>/../bench``)."""
+    default ``<runs_dir>/../bench``).
+
+    All or nothing (issue 27 #1): a missing ``runs_dir`` or one without a readable record is refused before anything
+    is written (zero records would overwrite every committed table with an empty one); the tables are built in a
+    temporary sibling folder and moved into ``out_dir`` only when every builder succeeded, so a crash half-way leaves
+    the previous tables untouched."""
+    import os
+    import shutil
+    import tempfile
+
+    runs_dir, out_dir = Path(runs_dir), Path(out_dir)
+    if not runs_dir.is_dir():
+        raise TablesError(f"--runs {str(runs_dir)!r} is not a folder (no run records there); the records live in "
+                          f"results/runs by default")
+    records = load_records(runs_dir)
+    if not records:
+        raise TablesError(f"--runs {str(runs_dir)!r} holds no readable run record; refusing to overwrite the tables "
+                          f"in {str(out_dir)!r} with empty ones")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-building-"))
+    try:
+        built = _build_into(records, tmp, Path(bench_dir) if bench_dir else runs_dir.parent / "bench")
+        for path in sorted(p for p in tmp.rglob("*") if p.is_file()):   # every file a builder wrote, figures too
+            target = out_dir / path.relative_to(tmp)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+        return {name: out_dir / Path(path).relative_to(tmp) for name, path in built.items()}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _build_into(records: list[dict], out_dir: Path, bench: Path) -> dict[str, Path]:
+    """Every table from ``records`` into ``out_dir`` (a fresh folder)."""
     from . import bondarenko2023, chitsaz2024, kwon2021, zeroquant
     from .gemm import table_g8
 
-    records = load_records(runs_dir) if Path(runs_dir).exists() else []
     df = frame(records)
-    out_dir.mkdir(parents=True, exist_ok=True)
     written = zeroquant.build(records, out_dir)
     written.update(bondarenko2023.build(records, out_dir))
     written.update(chitsaz2024.build(records, out_dir))
     written.update(kwon2021.build(records, out_dir))
-    bench = Path(bench_dir) if bench_dir else Path(runs_dir).parent / "bench"
     written.update(chitsaz2024.build_memory(bench, out_dir))
     g8 = table_g8(bench)
     written["zeroquant_tableG8"] = out_dir / "zeroquant_tableG8.csv"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -54,6 +55,9 @@ def check_hyperparameters(tr) -> None:
         raise PretrainConfigError(f"task.train.lr_scheduler={tr.get('lr_scheduler')!r}; valid: {', '.join(SCHEDULES)}")
     if str(tr.get("precision", "fp32")) not in ("fp32", "fp16", "bf16"):
         raise PretrainConfigError(f"task.train.precision={tr.get('precision')!r}; valid: fp32, fp16, bf16")
+
+
+log = logging.getLogger("qexp")
 
 
 def cache_key(model_cfg, task, data_source: str, tokenizer: dict, seq_length: int, seed: int) -> dict:
@@ -145,12 +149,63 @@ def _trainer_class():
     return PretrainTrainer
 
 
+def complete(checkpoint: Path) -> bool:
+    """Whether a Trainer checkpoint folder was written to the end: its ``trainer_state.json`` (written last) parses and
+    every ``.pt``/``.pth``/``.bin`` file in it is a whole archive (``torch.save`` writes zip files; a killed save
+    leaves a truncated one)."""
+    import zipfile
+
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text())
+        for f in checkpoint.iterdir():
+            if f.suffix in (".pt", ".pth", ".bin"):
+                with zipfile.ZipFile(f) as z:
+                    if z.testzip() is not None:
+                        return False
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return False
+    return True
+
+
 def last_checkpoint(trainer_dir: Path) -> str | None:
+    """The newest *complete* checkpoint to resume from (issue 27 #12: a kill during a save left ``checkpoint-60``
+    without ``trainer_state.json`` and every rerun failed on it).  Incomplete ones are moved aside to
+    ``.incomplete-checkpoint-N`` (kept for inspection, ignored by the Trainer's rotation) with a warning."""
     if not trainer_dir.is_dir():
         return None
-    from transformers.trainer_utils import get_last_checkpoint
+    found = sorted((p for p in trainer_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
+                   key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    for ck in found:
+        if complete(ck):
+            return str(ck)
+        aside = ck.with_name(f".incomplete-{ck.name}")
+        shutil.rmtree(aside, ignore_errors=True)
+        ck.rename(aside)
+        log.warning("checkpoint %s was not written to the end (killed during a save?); moved it to %s and resuming "
+                    "from the newest complete one", ck, aside)
+    return None
 
-    return get_last_checkpoint(str(trainer_dir))
+
+def mean_train_loss(history: list[dict], out, resume: str | None) -> tuple[float | None, int]:
+    """The mean training loss over every step of the run, resumed or not (issue 27 #4: the Trainer's
+    ``training_loss`` divides the losses of *this* process's steps by all steps, so a resumed run reported 3.34
+    instead of 6.96).  Built from the logged windows (each a mean over the steps since the previous log; the log history
+    is restored with the checkpoint) plus this process's tail after its last log, recovered from the Trainer's total.
+    Returns (mean, steps it covers): steps between the last log and a checkpoint a killed run never logged are not
+    covered (none when ``save_steps`` is a multiple of ``logging_steps``)."""
+    start = int(Path(resume).name.split("-")[-1]) if resume else 0
+    logged = sorted({h["step"]: h["loss"] for h in history if "loss" in h and "eval_loss" not in h}.items())
+    total, steps, prev, this_run = 0.0, 0, 0, 0.0
+    for step, loss in logged:
+        window = step - max(prev, start) if prev < start < step else step - prev
+        total, steps, prev = total + loss * window, steps + window, step
+        if step > start:
+            this_run += loss * window
+    tail = out.global_step - max(prev, start)
+    if tail > 0 and out.training_loss is not None:   # the Trainer's total covers this process's steps exactly
+        total += max(out.training_loss * out.global_step - this_run, 0.0)
+        steps += tail
+    return (total / steps if steps else None), steps
 
 
 def pretrain(wrapper: nn.Module, hf: nn.Module, train_ds, collate, evaluate_fn, tr, seed: int, folder: Path,
@@ -197,7 +252,9 @@ def pretrain(wrapper: nn.Module, hf: nn.Module, train_ds, collate, evaluate_fn, 
     diverged = trainer.diverged
     if diverged is None and not all(torch.isfinite(p).all() for p in hf.parameters()):
         diverged = {"step": out.global_step, "reason": "non-finite weights after training"}
-    meta = {"steps": out.global_step, "diverged": diverged, **(extra_meta or {}), "train_loss_mean": out.training_loss, "seconds_this_run": seconds,
+    loss_mean, loss_steps = mean_train_loss(history, out, resume)
+    meta = {"steps": out.global_step, "diverged": diverged, **(extra_meta or {}), "train_loss_mean": loss_mean,
+            "train_loss_mean_steps": loss_steps, "seconds_this_run": seconds,
             "resumed_from": Path(resume).name if resume else None, "steps_this_run": steps_this_run,
             "tokens_per_second": tokens_per_step * steps_this_run / seconds if seconds > 0 else None,
             "curves": curves, "train_loss": train_losses, "transformers": transformers.__version__}

@@ -52,10 +52,43 @@ def test_glue_score_only_when_all_eight_tasks_exist(tmp_path):
     assert wide.loc["W8A32"].GLUE == pytest.approx(sum(80.0 + i for i in range(8)) / 8)
 
 
-def test_empty_results_give_empty_tables(tmp_path):
-    build_all(tmp_path / "none", tmp_path / "tables")
-    wide = pd.read_csv(tmp_path / "tables" / "bondarenko2021_table1.csv")
-    assert len(wide) == 0
+def test_a_missing_or_empty_runs_folder_is_refused_and_writes_nothing(tmp_path):
+    """Issue 27 #1: `qexp tables --runs results/run` (a typo) wrote 118 empty tables over the committed ones."""
+    from qexp.report.tables import TablesError
+
+    out = tmp_path / "tables"
+    out.mkdir()
+    (out / "bondarenko2021_table1.md").write_text("committed")
+    with pytest.raises(TablesError, match="'.*none' is not a folder"):
+        build_all(tmp_path / "none", out)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TablesError, match="holds no readable run record; refusing to overwrite"):
+        build_all(tmp_path / "empty", out)
+    assert [p.name for p in out.iterdir()] == ["bondarenko2021_table1.md"]
+    assert (out / "bondarenko2021_table1.md").read_text() == "committed"
+
+
+def test_a_bad_score_is_skipped_and_a_failing_builder_leaves_the_old_tables(tmp_path, monkeypatch, caplog):
+    """Issue 27 #1: a string score crashed the build after 44 of 118 files were rewritten.  Now the record is skipped
+    with a warning, and a builder that fails part-way leaves every previous table as it was (all or nothing)."""
+    from qexp.report import kwon2021
+
+    runs, out = tmp_path / "runs", tmp_path / "tables"
+    runs.mkdir()
+    write(runs, "minilm_l6", "rte", "fp32", 0, 60.0)
+    write(runs, "minilm_l6", "rte", "fp32", 1, "55.1")
+    with caplog.at_level("WARNING"):
+        build_all(runs, out)
+    assert "its score '55.1' is not a number" in caplog.text
+    assert pd.read_csv(out / "bondarenko2021_table1_vs_paper.csv").query("configuration == 'FP32' and column == "
+                                                                          "'RTE'").seeds.iloc[0] == 1
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    write(runs, "minilm_l6", "rte", "fp32", 2, 70.0)
+    monkeypatch.setattr(kwon2021, "build", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="boom"):
+        build_all(runs, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tables-building")]   # no temporary left
 
 
 def test_label_free_table(tmp_path):

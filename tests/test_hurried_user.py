@@ -1,0 +1,110 @@
+"""Issue 27: defects found by trying qexp the way a hurried user does, one test each (each fails on the code before
+the fix).  The table-builder ones live in tests/report/test_tables.py, the pre-training resume ones in
+tests/test_pretrain.py, the record migration in tests/test_migrate_run_ids.py."""
+import json
+
+import pytest
+
+from qexp.experiment.records import load_records
+
+from .helpers import cli, run_cfg
+
+
+def test_a_truncated_record_is_not_done_the_run_reruns(tmp_path, caplog):
+    """#5: a truncated record made every rerun print "skip" while `qexp tables` skipped it: the experiment vanished."""
+    run_cfg(tmp_path, "+recipe=w8a8_ptq")
+    path = next((tmp_path / "runs").glob("*.json"))
+    good = json.loads(path.read_text())
+    path.write_text(path.read_text()[:200])          # a bad merge / a full disk
+    with caplog.at_level("WARNING"):
+        rec = run_cfg(tmp_path, "+recipe=w8a8_ptq")
+    assert not rec.get("skipped") and "is unreadable; moved it to" in caplog.text
+    assert [r["score"] for r in load_records(tmp_path / "runs")] == [good["score"]]
+    assert len(list((tmp_path / "runs" / "unreadable").iterdir())) == 1   # kept for inspection, out of the way
+
+
+def test_a_string_score_in_a_record_does_not_count_as_done(tmp_path):
+    run_cfg(tmp_path, "+recipe=w8a8_ptq")
+    path = next((tmp_path / "runs").glob("*.json"))
+    rec = json.loads(path.read_text())
+    rec["score"] = "55.1"
+    path.write_text(json.dumps(rec))
+    assert not run_cfg(tmp_path, "+recipe=w8a8_ptq").get("skipped")
+
+
+@pytest.mark.parametrize("seed", ["1.5", "true", "abc"])
+def test_a_seed_that_is_not_an_integer_is_refused(tmp_path, seed):
+    """#7: `seed=1.5` ran and was recorded as `...seed1.5...`."""
+    with pytest.raises(ValueError, match=rf"seed={seed!r}|seed=1.5|seed=True|seed='abc'"):
+        run_cfg(tmp_path, f"seed={seed}")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_added_key_that_no_config_defines_is_refused_before_hydra(capsys, tmp_path):
+    """#7: `++task.dat_dir=DIR` (a typo) ran under a new run id and read nothing."""
+    code, _, err = cli(capsys, "run", f"results_dir={tmp_path}", "++task.dat_dir=/x")
+    assert code != 0 and "no config of 'task' has a key 'task.dat_dir'; did you mean task.data_dir?" in err
+    code, _, err = cli(capsys, "run", f"results_dir={tmp_path}", "model=bert_cpu", "+model.attention.alpah=2")
+    assert code != 0 and "did you mean model.attention.alpha?" in err
+
+
+def test_a_dangling_symlink_results_dir_is_refused_before_the_run(tmp_path, monkeypatch):
+    """#13: an unmounted scratch disk: the run executed, then FileExistsError at the record write (result lost)."""
+    import qexp.kinds.label_free as label_free
+
+    (tmp_path / "scratch").symlink_to(tmp_path / "unmounted" / "disk")
+    monkeypatch.setattr(label_free.LabelFree, "load", lambda self: pytest.fail("the model was loaded"), raising=False)
+    with pytest.raises(ValueError, match=r"is a symlink to '.*unmounted/disk', which does not exist"):
+        run_cfg(tmp_path, f"results_dir={tmp_path / 'scratch' / 'runs'}")
+
+
+def test_an_output_dir_where_no_file_can_be_created_is_refused(tmp_path, monkeypatch):
+    """#13: under /proc as root `os.access` says writable; the probe file says otherwise."""
+    import tempfile
+
+    real = tempfile.mkstemp
+
+    def refuse(*a, dir=None, **k):
+        if dir is not None and str(dir).startswith(str(tmp_path / "ro")):
+            raise PermissionError(13, "Operation not permitted")
+        return real(*a, dir=dir, **k)
+
+    (tmp_path / "ro").mkdir()
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    with pytest.raises(ValueError, match=r"is not writable \(creating a file in '.*ro' failed: Operation not "):
+        run_cfg(tmp_path, f"results_dir={tmp_path / 'ro' / 'runs'}")
+
+
+def test_ctrl_c_is_one_line_and_status_130(capsys, monkeypatch):
+    """#16: Ctrl-C during calibration printed a ~90-line traceback and exited 1."""
+    import qexp.cli as qcli
+
+    monkeypatch.setattr(qcli, "_run", lambda argv: (_ for _ in ()).throw(KeyboardInterrupt()))
+    code, _, err = cli(capsys, "run")
+    assert code == 130 and err.count("\n") == 1 and err.startswith("qexp: interrupted")
+
+
+def test_a_reader_that_leaves_does_not_kill_the_run(capsys):
+    """#16: `qexp run ... | head -1` killed the run with a BrokenPipeError (from the Trainer's log print)."""
+    import io
+
+    from qexp.cli import _ReaderMayLeave
+
+    class Closed(io.StringIO):
+        def write(self, s):
+            raise BrokenPipeError
+
+        def fileno(self):
+            return fd
+
+    import os
+    import tempfile
+
+    fd, name = tempfile.mkstemp()
+    try:
+        out = _ReaderMayLeave(Closed())
+        assert out.write("a line the reader will never see\n") == 33   # swallowed, the run goes on
+        out.flush()
+    finally:
+        os.close(fd)
+        os.unlink(name)
