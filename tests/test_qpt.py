@@ -118,6 +118,9 @@ def test_held_out_windows_batched_equal_one_at_a_time():
     (["+recipe=qpt_ptq_w8_tensor", "recipe.qpt.gradients={bits: 8}"], "gradients and Adam states exist only"),
     (["+recipe=qpt_w8a8", "recipe.qpt.weights.bits=1"], "bit-width 1"),
     (["+recipe=w8a8_ptq", "+recipe.qpt={weights: {bits: 8}}"], r"both a qpt block .* and PTQ quantizers"),
+    # issue 27 #2 / issue 26: both recorded an FP run under the name qpt_w8a8
+    (["+recipe=qpt_w8a8", "++recipe.qpt.enabled=false"], r"recipe 'qpt_w8a8' quantizes nothing"),
+    (["+recipe=qpt_w8a8", "recipe.qpt.exclude=[*]"], r"leaves no linear layer: the recipe would quantize nothing"),
 ])
 def test_bad_qpt_settings_are_refused_before_any_work(overrides, match, tmp_path, corpus, heldout):
     with pytest.raises(ValueError, match=match):

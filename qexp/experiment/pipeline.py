@@ -100,10 +100,19 @@ class NoOpRecipeError(ValueError):
     pass
 
 
+def trains_quantized(recipe) -> bool:
+    """Whether the recipe's ``qpt`` block is on: judged by the same parser the pre-training kind uses
+    (:func:`~qexp.config.training_quant.training_quant`), so ``qpt.enabled=false`` is off here too (issue 26/27: the
+    guard took any ``qpt`` block as quantizing and recorded an FP run under the recipe's name)."""
+    from ..config.training_quant import training_quant
+
+    return training_quant(recipe) is not None
+
+
 def check_recipe_enables_something(recipe, quant: dict) -> None:
     """The static half of :func:`check_quantizes_something`, before anything loads: no group enabled and no site rule
     that enables a site."""
-    if recipe.name == FP32["name"] or recipe.get("qpt") is not None:
+    if recipe.name == FP32["name"] or trains_quantized(recipe):
         return
     from ..quant.sites import GROUPS
 
@@ -119,7 +128,7 @@ def check_quantizes_something(recipe, model) -> None:
     """A recipe other than ``fp32`` that leaves every site in floating point (every group disabled, or a rule such
     as ``{match: "*", enabled: false}``) would score as a perfect quantization: refused (issue 14 #2).  Recipes that
     quantize during training (``qpt``) are judged by their training block instead."""
-    if recipe.name == FP32["name"] or recipe.get("qpt") is not None:
+    if recipe.name == FP32["name"] or trains_quantized(recipe):
         return
     from ..quant.sites import quantizers
 

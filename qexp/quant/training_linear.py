@@ -110,6 +110,9 @@ def attach(model: nn.Module, spec: LinearQuant | None, include: list[str], exclu
                                      f"are: {', '.join(sorted(layers)[:8])}{' ...' if len(layers) > 8 else ''}")
     chosen = [n for n in layers if any(fnmatchcase(n, p) for p in include)
               and not any(fnmatchcase(n, p) for p in exclude)]
+    if spec is not None and not chosen:   # issue 27 #2: `exclude=[*]` recorded an FP run under a qpt recipe's name
+        raise TrainingQuantError(f"include {list(include)} minus exclude {list(exclude)} leaves no linear layer: the "
+                                 f"recipe would quantize nothing (for a floating-point run use recipe fp32)")
     for name in chosen:
         layers[name].training_quant = spec
     return sorted(chosen)

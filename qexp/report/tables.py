@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..experiment.records import load_records, run_id
+from . import cells
 from .spec import GLUE_TASKS, MEMORY, TableSpec, register
 
 REFERENCE = Path(__file__).parent / "reference"
@@ -67,13 +68,16 @@ def variant(config: dict) -> str:
 
 
 def frame(records: list[dict]) -> pd.DataFrame:
-    cols = ["model", "task", "recipe", "seed", "score", "metrics", "variant", "path", "memory", "calibration"]
+    cols = ["model", "task", "recipe", "seed", "score", "metrics", "variant", "path", "memory", "calibration",
+            "finished", "dirty", "recipe_overrides", "stale"]
     return pd.DataFrame([{"model": r["model"], "task": r["task"], "recipe": r["recipe"], "seed": r["seed"],
                           "score": r.get("score"), "metrics": r.get("metrics", {}),
                           "variant": variant(r.get("config", {})), "path": r.get("_path"),
                           "memory": (r.get("memory") or {}).get("reduction"),
-                          "calibration": (r.get("config") or {}).get("calibration")} for r in records],
-                        columns=cols)
+                          "calibration": (r.get("config") or {}).get("calibration"),
+                          "finished": str(r.get("finished") or ""), "dirty": bool((r.get("git") or {}).get("dirty")),
+                          "recipe_overrides": cells.recipe_overrides(r.get("overrides")), "stale": cells.stale(r)}
+                         for r in records], columns=cols)
 
 
 def warn_mixed(sub: pd.DataFrame, keys: list[str]) -> None:
@@ -84,61 +88,87 @@ def warn_mixed(sub: pd.DataFrame, keys: list[str]) -> None:
                           f"median pools them. Records: {sorted(g.path.dropna())}", stacklevel=2)
 
 
-def paper_table(df: pd.DataFrame, spec: TableSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(wide table in the paper's layout, one row per model and paper row; long comparison with the paper)."""
+MODEL_LABELS = {"minilm_l6": "MiniLM-L6", "bert_base": "BERT-base", "bert_large": "BERT-large",
+                "tiny_bert": "tiny_bert (random weights)", "roberta_base": "RoBERTa-base"}
+
+
+def paper_table(df: pd.DataFrame, spec: TableSpec) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """(wide table in the paper's layout, one row per model and paper row, with a seed count per cell; long
+    comparison with the paper; notes).  Cells follow :mod:`.cells`: one configuration each, seeds per cell, dirty
+    records flagged."""
     recipes = {recipe: label for label, recipe in spec.rows if recipe}
     sub = df[df.task.isin(spec.tasks) & df.recipe.isin(list(recipes))].copy()
     sub["column"] = sub.task.map(GLUE_COLUMNS)
-    warn_mixed(sub, ["model", "recipe", "column"])
-    med = sub.groupby(["model", "recipe", "column"]).score.median()
-    seeds = sub.groupby(["model", "recipe", "column"]).seed.nunique()
+    sub, notes = cells.select(sub, ["model", "recipe", "column"])
+    stats = {key: cells.cell_stats(g) for key, g in sub.groupby(["model", "recipe", "column"])}
     memory = sub.dropna(subset=["memory"]).groupby(["model", "recipe"]).memory.median()
     wide = []
     for model in sorted(sub.model.unique()):
         for label, recipe in spec.rows:
-            cells = {c: med.get((model, recipe, c)) for c in spec.columns}
-            n = [int(seeds[(model, recipe, c)]) for c in spec.columns if (model, recipe, c) in seeds.index]
-            row = {"model": model, "configuration": label, **cells, "seeds": min(n) if n else None}
+            st = {c: stats.get((model, recipe, c), (None, 0, False)) for c in spec.columns}
+            row = {"model": model, "configuration": label, **{c: st[c][0] for c in spec.columns},
+                   **{f"n {c}": st[c][1] for c in spec.columns},
+                   "dirty": ", ".join(c for c in spec.columns if st[c][2])}
             if spec.average:
-                full = all(cells[c] is not None for c in spec.columns)
-                row[spec.average] = sum(cells.values()) / len(cells) if full else None
+                full = all(st[c][0] is not None for c in spec.columns)
+                row[spec.average] = sum(st[c][0] for c in spec.columns) / len(spec.columns) if full else None
             row[MEMORY] = memory.get((model, recipe))
             wide.append(row)
-    every = ["model", "configuration", *spec.columns, *([spec.average] if spec.average else []), MEMORY, "seeds"]
-    wide = pd.DataFrame(wide, columns=every)[["model", "configuration", *spec.printed, "seeds"]]  # the paper's layout
+    every = ["model", "configuration", *spec.columns, *([spec.average] if spec.average else []), MEMORY,
+             *[f"n {c}" for c in spec.columns], "dirty"]
+    wide = pd.DataFrame(wide, columns=every)[["model", "configuration", *spec.printed,
+                                              *[f"n {c}" for c in spec.columns], "dirty"]]   # the paper's layout
     paper = pd.read_csv(REFERENCE / f"{spec.name}.csv").set_index("configuration")
     long = []
     for _, w in wide.iterrows():
-        recipe = dict(spec.rows)[w.configuration]
         for c in spec.printed:
             ref = paper.loc[w.configuration, c]
             per_task = c in spec.columns
             long.append({"model": w.model, "configuration": w.configuration, "column": c, "ours": w[c],
                          "paper": ref, "delta": w[c] - ref if pd.notna(w[c]) and pd.notna(ref) else None,
-                         "seeds": int(seeds.get((w.model, recipe, c), 0)) if per_task else w.seeds})
-    return wide, pd.DataFrame(long, columns=["model", "configuration", "column", "ours", "paper", "delta", "seeds"])
+                         "seeds": int(w[f"n {c}"]) if per_task else min(int(w[f"n {t}"]) for t in spec.columns)})
+    return wide, pd.DataFrame(long, columns=["model", "configuration", "column", "ours", "paper", "delta", "seeds"]), \
+        notes
 
 
 def _fmt(x) -> str:
     return "–" if pd.isna(x) else f"{x:.2f}"
 
 
-def paper_markdown(wide: pd.DataFrame, spec: TableSpec) -> str:
+def paper_markdown(wide: pd.DataFrame, spec: TableSpec, notes: list[str] | None = None) -> str:
     paper = pd.read_csv(REFERENCE / f"{spec.name}.csv").set_index("configuration")
     cols = spec.printed
-    lines = [f"{spec.title}. Cells: ours (paper, BERT-base); median over seeds.", ""]
+    lines = [f"{spec.title}. Cells: ours [seeds] (paper, BERT-base); ours is the median over seeds of one "
+             f"configuration; {cells.DIRTY_MARK}: a record from a dirty tree.", ""]
+    empty = {}
     for model, g in wide.groupby("model", sort=True):
-        lines += [f"model: {model}", "", "| configuration | " + " | ".join(cols) + " | seeds |",
-                  "|---|" + "---|" * (len(cols) + 1)]
+        lines += [f"model: {model} (ours: {MODEL_LABELS.get(model, model)}; paper: BERT-base)", "",
+                  "| configuration | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
         for _, w in g.iterrows():
-            cells = [f"{_fmt(w[c])} ({_fmt(paper.loc[w.configuration, c])})" for c in cols]
-            lines.append(f"| {w.configuration} | " + " | ".join(cells) + f" | {'' if pd.isna(w.seeds) else int(w.seeds)} |")
+            row = []
+            for c in cols:
+                if c in spec.columns:
+                    ours = cells.fmt_cell(None if pd.isna(w[c]) else w[c], int(w[f"n {c}"]), c in str(w.dirty))
+                    if ours == cells.DASH:
+                        task = next(t for t in spec.tasks if GLUE_COLUMNS[t] == c)
+                        empty.setdefault(c, cells.empty_reason(task))
+                else:
+                    ours = _fmt(w[c])
+                row.append(f"{ours} ({_fmt(paper.loc[w.configuration, c])})")
+            lines.append(f"| {w.configuration} | " + " | ".join(row) + " |")
         lines.append("")
     if spec.literature:
         lines += ["Other papers' methods as printed (reference only; see the paper's footnotes):", "",
                   "| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
         for label in spec.literature:
             lines.append(f"| {label} | " + " | ".join(_fmt(paper.loc[label, c]) for c in cols) + " |")
+        lines.append("")
+    if empty or notes:
+        lines += ["Notes:", ""]
+        lines += [f"- Empty cells ({cells.DASH}) in {c}: {why}." for c, why in empty.items()]
+        if spec.average and empty:
+            lines.append(f"- {spec.average}: printed only when every task column of the row is filled.")
+        lines += [f"- {n}" for n in notes or []]
         lines.append("")
     return "\n".join(lines)
 
@@ -256,13 +286,13 @@ def _build_into(records: list[dict], out_dir: Path, bench: Path) -> dict[str, Pa
     written["zeroquant_tableG8"] = out_dir / "zeroquant_tableG8.csv"
     g8.to_csv(written["zeroquant_tableG8"], index=False, float_format="%.6g")
     for spec in TABLES:
-        wide, long = paper_table(df, spec)
+        wide, long, notes = paper_table(df, spec)
         written[spec.name] = out_dir / f"{spec.name}.csv"
         wide.to_csv(written[spec.name], index=False, float_format="%.2f")
         written[f"{spec.name}_vs_paper"] = out_dir / f"{spec.name}_vs_paper.csv"
         long.to_csv(written[f"{spec.name}_vs_paper"], index=False, float_format="%.2f")
         written[f"{spec.name}.md"] = out_dir / f"{spec.name}.md"
-        written[f"{spec.name}.md"].write_text(paper_markdown(wide, spec))
+        written[f"{spec.name}.md"].write_text(paper_markdown(wide, spec, notes))
     t9 = table9(df)
     written["bondarenko2021_table9"] = out_dir / "bondarenko2021_table9.csv"
     t9.to_csv(written["bondarenko2021_table9"], index=False, float_format="%.2f")
@@ -281,6 +311,11 @@ def _build_into(records: list[dict], out_dir: Path, bench: Path) -> dict[str, Pa
     written["text_outliers.md"].write_text(
         "Label-free default task (pydoc text): relative error versus FP32 and outlier statistics\n\n"
         + outl.to_markdown(index=False, floatfmt=".2f") + "\n")
+    for path in written.values():   # no nan/None cell anywhere: an empty cell is "–", and the table says why
+        if path.suffix == ".csv" and path.exists():
+            cells.dash_empty_csv(path)
+        elif path.suffix == ".md" and path.exists():
+            path.write_text(cells.dash_empty_markdown(path.read_text()))
     from .latex import write_latex_for
 
     written.update(write_latex_for(written))

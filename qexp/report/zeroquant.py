@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import cells
 from .spec import ZEROQUANT_ORDER, TableSpec, register
 
 REFERENCE = Path(__file__).parent / "reference"
@@ -53,12 +54,14 @@ ZERO_SHOT_ROWS = {"HellaSwag": ["hellaswag"], "LAMBADA": ["lambada_openai"], "Tr
                   "BoolQ": ["boolq"], "Copa": ["copa"], "RTE": ["sglue_rte", "qexp_rte_local"], "WSC": ["wsc"],
                   "MultiRC": ["multirc"], "ReCoRD": ["record"]}
 LM_TABLES = {
-    "zeroquant_tableI1": ("ZeroQuant Table I.1: GPT-3-350M zero-shot (ours: any decoder)",
+    "zeroquant_tableI1": ("ZeroQuant Table I.1: GPT-3-350M zero-shot (ours: the decoder named in the model column, a "
+                          "substitute for GPT-3-350M)",
                           {"Baseline W16A16": "fp32", "PTQ W8A16": "zq_ptq_w8a16", "PTQ W16A8": "zq_ptq_w16a8",
                            "PTQ W8A8": "zq_ptq_w8a8", "PTQ W4/8A16": "zq_ptq_w48a16", "ZeroQuant W8A8": "zq_w8a8",
                            "ZeroQuant W4/8A16": "zq_w48a16", "ZeroQuant W4/8A8": "zq_w48a8",
                            "ZeroQuant-LKD W4/8A16": "zq_lkd_w48a16", "ZeroQuant-LKD W4/8A8": "zq_lkd_w48a8"}),
-    "zeroquant_tableI2": ("ZeroQuant Table I.2: GPT-3-1.3B zero-shot (ours: any decoder)",
+    "zeroquant_tableI2": ("ZeroQuant Table I.2: GPT-3-1.3B zero-shot (ours: – ; no 1.3B decoder runs offline here, and no smaller "
+                          "model's numbers are shown under its name: see Table I.1 for SmolLM2-135M)",
                           {"Baseline W16A16": "fp32", "PTQ W8A8": "zq_ptq_w8a8", "PTQ W4/8A16": "zq_ptq_w48a16",
                            "ZeroQuant W8A8": "zq_w8a8", "ZeroQuant W4/8A16": "zq_w48a16",
                            "ZeroQuant W4/8A8": "zq_w48a8", "ZeroQuant-LKD W4/8A16": "zq_lkd_w48a16",
@@ -87,17 +90,30 @@ def evaluation_setting(r: dict) -> str:
     if backend != "fake":
         parts.append(f"backend {backend}")
     grid = (((r.get("config") or {}).get("recipe") or {}).get("quant") or {}).get("grid")
-    if grid != "deepspeed":   # records before 2026-12-06 used qexp's grid (issue 14 #10): never pooled with the new
+    if grid != "deepspeed" and r.get("recipe") != "fp32":   # an FP baseline has no grid (issue 29: it landed apart)   # records before 2026-12-06 used qexp's grid (issue 14 #10): never pooled with the new
         parts.append("qexp grid")
     return "; ".join(parts)
 
 
 def _records(records: list[dict]) -> pd.DataFrame:
+    from .tables import variant
+
     return pd.DataFrame([{"model": r["model"], "task": r["task"], "recipe": r["recipe"], "seed": r["seed"],
                           "score": r.get("score"), "metrics": r.get("metrics") or {},
-                          "relative_error": r.get("relative_error"), "setting": evaluation_setting(r)}
+                          "relative_error": r.get("relative_error"), "setting": evaluation_setting(r),
+                          "variant": variant(r.get("config") or {}), "finished": str(r.get("finished") or ""),
+                          "dirty": bool((r.get("git") or {}).get("dirty")), "path": r.get("_path"),
+                          "recipe_overrides": cells.recipe_overrides(r.get("overrides")), "stale": cells.stale(r)}
                          for r in records],
-                        columns=["model", "task", "recipe", "seed", "score", "metrics", "relative_error", "setting"])
+                        columns=["model", "task", "recipe", "seed", "score", "metrics", "relative_error", "setting",
+                                 "variant", "finished", "dirty", "path", "recipe_overrides", "stale"])
+
+
+# the paper's model of a table, where it names one qexp could run: other models' numbers never appear under it
+PAPER_MODELS = {"zeroquant_tableE2": ("bert_large",), "zeroquant_tableG6": ("bert_large",),
+                "zeroquant_tableI2": ()}
+PAPER_MODEL_NAMES = {"zeroquant_tableE2": "BERT-large", "zeroquant_tableG6": "BERT-large",
+                     "zeroquant_tableI2": "GPT-3 1.3B"}
 
 
 def _glue_cell(g: pd.DataFrame, split: str, metrics: tuple[str, ...]) -> list[float] | None:
@@ -116,24 +132,38 @@ def glue_table(df: pd.DataFrame, spec: TableSpec) -> tuple[pd.DataFrame, pd.Data
     cell."""
     paper = pd.read_csv(REFERENCE / f"{spec.name}.csv", dtype=str).set_index("configuration")
     sub = df[df.recipe.isin(spec.recipes) & df.task.isin(spec.tasks)]
+    if spec.name in PAPER_MODELS:
+        sub = sub[sub.model.isin(PAPER_MODELS[spec.name])]
+    sub, notes = cells.select(sub, ["model", "setting", "task", "recipe"])
     ours, both = [], []
-    for model, setting in sorted(set(zip(sub.model, sub.setting))):
+    pairs = sorted(set(zip(sub.model, sub.setting))) or ([("–", "paper only")] if spec.name in PAPER_MODELS else [])
+    for model, setting in pairs:
         mdf = sub[(sub.model == model) & (sub.setting == setting)]
         for label, recipe in spec.rows:
-            row = {"model": model, "setting": setting, "configuration": label}
+            row, seeds = {"model": model, "setting": setting, "configuration": label}, {}
             avg = []
             for col, task, split, metrics in spec.split_columns:
                 g = mdf[(mdf.recipe == recipe) & (mdf.task == task)] if recipe else mdf[:0]
+                g = g[g.score.map(cells.finite)]
                 vals = _glue_cell(g, split, metrics) if len(g) else None
                 row[col] = "/".join(f"{v:.2f}" for v in vals) if vals else ""
+                seeds[col] = (int(g.seed.nunique()) if vals else 0, bool(g.dirty.any()) if vals else False)
                 avg.append(sum(vals) / len(vals) if vals else None)
             row[spec.average] = f"{sum(avg) / len(avg):.2f}" if all(a is not None for a in avg) else ""
-            seeds = mdf[mdf.recipe == recipe].seed.nunique() if recipe else 0
-            ours.append({**row, "seeds": seeds})
-            both.append({**{k: (f"{v or '–'} ({paper.loc[label, k]})" if k not in ("model", "setting", "configuration")
-                                else v) for k, v in row.items()}, "seeds": seeds})
-    cols = ["model", "setting", "configuration", *[c for c, *_ in spec.split_columns], spec.average, "seeds"]
-    return pd.DataFrame(ours, columns=cols), pd.DataFrame(both, columns=cols)
+            n = {f"n {c}": seeds[c][0] for c in seeds}
+            ours.append({**row, **n})
+            both.append({**{k: (f"{_with_n(v, *seeds.get(k, (None, False)))} ({paper.loc[label, k]})"
+                                if k not in ("model", "setting", "configuration") else v) for k, v in row.items()}})
+    split_cols = [c for c, *_ in spec.split_columns]
+    cols = ["model", "setting", "configuration", *split_cols, spec.average]
+    return (pd.DataFrame(ours, columns=[*cols, *[f"n {c}" for c in split_cols]]), pd.DataFrame(both, columns=cols),
+            notes)
+
+
+def _with_n(value: str, n, dirty: bool) -> str:
+    if not value:
+        return cells.DASH
+    return value if n is None else f"{value} [{n}]" + (cells.DIRTY_MARK if dirty else "")
 
 
 def _median_error(g: pd.DataFrame, recipe: str, kind: str, bits: str) -> float | None:
@@ -144,18 +174,26 @@ def _median_error(g: pd.DataFrame, recipe: str, kind: str, bits: str) -> float |
 
 
 def table_g10(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (model, task, evaluation setting) and error kind: grids, backends and window counts never share a
+    median (issue 29).  The INT4 weight row takes any recipe with INT4 group-wise weights (``zq_w48a16`` and
+    ``zq_w48a8`` quantize the FFN weights to INT4 identically), and its standard counterpart the per-tensor INT4/8
+    PTQ recipe."""
     paper = pd.read_csv(REFERENCE / "zeroquant_tableG10.csv").set_index("configuration")
     rows = []
     sub = df.dropna(subset=["relative_error"])
-    for (model, task), g in sub.groupby(["model", "task"], sort=True):
+    if len(sub):
+        sub, _ = cells.select(sub[sub.relative_error.map(bool)], ["model", "task", "setting", "recipe"])
+    for (model, task, setting), g in sub.groupby(["model", "task", "setting"], sort=True):
         for label, kind, bits, standard, zq in G10:
-            rows.append({"model": model, "task": task, "configuration": label,
+            zqs = (zq, "zq_w48a8") if bits == "4" else (zq,)
+            rows.append({"model": model, "task": task, "setting": setting, "configuration": label,
                          "Standard Quantization": _median_error(g, standard, kind, bits),
-                         "GQ or TQ": _median_error(g, zq, kind, bits),
+                         "GQ or TQ": next((v for v in (_median_error(g, r, kind, bits) for r in zqs)
+                                           if v is not None), None),
                          "paper Standard Quantization": paper.loc[label, "Standard Quantization"],
                          "paper GQ or TQ": paper.loc[label, "GQ or TQ"]})
-    return pd.DataFrame(rows, columns=["model", "task", "configuration", "Standard Quantization", "GQ or TQ",
-                                       "paper Standard Quantization", "paper GQ or TQ"])
+    return pd.DataFrame(rows, columns=["model", "task", "setting", "configuration", "Standard Quantization",
+                                       "GQ or TQ", "paper Standard Quantization", "paper GQ or TQ"])
 
 
 def lm_table(df: pd.DataFrame, name: str) -> pd.DataFrame:
@@ -164,7 +202,10 @@ def lm_table(df: pd.DataFrame, name: str) -> pd.DataFrame:
     paper = pd.read_csv(REFERENCE / f"{name}.csv", dtype=str).set_index("task")
     out = []
     sel = df[df.recipe.isin(columns.values())]
-    for model, setting in sorted(set(zip(sel.model, sel.setting))):
+    if name in PAPER_MODELS:   # never another model's numbers under the paper's model name (issue 29)
+        sel = sel[sel.model.isin(PAPER_MODELS[name])]
+    pairs = sorted(set(zip(sel.model, sel.setting))) or ([("–", "paper only")] if name in PAPER_MODELS else [])
+    for model, setting in pairs:
         mdf = sel[(sel.model == model) & (sel.setting == setting)]
         for row, tasks in [*ZERO_SHOT_ROWS.items(), ("Wikitext-2", None)]:
             rec = {"model": model, "task": row, "setting": setting}
@@ -179,7 +220,7 @@ def lm_table(df: pd.DataFrame, name: str) -> pd.DataFrame:
             key = row if row in paper.index else {"Wikitext-2": "Wikitxt-2"}.get(row)  # Table I.1 prints "Wikitxt-2"
             for col in columns:
                 rec[f"paper {col}"] = paper.loc[key, col] if key in paper.index else None
-            if any(rec[c] is not None for c in columns):
+            if any(rec[c] is not None for c in columns) or model == "–":
                 out.append(rec)
     return pd.DataFrame(out, columns=["model", "task", "setting", *columns, *[f"paper {c}" for c in columns]])
 
@@ -188,14 +229,19 @@ def build(records: list[dict], out_dir: Path) -> dict[str, Path]:
     df = _records(records)
     written = {}
     for spec in GLUE_TABLES:
-        ours, both = glue_table(df, spec)
+        ours, both, notes = glue_table(df, spec)
         written[spec.name] = out_dir / f"{spec.name}.csv"
         ours.to_csv(written[spec.name], index=False)
         written[f"{spec.name}.md"] = out_dir / f"{spec.name}.md"
+        paper_model = PAPER_MODEL_NAMES.get(spec.name, "BERT-base")
+        models = sorted(set(ours.model) - {"–"})
+        whose = (f"ours: {', '.join(models)}" if models else
+                 f"ours: – ({paper_model} was not run here; no other model's numbers are shown under its name)")
         written[f"{spec.name}.md"].write_text(
-            f"{spec.title}. Cells: ours (paper; BERT-{'large' if spec.name in ('zeroquant_tableE2', 'zeroquant_tableG6') else 'base'}), "
-            f"median over seeds; rows without a recipe are the paper's only.\n\n"
-            + (both.to_markdown(index=False) if len(both) else "(no runs yet)") + "\n")
+            f"{spec.title}. Cells: ours [seeds] (paper, {paper_model}); {whose}; ours is the median over seeds of one "
+            f"configuration ({cells.DIRTY_MARK}: a record from a dirty tree); rows without a recipe are the paper's "
+            f"only.\n\n" + (both.to_markdown(index=False) if len(both) else "(no runs yet)") + "\n"
+            + ("\nNotes:\n\n" + "\n".join(f"- {n}" for n in notes) + "\n" if notes else ""))
     g10 = table_g10(df)
     written["zeroquant_tableG10"] = out_dir / "zeroquant_tableG10.csv"
     g10.to_csv(written["zeroquant_tableG10"], index=False, float_format="%.4f")

@@ -9,10 +9,17 @@ from qexp.report.tables import build_all
 
 
 
-def write(runs, model, task, recipe, seed, score, calibration="default", **metrics):
+def read(path, **kw):
+    """A results table as numbers: empty cells are written "–" (issue 29: never nan/None)."""
+    return pd.read_csv(path, na_values=["–"], **kw)
+
+
+def write(runs, model, task, recipe, seed, score, calibration="default", finished="2026-12-01", git=None,
+          overrides=None, **metrics):
     rec = {"schema": SCHEMA, "model": model, "task": task, "recipe": recipe, "seed": seed, "score": score,
            "metrics": metrics, "config": {"seed": seed, "calibration": calibration, "recipe": {
-               "name": recipe}}}
+               "name": recipe}}, "finished": finished, "git": git or {"commit": "abc", "dirty": False},
+           "overrides": overrides or [f"+recipe={recipe}"]}
     (runs / f"{model}_{task}_{recipe}_{seed}.json").write_text(json.dumps(rec))
 
 
@@ -26,19 +33,20 @@ def test_table1_layout_median_and_paper_deltas(tmp_path):
     write(runs, "minilm_l6", "mrpc", "fp32", 0, 80.0)
     (runs / "not_a_record.json").write_text(json.dumps({"schema": 999}))
     build_all(runs, tmp_path / "tables")
-    wide = pd.read_csv(tmp_path / "tables" / "bondarenko2021_table1.csv")
+    wide = read(tmp_path / "tables" / "bondarenko2021_table1.csv")
     assert list(wide.columns) == ["model", "configuration", "CoLA", "SST-2", "MRPC", "STS-B", "QQP", "MNLI", "QNLI",
-                                  "RTE", "GLUE", "seeds"]
+                                  "RTE", "GLUE", "n CoLA", "n SST-2", "n MRPC", "n STS-B", "n QQP", "n MNLI",
+                                  "n QNLI", "n RTE", "dirty"]
     assert list(wide.configuration) == ["FP32", "W8A8", "W32A8", "W8A32"]
     fp = wide.set_index("configuration").loc["FP32"]
     assert fp.RTE == 65.0 and fp.MRPC == 80.0 and pd.isna(fp.CoLA) and pd.isna(fp.GLUE)  # missing cells stay empty
     assert wide.set_index("configuration").loc["W8A8"].RTE == 52.0
     assert wide.set_index("configuration").loc["W32A8"].isna()[["RTE", "GLUE"]].all()
-    long = pd.read_csv(tmp_path / "tables" / "bondarenko2021_table1_vs_paper.csv")
+    long = read(tmp_path / "tables" / "bondarenko2021_table1_vs_paper.csv")
     cell = long[(long.configuration == "FP32") & (long.column == "RTE")].iloc[0]
     assert cell.paper == 70.40 and cell.delta == pytest.approx(65.0 - 70.40) and cell.seeds == 3
     md = (tmp_path / "tables" / "bondarenko2021_table1.md").read_text()
-    assert "| FP32 |" in md and "65.00 (70.40)" in md and "| W32A8 | – (56.70)" in md
+    assert "| FP32 |" in md and "65.00 [3] (70.40)" in md and "| W32A8 | – (56.70)" in md
 
 
 def test_glue_score_only_when_all_eight_tasks_exist(tmp_path):
@@ -48,7 +56,7 @@ def test_glue_score_only_when_all_eight_tasks_exist(tmp_path):
     for i, t in enumerate(tasks):
         write(runs, "bert_base", t, "w8a32_ptq", 0, 80.0 + i)
     build_all(runs, tmp_path / "tables")
-    wide = pd.read_csv(tmp_path / "tables" / "bondarenko2021_table1.csv").set_index("configuration")
+    wide = read(tmp_path / "tables" / "bondarenko2021_table1.csv").set_index("configuration")
     assert wide.loc["W8A32"].GLUE == pytest.approx(sum(80.0 + i for i in range(8)) / 8)
 
 
@@ -80,7 +88,7 @@ def test_a_bad_score_is_skipped_and_a_failing_builder_leaves_the_old_tables(tmp_
     with caplog.at_level("WARNING"):
         build_all(runs, out)
     assert "its score '55.1' is not a number" in caplog.text
-    assert pd.read_csv(out / "bondarenko2021_table1_vs_paper.csv").query("configuration == 'FP32' and column == "
+    assert read(out / "bondarenko2021_table1_vs_paper.csv").query("configuration == 'FP32' and column == "
                                                                           "'RTE'").seeds.iloc[0] == 1
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     write(runs, "minilm_l6", "rte", "fp32", 2, 70.0)
@@ -99,17 +107,78 @@ def test_label_free_table(tmp_path):
               max_site_rel_error=err, max_site_rel_error_site="encoder.layer.5.output", max_inf_norm=200.0,
               avg_kurtosis=8000.0)
     build_all(runs, tmp_path / "tables")
-    t = pd.read_csv(tmp_path / "tables" / "text_outliers.csv")
+    t = read(tmp_path / "tables" / "text_outliers.csv")
     assert list(t.recipe) == ["fp32", "w8a8_ptq"] and t["final rel. error %"].tolist() == [0.0, 50.0]
 
 
-def test_a_cell_that_mixes_configurations_is_flagged(tmp_path):
+def test_a_cell_never_pools_configurations_the_newest_supersedes(tmp_path):
+    """Issue 29: 2021 T6 MRPC MP-PTQ 85.28 was the median of two records with different calibrations (neither
+    record had that value).  Now the newest configuration fills the cell and the notes say what it superseded."""
     runs = tmp_path / "runs"
     runs.mkdir()
-    write(runs, "m", "rte", "w8a8_ptq", 0, 50.0, calibration="default")
-    write(runs, "m", "rte", "w8a8_ptq", 1, 60.0, calibration="mse")
-    with pytest.warns(UserWarning, match="mixes 2 configurations"):
-        build_all(runs, tmp_path / "tables")
+    write(runs, "m", "rte", "w8a8_ptq", 0, 50.0, calibration="default", finished="2026-12-01")
+    write(runs, "m", "rte", "w8a8_ptq", 1, 60.0, calibration="mse", finished="2026-12-02")
+    build_all(runs, tmp_path / "tables")
+    t1 = read(tmp_path / "tables" / "bondarenko2021_table1.csv").set_index("configuration")
+    assert t1.loc["W8A8"].RTE == 60.0 and t1.loc["W8A8", "n RTE"] == 1   # not the pooled 55.0
+    md = (tmp_path / "tables" / "bondarenko2021_table1.md").read_text()
+    assert "1 record(s) of 1 older configuration(s) superseded" in md
+
+
+def test_seeds_are_per_cell_and_a_nan_score_is_not_a_seed(tmp_path):
+    """Issue 29: the seeds column showed the row minimum; issue 27 #8: a NaN score counted as a seed."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for seed in range(3):
+        write(runs, "m", "rte", "fp32", seed, 60.0 + seed)
+    write(runs, "m", "rte", "fp32", 3, float("nan"))
+    write(runs, "m", "mrpc", "fp32", 0, 80.0)
+    build_all(runs, tmp_path / "tables")
+    t1 = read(tmp_path / "tables" / "bondarenko2021_table1.csv").set_index("configuration")
+    assert (t1.loc["FP32", "n RTE"], t1.loc["FP32", "n MRPC"], t1.loc["FP32", "RTE"]) == (3, 1, 61.0)
+    md = (tmp_path / "tables" / "bondarenko2021_table1.md").read_text()
+    assert "| FP32 | – (57.27) | – (93.12) | 80.00 [1] (88.36) |" in md and "61.00 [3] (70.40)" in md
+
+
+def test_a_dirty_record_is_flagged_in_its_cell(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    write(runs, "m", "rte", "fp32", 0, 60.0)
+    write(runs, "m", "mrpc", "fp32", 0, 80.0, git={"commit": "abc", "dirty": True})
+    build_all(runs, tmp_path / "tables")
+    md = (tmp_path / "tables" / "bondarenko2021_table1.md").read_text()
+    assert "80.00 [1]† (88.36)" in md and "60.00 [1] (70.40)" in md and "†: a record from a dirty tree" in md
+    assert read(tmp_path / "tables" / "bondarenko2021_table1.csv").dirty.tolist()[0] == "MRPC"
+
+
+def test_a_recipe_run_with_overrides_never_fills_the_recipe_row(tmp_path):
+    """Issue 27 #2 / 29: `w8a8_ptq` runs at bits 4, 6 and 8 were pooled into the W8A8 cell."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    write(runs, "m", "rte", "w8a8_ptq", 0, 60.0, overrides=["+recipe=w8a8_ptq"])
+    write(runs, "m", "rte", "w8a8_ptq", 1, 20.0, overrides=["+recipe=w8a8_ptq", "recipe.quant.activations.bits=4"],
+          finished="2099-01-01")
+    build_all(runs, tmp_path / "tables")
+    t1 = read(tmp_path / "tables" / "bondarenko2021_table1.csv").set_index("configuration")
+    assert t1.loc["W8A8"].RTE == 60.0 and t1.loc["W8A8", "n RTE"] == 1
+    assert "run with `recipe.quant.activations.bits=4` left out" in (tmp_path / "tables" /
+                                                                      "bondarenko2021_table1.md").read_text()
+
+
+def test_no_table_file_holds_nan_or_none(tmp_path):
+    """Issue 29: no nan/None in any CSV, Markdown or LaTeX cell; an empty cell is "–" and the table says why."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    write(runs, "m", "rte", "fp32", 0, 60.0)
+    build_all(runs, tmp_path / "tables")
+    import re
+
+    for path in (tmp_path / "tables").iterdir():
+        if path.suffix in (".csv", ".md", ".tex"):
+            text = path.read_text()
+            assert not re.search(r"(^|[,|&]\s*)(nan|None|NaN)\s*($|[,|&\\])", text, re.M), path.name
+    md = (tmp_path / "tables" / "bondarenko2021_table1.md").read_text()
+    assert "Empty cells (–) in QQP: QQP is not offline here" in md and "in CoLA: not run yet" in md
 
 
 def test_one_recipe_serves_several_tables(tmp_path):
@@ -118,14 +187,15 @@ def test_one_recipe_serves_several_tables(tmp_path):
     write(runs, "m", "rte", "w8a8_ptq", 0, 61.0)
     write(runs, "m", "rte", "fp32", 0, 66.0)
     build_all(runs, tmp_path / "tables")
-    t1 = pd.read_csv(tmp_path / "tables" / "bondarenko2021_table1.csv").set_index("configuration")
-    t4 = pd.read_csv(tmp_path / "tables" / "bondarenko2021_table4.csv").set_index("configuration")
-    t5 = pd.read_csv(tmp_path / "tables" / "bondarenko2021_table5.csv").set_index("configuration")
+    t1 = read(tmp_path / "tables" / "bondarenko2021_table1.csv").set_index("configuration")
+    t4 = read(tmp_path / "tables" / "bondarenko2021_table4.csv").set_index("configuration")
+    t5 = read(tmp_path / "tables" / "bondarenko2021_table5.csv").set_index("configuration")
     assert t1.loc["W8A8"].RTE == t4.loc["W8A8 PTQ"].RTE == t5.loc["1 (= per-tensor)"].RTE == 61.0
-    assert list(t4.columns) == ["model", "STS-B", "MNLI", "QNLI", "RTE", "seeds"]
+    assert list(t4.columns) == ["model", "STS-B", "MNLI", "QNLI", "RTE", "n STS-B", "n MNLI", "n QNLI", "n RTE",
+                                "dirty"]
     assert list(t5.index) == ["FP32", "1 (= per-tensor)", "768 (= per-embd.)", "768 (only FFN)*", "6 (only FFN)",
                               "3 (only FFN)", "3 + P (only FFN)", "6 + P (only FFN)"]
-    vs = pd.read_csv(tmp_path / "tables" / "bondarenko2021_table5_vs_paper.csv")
+    vs = read(tmp_path / "tables" / "bondarenko2021_table5_vs_paper.csv")
     assert vs[(vs.configuration == "6 + P (only FFN)") & (vs.column == "RTE")].paper.iloc[0] == 69.31
 
 
@@ -154,14 +224,14 @@ def test_table7_memory_and_glue_only_when_all_tasks_exist(tmp_path):
         rec["memory"] = {"reduction": 7.5 if rec["recipe"] == "w4a32_ptq" else 5.2}
         f.write_text(json.dumps(rec))
     build_all(runs, tmp_path / "tables")
-    t7 = pd.read_csv(tmp_path / "tables" / "bondarenko2021_table7.csv").set_index("configuration")
-    assert list(t7.columns) == ["model", "Memory reduction", "GLUE", "seeds"]  # the paper's layout
+    t7 = read(tmp_path / "tables" / "bondarenko2021_table7.csv").set_index("configuration")
+    assert list(t7.columns)[:3] == ["model", "Memory reduction", "GLUE"]  # the paper's layout, then seeds per task
     assert t7.loc["W4A32 PTQ", "GLUE"] == pytest.approx(70.5 + 3.5) and t7.loc["W4A32 PTQ", "Memory reduction"] == 7.5
     assert pd.isna(t7.loc["W6A32 PTQ", "GLUE"]) and t7.loc["W6A32 PTQ", "Memory reduction"] == 5.2
-    vs = pd.read_csv(tmp_path / "tables" / "bondarenko2021_table7_vs_paper.csv")
+    vs = read(tmp_path / "tables" / "bondarenko2021_table7_vs_paper.csv")
     cell = vs[(vs.configuration == "W4A32 PTQ") & (vs.column == "Memory reduction")].iloc[0]
     assert cell.paper == 8.00 and cell.delta == pytest.approx(-0.5)
-    t12 = pd.read_csv(tmp_path / "tables" / "bondarenko2021_table12.csv").set_index("configuration")
+    t12 = read(tmp_path / "tables" / "bondarenko2021_table12.csv").set_index("configuration")
     assert t12.loc["Our W4A32 PTQ", "RTE"] == 70.5 + 7 and t12.loc["Our W4A32 PTQ", "GLUE"] == pytest.approx(74.0)
 
 
@@ -170,7 +240,7 @@ def test_table6_prints_literature_rows_as_reference_only(tmp_path):
     runs.mkdir()
     write(runs, "m", "rte", "peg_ptq", 0, 66.0)
     build_all(runs, tmp_path / "tables")
-    t6 = pd.read_csv(tmp_path / "tables" / "bondarenko2021_table6.csv").set_index("configuration")
+    t6 = read(tmp_path / "tables" / "bondarenko2021_table6.csv").set_index("configuration")
     assert t6.loc["Our W8A8 PEG-PTQ", "RTE"] == 66.0 and "Q8BERT W8A8 PTQ" not in t6.index
     md = (tmp_path / "tables" / "bondarenko2021_table6.md").read_text()
     assert "| Q8BERT W8A8 PTQ | 56.74 | 91.04 | 87.88 | 87.66 | 84.98 | – | 89.34 | 63.32 | 80.13 |" in md
@@ -196,14 +266,14 @@ def test_table9_picks_the_best_median_over_seeds(tmp_path):
         _search_run(runs, "mrpc", seed, s, "mse", "running_minmax", 16, 4)
     _search_run(runs, "mrpc", 0, 49.0, "mse", "mse", 16, 16)
     build_all(runs, tmp_path / "tables")
-    t9 = pd.read_csv(tmp_path / "tables" / "bondarenko2021_table9.csv").set_index("Task")
+    t9 = read(tmp_path / "tables" / "bondarenko2021_table9.csv").set_index("Task")
     rte, mrpc = t9.loc["RTE"], t9.loc["MRPC"]
     assert (rte.Weights, rte["Activations (bs, nb)"], rte["median score"]) == ("MSE", "current min-max (1)", 62.0)
     assert rte["paper's choice"] and rte.configurations == 2 and rte.seeds == 3 and rte.tied == 0
     assert mrpc["Activations (bs, nb)"] == "running min-max (16, 4)" and not mrpc["paper's choice"]
     assert mrpc["paper Activations (bs, nb)"] == "running min-max (16, 16)" and mrpc["paper Weights"] == "MSE"
     # the search's runs never leak into Table 1's W8A8 cells
-    assert pd.read_csv(tmp_path / "tables" / "bondarenko2021_table1.csv").empty
+    assert read(tmp_path / "tables" / "bondarenko2021_table1.csv").empty
 
 
 def test_language_model_cells_never_mix_evaluation_settings():
@@ -233,8 +303,27 @@ def test_glue_cells_never_mix_inference_backends():
                 "metrics": {"validation": {"accuracy": acc}}, "inference": {"backend": backend},
                 "config": {"task": {"kind": "glue"}, "recipe": {"quant": {"grid": "deepspeed"}}}}
 
-    ours, _ = glue_table(_records([rec(0.5487, "fake"), rec(0.5523, "torch_int"), rec(0.5523, "cpu_int8")]),
-                         TABLE_SPECS.get("zeroquant_tableG5"))
+    ours, _, _ = glue_table(_records([rec(0.5487, "fake"), rec(0.5523, "torch_int"), rec(0.5523, "cpu_int8")]),
+                            TABLE_SPECS.get("zeroquant_tableG5"))
     zq = ours[ours.configuration == "W8A8 (ZeroQuant)"]
-    assert zq[["setting", "RTE", "seeds"]].values.tolist() == [
+    assert zq[["setting", "RTE", "n RTE"]].values.tolist() == [
         ["", "54.87", 1], ["backend cpu_int8", "55.23", 1], ["backend torch_int", "55.23", 1]]
+
+
+def test_a_table_of_a_model_we_did_not_run_shows_only_the_paper(tmp_path):
+    """Issue 29: ZeroQuant E.2/G.6 (BERT-large) repeated E.1/G.5's MiniLM numbers and I.2 (GPT-3 1.3B) I.1's SmolLM2
+    numbers under the paper's model headings; an FP baseline landed under "qexp grid" (nan main rows)."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for recipe, acc in (("fp32", 0.56), ("zq_w8a8", 0.55)):
+        rec = {"schema": SCHEMA, "model": "minilm_l6", "task": "rte", "recipe": recipe, "seed": 0, "score": 100 * acc,
+               "metrics": {"validation": {"accuracy": acc}}, "finished": "2026-12-01",
+               "config": {"seed": 0, "task": {"kind": "glue"},
+                          "recipe": {"name": recipe, **({"quant": {"grid": "deepspeed"}} if recipe != "fp32" else {})}}}
+        (runs / f"{recipe}.json").write_text(json.dumps(rec))
+    build_all(runs, tmp_path / "tables")
+    g6 = (tmp_path / "tables" / "zeroquant_tableG6.md").read_text()
+    assert "minilm_l6" not in g6 and "55.00" not in g6 and "BERT-large was not run here" in g6
+    g5 = read(tmp_path / "tables" / "zeroquant_tableG5.csv")
+    assert g5.setting.isna().all() or set(g5.setting.dropna()) == {"–"}     # FP and ZeroQuant rows share one setting
+    assert g5.set_index("configuration").loc["W16A16 (Baseline)", "RTE"] == 56.0
