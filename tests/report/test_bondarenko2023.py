@@ -86,3 +86,24 @@ def test_build_writes_tables_and_figures(records, tmp_path):
     assert "41.00±1.41 (4.49±0.01)" in md and "no ImageNet" in md
     (tmp_path / "empty").mkdir()
     assert b23.build([], tmp_path / "empty")["bondarenko2023_table2"].exists()
+
+
+def test_table10_rows_compare_the_same_runs():
+    """Issue 29: W8A8 averaged over 2 training x 3 calibration seeds, W6A8 over one run only (W6A8 looked better)."""
+    import pandas as pd
+
+    from qexp.report.bondarenko2023 import settings
+
+    rows = [{"setting": "s", "model": "bert_cpu", "arch": "bert", "method": "vanilla", "attention": "vanilla",
+             "attention_cfg": "{}", "gamma": 0.0, "zeta": 1.0, "tokenizer": "t", "scale": "x", "recipe": "fp32",
+             "seed": 0, "calibration_seed": None, "perplexity": 10.0, "max_inf_norm": 1.0, "avg_kurtosis": 1.0}]
+    for seed in (0, 1):
+        for cal in (0, 1, 2):
+            rows.append({**rows[0], "recipe": "bq23_w8a8", "seed": seed, "calibration_seed": cal,
+                         "perplexity": 20.0 if (seed, cal) == (0, 0) else 30.0})
+    rows.append({**rows[0], "recipe": "bq23_w6a8", "seed": 0, "calibration_seed": 0, "perplexity": 25.0})
+    df = pd.DataFrame(rows)
+    pooled = settings(df, recipes=("bq23_w8a8", "bq23_w6a8")).iloc[0]
+    same = settings(df, recipes=("bq23_w8a8", "bq23_w6a8"), same_runs=True).iloc[0]
+    assert pooled.bq23_w8a8 > pooled.bq23_w6a8                                   # the misleading comparison
+    assert (same.bq23_w8a8, same.bq23_w8a8_runs, same.bq23_w6a8) == (20.0, 1, 25.0)   # like with like

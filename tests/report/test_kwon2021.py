@@ -90,7 +90,7 @@ def test_search_table_and_trace_figure(records, tmp_path):
     assert row.setting == "E=0.800, C=0.9900, P=0.010" and row.trials == 3 and row.score == 76.0
     assert s[s.search.str.startswith("manual") & (s.bits == 3)].iloc[0].setting == "set 10: E=0, C=1, P=0.05"
     t4 = kwon2021.table4(df).iloc[0]
-    assert (t4.samples, t4.max_trials, t4.quantize_s_per_trial) == (256, 3, 10.0)
+    assert (t4.samples, t4.max_trials, t4["quantize_s_per_trial (newest run)"]) == (256, 3, 10.0)
     written = kwon2021.build(records, tmp_path)
     assert (tmp_path / "kwon2021_search_trace_minilm_l6_mrpc_3bit_loss.png").stat().st_size > 1000
     assert "kwon2021_table5" in written and len(pd.read_csv(written["kwon2021_table5"])) == 16
