@@ -66,7 +66,7 @@ def conf_dir() -> Path:
     try:
         return find()
     except ConfigTreeError as e:
-        sys.exit(f"qexp: error: {e}")
+        fail(str(e))
 
 
 def execute(cfg, overrides: list[str]) -> dict:
@@ -105,7 +105,7 @@ def _run(argv: list[str]) -> None:
         check_group_choices([a for a in argv if not a.startswith("-")])
         check_added_keys([a for a in argv if a.startswith("+")])
     except UnknownKeyError as e:
-        sys.exit(f"qexp: error: {e}")
+        fail(str(e))
     if "-m" in argv or "--multirun" in argv:
         argv = sweep_safe(argv)
     sys.argv = [f"{Path(sys.argv[0]).name} run", *argv]
@@ -230,7 +230,7 @@ def _search_space(argv: list[str]) -> None:
     try:
         cmds = sweep_commands(overrides)
     except (*_user_errors(), HydraException) as e:
-        sys.exit(f"qexp: error: {e}")
+        fail(str(e))
     for cmd in cmds:
         line = shlex.join(["qexp", *cmd])
         print(line, flush=True)
@@ -268,7 +268,7 @@ def _analyze(argv: list[str]) -> None:
         out = Path(a.out or Path("results/analysis/outliers") / f"{cfg.model.name}__{cfg.task.name}")
         rep = analyze(cfg, layers, a.sequences, a.top, out)
     except (*_user_errors(), HydraException) as e:
-        sys.exit(f"qexp: error: {e}")
+        fail(str(e))
     print(f"# {rep['model']} on {rep['data']}; weights: {rep['weights']}")
     print("# top outlier dimensions (tokens beyond 6 std, max |x|):")
     print(summary(rep["dims"]))
@@ -382,7 +382,7 @@ def _main(argv: list[str] | None = None) -> None:
             try:
                 _ls_sites(rest[1:])
             except _user_errors() as e:
-                sys.exit(f"qexp: error: {e}")
+                fail(str(e))
         else:
             _ls(rest)
     elif cmd == "analyze":
@@ -397,15 +397,15 @@ def _main(argv: list[str] | None = None) -> None:
         try:
             bench_eval_main(rest[1:])
         except _user_errors() as e:  # IntegerBackendError and BenchEvalError are ValueErrors
-            sys.exit(f"qexp: error: {e}")
+            fail(str(e))
     elif cmd == "bench":
         from .integer.bench import BenchError, main as bench_main
         from .integer.kernels import KernelError
 
         try:
             bench_main(rest)
-        except (BenchError, KernelError) as e:
-            sys.exit(f"qexp: error: {e}")
+        except (BenchError, KernelError, *_user_errors()) as e:
+            fail(str(e))
     else:
         sys.exit(f"qexp: error: unknown command {cmd!r}; valid: run, ls, search-space, analyze, tables, bench "
                  f"(qexp --help)")

@@ -226,3 +226,37 @@ def test_objectives_against_references(tmp_path, rte, wikitext_like, monkeypatch
         logits = seen["model"](input_ids=data).logits[:, :-1].double()
         ref = -torch.log_softmax(logits, -1).gather(-1, data[:, 1:].unsqueeze(-1)).mean().item()
     assert lm_outs[-1]["loss"] == pytest.approx(ref, rel=1e-5) and lm_outs[-1]["n"] == 4
+
+
+def test_a_resumed_search_never_replays_a_point_and_fails_zombie_trials(tmp_path, rte, monkeypatch):
+    """Issue 27 #3: killed after a few trials and resumed, the re-seeded sampler replayed its start-up points (trials
+    6-8 repeated 1-3) and a RUNNING zombie trial stayed in the journal."""
+    import optuna
+
+    from qexp.kinds import glue
+
+    real, calls = glue.Glue.objective, []
+
+    def flaky(self, model, data):
+        calls.append(1)
+        if fail["at"] and len(calls) == fail["at"]:
+            raise RuntimeError("killed")
+        return real(self, model, data)
+
+    fail = {"at": 4}
+    monkeypatch.setattr(glue.Glue, "objective", flaky)
+    args = (*rte, "+recipe=pwq_bo_model", "recipe.bcq.search.trials=7", "recipe.bcq.search.startup_trials=7",
+            "recipe.bcq.search.samples=8")
+    with pytest.raises(RuntimeError, match="killed"):
+        run_cfg(tmp_path, *args)
+    journal = next((tmp_path / "cache" / "bcq_search").glob("*.journal"))
+    store = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    study = optuna.load_study(study_name=optuna.get_all_study_names(store)[0], storage=store)
+    store.create_new_trial(study._study_id)          # what a SIGKILL mid-trial leaves: a RUNNING trial
+    fail["at"] = None
+    rec = run_cfg(tmp_path, *args)
+    trials = rec["bcq"]["search"]["trials"]
+    points = [tuple(sorted(t["params"].items())) for t in trials]
+    assert len(trials) == 7 and len(set(points)) == 7, points
+    states = [t.state for t in optuna.load_study(study_name=study.study_name, storage=store).trials]
+    assert optuna.trial.TrialState.RUNNING not in states

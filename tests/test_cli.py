@@ -160,7 +160,7 @@ def test_search_space_prints_the_paper_grids_as_sweeps():
     (["+recipe=w8a8_ptq", "task=rte"], "recipe 'w8a8_ptq' defines no search space"),
     (["+recipe=qat_w8a8", "task=rte,mrpc"], "search-space takes one task"),
     (["+recipe=qat_w8a8"], "no search space for task 'text_outliers'; it has one for: cola"),
-    (["+recipe=w9a9", "task=rte"], "Could not find 'recipe/w9a9'"),
+    (["+recipe=w9a9", "task=rte"], "unknown recipe 'w9a9' valid: bq23"),
 ])
 def test_search_space_errors_are_clear(capsys, args, message):
     code, _, err = cli(capsys, "search-space", *args)

@@ -108,3 +108,59 @@ def test_a_reader_that_leaves_does_not_kill_the_run(capsys):
     finally:
         os.close(fd)
         os.unlink(name)
+
+
+def test_a_calibration_batch_larger_than_the_data_is_refused_before_loading(tmp_path, rte_like, monkeypatch):
+    """#10: `calibration.batch_size=100000` grew to 23.7 GB and was OOM-killed."""
+    import qexp.kinds.glue as glue
+
+    monkeypatch.setattr(glue.Glue, "load", lambda self: pytest.fail("the model was loaded"))
+    with pytest.raises(ValueError, match=r"calibration.batch_size=100000 is larger than the training data \(16 "
+                                         r"examples in .*train.tsv, task.limit.train=16\); choose at most 16"):
+        run_cfg(tmp_path, "+recipe=w8a8_ptq", "task=rte", f"task.data_dir={rte_like}", "calibration.batch_size=100000")
+
+
+def test_a_header_only_train_file_is_named(tmp_path, rte_like, monkeypatch):
+    """#19: a header-only train.tsv gave "num_samples should be a positive integer value" without the file."""
+    import qexp.kinds.glue as glue
+
+    train = rte_like / "train.tsv"
+    train.write_text(train.read_text().splitlines()[0] + "\n")
+    monkeypatch.setattr(glue.Glue, "load", lambda self: pytest.fail("the model was loaded"))
+    with pytest.raises(ValueError, match=r".*train.tsv has no training example \(a header only\?\)"):
+        run_cfg(tmp_path, "+recipe=w8a8_ptq", "task=rte", f"task.data_dir={rte_like}")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["gemm", "--device", "tpu"], "argument --device: 'tpu' is not a device here; valid: auto, cuda, cpu"),
+    (["gemm", "--repeats", "0"], "argument --repeats: 0 must be a positive integer"),
+    (["gemm", "--repeats", "-3"], "argument --repeats: -3 must be a positive integer"),
+    (["gemm", "--inner", "0"], "argument --inner: 0 must be a positive integer"),
+    (["layer", "--bsz", "0"], "argument --bsz: 0 must be a positive integer"),
+    (["layer", "--backend", "nope"], "argument --backend: invalid choice: 'nope'"),
+    (["pretrain", "--threads", "0"], "argument --threads: 0 must be a positive integer"),
+    (["pretrain", "--batch", "0"], "argument --batch: 0 must be a positive integer"),
+    (["memory", "--batch", "-1"], "argument --batch: -1 must be a positive integer"),
+    (["memory", "--model", "nope"], "unknown model 'nope'"),
+    (["fakequant", "--model", "nope"], "unknown model 'nope'"),
+    (["fakequant", "--recipe", "nope"], "unknown recipe 'nope'"),
+    (["eval", "seeed=1"], "unknown config key 'seeed'; did you mean 'seed'?"),
+])
+def test_bad_bench_input_is_one_line_and_exit_2(capsys, args, message):
+    """#11/#15: accepted and recorded, or a traceback after the benchmark ran."""
+    code, _, err = cli(capsys, "bench", *args)
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_a_bench_out_folder_under_a_file_is_refused_before_the_benchmark(capsys, tmp_path, monkeypatch):
+    import qexp.integer.bench as bench
+
+    monkeypatch.setattr(bench, "bench_gemm", lambda *a, **k: pytest.fail("the benchmark ran"))
+    (tmp_path / "f").write_text("")
+    code, _, err = cli(capsys, "bench", "gemm", "--out", str(tmp_path / "f" / "bench"))
+    assert code == 2 and "is a file, not a folder" in err
+
+
+def test_ls_sites_with_an_unknown_model_lists_the_models(capsys):
+    code, _, err = cli(capsys, "ls", "sites", "model=nope")
+    assert code == 2 and "unknown model 'nope'" in err and "minilm_l6" in err and "attention/" not in err

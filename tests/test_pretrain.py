@@ -267,3 +267,16 @@ def test_kwon_search_runs_on_a_pretrained_model_with_training_blocks(task, tmp_p
     assert got["loss"] == pytest.approx(ref_num / ref_den, rel=1e-5)
     assert got["n"] == 10 and got["higher_is_better"] is False
     assert kind.objective_data(10)[0]["input_ids"].equal(data[0]["input_ids"])   # the same draw every trial
+
+
+def test_a_run_on_a_cached_model_records_the_evaluation_schedule_it_was_trained_with(tmp_path, corpus, caplog):
+    """Issue 27 #9: changing only task.train.eval_steps reused the cached model and recorded eval_steps=60 while its
+    curves were every 30 steps."""
+    first = _run(tmp_path, corpus, "task=pretrain_clm")
+    assert first["pretrain"]["trained_by_this_run"] and first["pretrain"]["look"]["eval_steps"] == 3
+    with caplog.at_level("WARNING"):
+        again = _run(tmp_path, corpus, "task=pretrain_clm", "task.train.eval_steps=2")
+    assert not again["pretrain"]["trained_by_this_run"]
+    assert again["pretrain"]["look_differs"] == {"eval_steps": {"trained_with": 3, "asked": 2}}
+    assert [c["step"] for c in again["pretrain"]["curves"]] == [c["step"] for c in first["pretrain"]["curves"]]
+    assert "eval_steps=3 (asked 2)" in caplog.text

@@ -28,14 +28,47 @@ def compose(overrides: list[str]):
     from hydra import compose as hcompose
     from hydra import initialize_config_dir
 
-    with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir())):
-        return hcompose("config", overrides=overrides)
+    from hydra.errors import ConfigCompositionException
+
+    check_group_choices(list(overrides))   # `model=nope`: the public choices, not Hydra's traceback (issue 27 #15)
+    check_added_keys([o for o in overrides if o.startswith("+")])
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir())):
+            return hcompose("config", overrides=overrides)
+    except ConfigCompositionException as e:
+        import difflib
+        import re
+
+        m = re.search(r"Could not override '([^']+)'", str(e))
+        if not m:
+            raise UnknownKeyError(f"{e}") from None
+        key = m.group(1)
+        near = difflib.get_close_matches(key.split(".")[0], sorted(top_level_keys()), n=1)
+        hint = f"; did you mean {near[0]!r}?" if near and "." not in key else ""
+        raise UnknownKeyError(f"unknown config key {key!r}{hint} (a new key needs +{key}=...)") from None
+
+
+def nested_groups(group: str) -> set[str]:
+    """Sub-folders of ``group`` that are groups of their own (``model/attention``: a model file's defaults list says
+    ``- attention: vanilla``), as opposed to options kept in a sub-folder (``calibration/per_task/rte``)."""
+    import yaml
+
+    out = set()
+    for p in (conf_dir() / group).glob("*.yaml"):
+        data = yaml.safe_load(p.read_text()) or {}
+        for d in (data.get("defaults") or []) if isinstance(data, dict) else []:
+            if isinstance(d, dict) and len(d) == 1 and (conf_dir() / group / str(next(iter(d)))).is_dir():
+                out.add(str(next(iter(d))))
+    return out
 
 
 def group_options(group: str) -> list[str]:
-    """The public options of a config group (files starting with ``_`` are shared partials)."""
+    """The public options of a config group (files starting with ``_`` are shared partials; a nested group's files,
+    ``model/attention/*``, are that group's options)."""
     root = conf_dir() / group
-    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml") if not p.stem.startswith("_"))
+    nested = nested_groups(group) if "/" not in group else set()
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml")
+                  if not p.stem.startswith("_") and p.relative_to(root).parts[0] not in nested)
 
 
 class UnknownKeyError(ValueError):
@@ -75,7 +108,8 @@ def check_group_choices(overrides: list[str]) -> None:
 
     for o in overrides:
         key, eq, value = o.lstrip("+~").partition("=")
-        if not eq or key not in GROUPS or "(" in value or not value:
+        nested = "/" in key and key.split("/")[0] in GROUPS and (conf_dir() / key).is_dir()   # model/attention=...
+        if not eq or (key not in GROUPS and not nested) or "(" in value or not value:
             continue
         valid = group_options(key)
         for name in value.split(","):
@@ -112,8 +146,8 @@ def _union_tree(group: str) -> dict:
 
 
 def check_added_keys(overrides: list[str]) -> None:
-    """``++task.dat_dir=DIR`` / ``+model.atention.alpha=1`` (issue 27 #7): a key *added* with ``+``/``++`` under a
-    group that no config file of the group defines anywhere is a typo, not a new setting: refused with the nearest
+    """``++task.dat_dir=DIR`` / ``+model.atention.alpha=1`` (issue 27 #7): a key *added* with ``+``/``++`` under
+    ``task``, ``model`` or ``calibration`` that no config file of the group defines anywhere is a typo, not a new setting: refused with the nearest
     key, before Hydra composes (it would run under a new run id and the key would be read by nothing).  A key below a
     value that some config leaves open (a list, a free-form mapping such as ``recipe.quant.sites``) is not judged."""
     import difflib
@@ -124,8 +158,8 @@ def check_added_keys(overrides: list[str]) -> None:
             continue
         key, eq, _ = o.lstrip("+").partition("=")
         parts = key.split(".")
-        if not eq or len(parts) < 2 or parts[0] not in GROUPS or "/" in parts[0]:
-            continue
+        if not eq or len(parts) < 2 or parts[0] not in ("task", "model", "calibration"):
+            continue   # recipe blocks are parsed by value objects that refuse unknown keys themselves (qpt, bcq, ...)
         node = trees.setdefault(parts[0], _union_tree(parts[0]))
         for depth, part in enumerate(parts[1:], start=1):
             if not isinstance(node, dict) or not node:

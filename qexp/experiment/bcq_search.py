@@ -215,6 +215,15 @@ def search(model, cfg: BCQConfig, scfg: SearchConfig, kind, storage: Path, study
     direction = "maximize" if scfg.objective == "metric" and first["higher_is_better"] else "minimize"
     study = optuna.create_study(study_name=study_name, storage=store, direction=direction,
                                 sampler=_sampler(scfg, seed), load_if_exists=True)
+    # resuming (issue 27 #3): a trial left RUNNING by a killed process is a zombie -> failed; the sampler is re-seeded
+    # from the number of stored trials, else its start-up points replay the first ones exactly
+    for t in study.trials:
+        if t.state == optuna.trial.TrialState.RUNNING:
+            study._storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL)
+            log.warning("bcq search: trial %d of %s was left running by an interrupted process; marked failed",
+                        t.number, study_name)
+    if study.trials:
+        study.sampler = _sampler(scfg, seed + 7919 * len(study.trials))
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not done:
         study.add_trial(optuna.trial.create_trial(params=start, distributions=dists, value=value(first),

@@ -328,55 +328,82 @@ def write_record(result: dict, out_dir: Path, device: str) -> Path:
     return path
 
 
+def positive(text: str) -> int:
+    """An argparse type: an integer >= 1 (issue 27 #11/#15: --repeats 0, --inner 0, --bsz 0, --threads 0 ran and
+    crashed or were recorded)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be a positive integer")
+    return value
+
+
+def device_arg(*valid: str):
+    def check(text: str) -> str:
+        if text in valid or ("cuda" in valid and re.fullmatch(r"cuda:\d+", text)):
+            return text
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device here; valid: {', '.join(valid)}"
+                                         f"{', cuda:N' if 'cuda' in valid else ''}")
+    return check
+
+
 def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(prog="qexp bench", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="what", required=True)
     g = sub.add_parser("gemm", help="GEMM throughput, ZeroQuant Table G.8 layout")
     g.add_argument("--shapes", default="all", help="g8 | extra | all | ffn | small")
     g.add_argument("--impl", action="append", help="repeatable; default: every implementation available here")
-    g.add_argument("--repeats", type=int, default=50)
-    g.add_argument("--inner", type=int, default=10)
-    g.add_argument("--device", default="auto", help="auto | cuda | cpu")
+    g.add_argument("--repeats", type=positive, default=50)
+    g.add_argument("--inner", type=positive, default=10)
+    g.add_argument("--device", default="auto", type=device_arg("auto", "cuda", "cpu"), help="auto | cuda | cpu")
     g.add_argument("--out", default="results/bench")
     ly = sub.add_parser("layer", help="BERT-base encoder layer latency, FP16 vs our INT8 path (CUDA)")
-    ly.add_argument("--bsz", type=int, default=64)
-    ly.add_argument("--seq", type=int, default=128)
-    ly.add_argument("--repeats", type=int, default=30)
-    ly.add_argument("--device", default="cuda", help="cuda | cpu")
-    ly.add_argument("--backend", default="cupy_int8", help="cupy_int8 (cuda) | cpu_int8 (cpu, oneDNN) | torch_int")
+    ly.add_argument("--bsz", type=positive, default=64)
+    ly.add_argument("--seq", type=positive, default=128)
+    ly.add_argument("--repeats", type=positive, default=30)
+    ly.add_argument("--device", default="cuda", type=device_arg("cuda", "cpu"), help="cuda | cpu")
+    ly.add_argument("--backend", default="cupy_int8", choices=("cupy_int8", "cpu_int8", "torch_int"), help="cupy_int8 (cuda) | cpu_int8 (cpu, oneDNN) | torch_int")
     ly.add_argument("--out", default="results/bench")
     pt = sub.add_parser("pretrain", help="training-step cost of clipped softmax / gated attention vs vanilla (CPU)")
     pt.add_argument("--model", action="append", help="repeatable; default: bert_cpu and opt_cpu")
-    pt.add_argument("--batch", type=int, default=16)
-    pt.add_argument("--seq", type=int, default=128)
-    pt.add_argument("--repeats", type=int, default=12)
-    pt.add_argument("--threads", type=int, default=None)
+    pt.add_argument("--batch", type=positive, default=16)
+    pt.add_argument("--seq", type=positive, default=128)
+    pt.add_argument("--repeats", type=positive, default=12)
+    pt.add_argument("--threads", type=positive, default=None)
     pt.add_argument("--out", default="results/bench")
     qp = sub.add_parser("qpt", help="training-step cost of quantized pre-training recipes vs the FP step (CPU)")
     qp.add_argument("--model", default="gpt2_cpu")
     qp.add_argument("--recipe", action="append", help="repeatable; default: qpt_w8a8, qpt_w8a8g8, qpt_m1_8_channel")
-    qp.add_argument("--batch", type=int, default=16)
-    qp.add_argument("--seq", type=int, default=128)
-    qp.add_argument("--repeats", type=int, default=12)
-    qp.add_argument("--threads", type=int, default=None)
+    qp.add_argument("--batch", type=positive, default=16)
+    qp.add_argument("--seq", type=positive, default=128)
+    qp.add_argument("--repeats", type=positive, default=12)
+    qp.add_argument("--threads", type=positive, default=None)
     qp.add_argument("--out", default="results/bench")
     me = sub.add_parser("memory", help="training memory by component: measured step vs the analytic model, and "
                                        "the analytic GPT-2 small/medium/large grid (Figures 14/15)")
     me.add_argument("--model", default="gpt2_cpu")
-    me.add_argument("--batch", type=int, default=16)
-    me.add_argument("--seq", type=int, default=128)
-    me.add_argument("--device", default="cpu", help="cpu | cuda (adds max_memory_allocated)")
+    me.add_argument("--batch", type=positive, default=16)
+    me.add_argument("--seq", type=positive, default=128)
+    me.add_argument("--device", default="cpu", type=device_arg("cpu", "cuda"), help="cpu | cuda (adds max_memory_allocated)")
     me.add_argument("--out", default="results/bench")
     fq = sub.add_parser("fakequant", help="W8A8 fake-quantized forward vs the FP32 forward (MiniLM-L6, 16 x 128), "
                                           "and one quantizer vs torch's fused op (CPU)")
     fq.add_argument("--model", default="minilm_l6")
     fq.add_argument("--recipe", default="w8a8_ptq")
-    fq.add_argument("--batch", type=int, default=16)
-    fq.add_argument("--seq", type=int, default=128)
-    fq.add_argument("--repeats", type=int, default=15)
-    fq.add_argument("--threads", type=int, default=None)
+    fq.add_argument("--batch", type=positive, default=16)
+    fq.add_argument("--seq", type=positive, default=128)
+    fq.add_argument("--repeats", type=positive, default=15)
+    fq.add_argument("--threads", type=positive, default=None)
     fq.add_argument("--out", default="results/bench")
     a = ap.parse_args(argv)
+    from ..common.outdirs import OutputDirError, writable
+
+    try:
+        writable(Path(a.out), "--out")   # before the benchmark runs, not after (issue 27 #15)
+    except OutputDirError as e:
+        raise BenchError(str(e)) from None
     if a.what == "fakequant":
         from .bench_fakequant import bench_fakequant
 

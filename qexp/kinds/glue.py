@@ -15,7 +15,7 @@ from ..tasks.encode import encode, limit, loader, sample
 from ..tasks.glue import load_split
 from ..tasks.metrics import compute, task_score
 from ..train.finetune import cache_dir_for, cache_key, finetune, load_cached
-from .base import Evaluation, Loaded, TaskKind, register
+from .base import Evaluation, KindError, Loaded, TaskKind, register
 
 log = logging.getLogger("qexp")
 
@@ -77,6 +77,25 @@ class Glue(TaskKind):
         if self.task.data_dir:
             for split in ("train", *(s.name for s in self.task.eval_splits)):
                 self._split(split)
+            self._check_sizes(len(limit(self._split("train"), self.task.limit.train)))
+
+    def _check_sizes(self, n_train: int) -> None:
+        """Issue 27 #10/#19: a header-only train.tsv failed deep in a sampler without naming the file, and
+        ``calibration.batch_size=100000`` grew to 23.7 GB and was OOM-killed.  Refused here, before the model loads."""
+
+        cal = self.ctx.calibration
+        where = str(Path(self.task.data_dir) / self.task.tsv.get("train", "train.tsv"))
+        if n_train == 0:
+            raise KindError(f"{where} has no training example (a header only?); fine-tuning and calibration need some")
+        if int(cal.batch_size) > n_train:
+            raise KindError(f"calibration.batch_size={int(cal.batch_size)} is larger than the training data "
+                            f"({n_train} examples in {where}"
+                            f"{', task.limit.train=' + str(self.task.limit.train) if self.task.limit.train else ''}); "
+                            f"choose at most {n_train}")
+        need = int(cal.batch_size) * int(cal.num_batches)
+        if need > n_train:
+            log.warning("calibration draws %d sequences (%d x %d) from %d training examples: rows repeat", need,
+                        int(cal.batch_size), int(cal.num_batches), n_train)
 
     def _split(self, name: str):
         """A split of the task's data, read once per run (check() reads and validates them all first)."""

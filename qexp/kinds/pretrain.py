@@ -10,6 +10,7 @@ from the calibration seed; evaluation scores fixed validation batches (masks fro
 """
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from ..quant.training_linear import LinearQuant
 from ..tasks import corpus, perplexity, pretraining
 from ..train import pretrain as training
 from .base import Evaluation, KindError, Loaded, TaskKind, register
+
+log = logging.getLogger("qexp")
 
 
 class Pretrain(TaskKind):
@@ -116,11 +119,21 @@ class Pretrain(TaskKind):
             if self.tq is not None and self.tq.trains:
                 key["qpt"] = self.tq.describe()   # absent for FP training: the FP baseline's key is unchanged
             folder = training.folder_for(cache, cfg.model.name, task.name, key)
-            if training.read_meta(folder) is None:
+            trained_now = training.read_meta(folder) is None
+            if trained_now:
                 with ctx.timer.stage("pretrain"):
                     self._train(folder, seq)
             hf = scratch.load(folder, variant)
-            record["pretrain"] = {"folder": str(folder), **training.read_meta(folder)}
+            meta = training.read_meta(folder)
+            record["pretrain"] = {"folder": str(folder), "trained_by_this_run": trained_now, **meta}
+            asked = {k: task.train.get(k) for k in training.LOOK_KEYS}
+            used = meta.get("look") or {}
+            if not trained_now and used and used != asked:   # issue 27 #9: record what was done
+                differ = {k: (used.get(k), asked[k]) for k in asked if used.get(k) != asked[k]}
+                log.warning("the cached pre-trained model was trained with %s; its curves follow those, not this "
+                            "run's task.train values (they do not change the weights)",
+                            ", ".join(f"{k}={u} (asked {a})" for k, (u, a) in differ.items()))
+                record["pretrain"]["look_differs"] = {k: {"trained_with": u, "asked": a} for k, (u, a) in differ.items()}
             identity = f"pretrained:{folder.name}"
         model = family_of(cfg.model).wrap(hf)
         configure(model, ctx.quant)
@@ -135,7 +148,7 @@ class Pretrain(TaskKind):
         hf = scratch.build(self.cfg.model, len(self.tokenizer), seq, corpus.special_ids(self.tokenizer), ctx.seed)
         wrapper = family_of(self.cfg.model).wrap(hf).to(ctx.device)
         tr = task.train
-        make_optimizer, extra = None, {}
+        make_optimizer, extra = None, {"look": {k: tr.get(k) for k in training.LOOK_KEYS}}
         if self.tq is not None and self.tq.trains:
             extra["qpt_layers"] = self._attach(wrapper, self.tq.linear)
             if self.tq.m1 is not None or self.tq.m2 is not None:

@@ -60,13 +60,16 @@ def check_hyperparameters(tr) -> None:
 log = logging.getLogger("qexp")
 
 
+LOOK_KEYS = ("eval_steps", "eval_batches", "save_steps", "save_total_limit", "logging_steps")
+
+
 def cache_key(model_cfg, task, data_source: str, tokenizer: dict, seq_length: int, seed: int) -> dict:
     from omegaconf import OmegaConf
 
     model = OmegaConf.to_container(model_cfg, resolve=True)
     model.pop("name", None)
     tr = OmegaConf.to_container(task.train, resolve=True)
-    for k in ("eval_steps", "eval_batches", "save_steps", "save_total_limit", "logging_steps"):
+    for k in LOOK_KEYS:
         tr.pop(k, None)  # how often to look or save does not change the weights
     return {"model": model, "objective": str(task.objective), "mlm_probability": float(task.mlm_probability),
             "data": data_source, "tokenizer": tokenizer, "seq_length": int(seq_length), "train": tr,
