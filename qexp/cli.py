@@ -76,7 +76,15 @@ def execute(cfg, overrides: list[str]) -> dict:
     try:
         return run(cfg, overrides)
     except _user_errors() as e:
-        raise SystemExit(f"qexp: error: {e}") from None
+        raise UserError(str(e)) from None
+
+
+class UserError(SystemExit):
+    """Bad input found by a run: one line, exit status 2 (a sweep records it as that job's failure instead)."""
+
+    def __init__(self, message: str):
+        super().__init__(2)
+        self.message = message
 
 
 def _run(argv: list[str]) -> None:
@@ -90,10 +98,16 @@ def _run(argv: list[str]) -> None:
         hc = HydraConfig.get()
         overrides = list(hc.overrides.task)
         if hc.mode != RunMode.MULTIRUN:
-            execute(cfg, overrides)
+            try:
+                execute(cfg, overrides)
+            except UserError as e:
+                print(f"qexp: error: {e.message}", file=sys.stderr)
+                raise
             return
         try:   # a sweep runs every valid job: a failed one is recorded and the sweep goes on (issue 14 #7)
             execute(cfg, overrides)
+        except UserError as e:
+            _record_failure(cfg, overrides, e.message)
         except SystemExit as e:
             _record_failure(cfg, overrides, str(e.code).removeprefix("qexp: error: "))
         except Exception as e:  # noqa: BLE001 - anything else a job raises is that job's failure, not the sweep's
@@ -374,6 +388,9 @@ def _main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     cmd, rest = argv[0], argv[1:]
     if cmd == "run":
+        from .common.provenance import git_state
+
+        git_state()   # the commit this process runs, read before any job of a sweep starts
         if not isinstance(sys.stdout, _ReaderMayLeave):
             sys.stdout = _ReaderMayLeave(sys.stdout)
         _run(rest)

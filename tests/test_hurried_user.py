@@ -164,3 +164,55 @@ def test_a_bench_out_folder_under_a_file_is_refused_before_the_benchmark(capsys,
 def test_ls_sites_with_an_unknown_model_lists_the_models(capsys):
     code, _, err = cli(capsys, "ls", "sites", "model=nope")
     assert code == 2 and "unknown model 'nope'" in err and "minilm_l6" in err and "attention/" not in err
+
+
+@pytest.mark.parametrize("recipe, message", [
+    ("w8a8_ptq", "recipe 'w8a8_ptq' quantizes no linear inputs"),
+    ("pwq_alternating", r"uses binary-coding \(BCQ\) weights"),
+])
+def test_an_integer_backend_refuses_an_incompatible_recipe_before_loading(tmp_path, monkeypatch, recipe, message):
+    """#18: refused only after fine-tuning and calibration, with a list of 100+ sites."""
+    import qexp.kinds.label_free as label_free
+
+    monkeypatch.setattr(label_free.LabelFree, "load", lambda self: pytest.fail("the model was loaded"), raising=False)
+    with pytest.raises(ValueError, match=message):
+        run_cfg(tmp_path, f"+recipe={recipe}", "inference.backend=torch_int")
+
+
+def test_an_integer_backend_runs_a_zeroquant_recipe(tmp_path):
+    rec = run_cfg(tmp_path, "+recipe=zq_w8a8", "inference.backend=torch_int")
+    assert rec["inference"]["backend"] == "torch_int" and rec["inference"]["integer_linears"] > 0
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["task.limit.train=abc"], r"task.limit.train='abc' must be a positive integer or null"),
+    (["task.limit.eval=0"], r"task.limit.eval=0 must be a positive integer or null"),
+])
+def test_bad_glue_limits_name_the_key(tmp_path, rte_like, overrides, message):
+    """#14: `task.limit.train=abc` gave a TypeError."""
+    with pytest.raises(ValueError, match=message):
+        run_cfg(tmp_path, "task=rte", f"task.data_dir={rte_like}", *overrides)
+
+
+def _corpus(tmp_path, train: bytes):
+    d = tmp_path / "corpus"
+    d.mkdir()
+    (d / "train.txt").write_bytes(train)
+    (d / "valid.txt").write_text("a valid line.\n")
+    return d
+
+
+@pytest.mark.parametrize("train, overrides, message", [
+    ("caf\xe9 au lait\n".encode("latin1") * 3, [], r"train.txt is not UTF-8 text \(byte 3, line 1: b'\\xe9 au'\)"),
+    (b"", [], r"train.txt \(task.files.train\) is empty"),
+    (b"some text.\n", ["task.seq_length=0"], r"task.seq_length=0 must be an integer >= 2"),
+    (b"some text.\n", ["model/attention=clipped_alpha", "model.attention.alpha=abc"],
+     r"model.attention.alpha='abc' must be a number"),
+])
+def test_bad_pretraining_input_names_the_file_or_key(tmp_path, train, overrides, message):
+    """#14 / #19: non-UTF-8 text failed inside the BPE trainer without naming the file; seq_length=0 divided by zero
+    after tokenizing; alpha=abc "could not convert string to float" without the key; an empty file was "missing"."""
+    corpus = _corpus(tmp_path, train)
+    with pytest.raises(ValueError, match=message):
+        run_cfg(tmp_path, "task=pretrain_clm", "model=opt_cpu", f"task.data_dir={corpus}", *overrides)
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").rglob("*.safetensors"))

@@ -4,6 +4,7 @@ Shared by run records (:mod:`qexp.experiment.records`) and benchmark records (:m
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -51,7 +52,15 @@ def portable(obj, root: Path = REPO):
     return obj
 
 
+@functools.lru_cache(maxsize=1)
 def git_state() -> dict:
+    """The commit and dirty flag of the checkout, read once per process: the code a process runs is the code it
+    imported, so a sweep whose checkout moves on while it runs keeps naming the commit it started from (found when a
+    campaign's later records named a commit whose code they had not run)."""
+    return dict(_git_state())
+
+
+def _git_state() -> dict:
     def git(*args):
         return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=10)
 

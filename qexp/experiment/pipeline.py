@@ -150,6 +150,9 @@ def validated(cfg: DictConfig, resolved: dict, cwd: Path | None = None):
     task = kind_cls(ctx)
     task.check()
     check_group_size(steps.bcq, cfg.model)
+    from ..integer.backends import check_recipe
+
+    check_recipe(backend, ctx.quant, str(cfg.recipe.name), steps.bcq is not None)
     if enabled(cfg.recipe, "qat"):
         from ..train.qat import hyperparameters
 

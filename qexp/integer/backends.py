@@ -123,6 +123,28 @@ class IntegerLinear:
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
+def check_recipe(backend_name: str, quant: dict, recipe_name: str, bcq: bool) -> None:
+    """Before anything loads (issue 27 #18: ``w8a8_ptq`` on ``cpu_int8`` was refused only after fine-tuning and
+    calibration, with 100+ site names): an integer backend runs linears whose weight *and input* are quantized, with
+    uniform weights.  The recipe's groups say whether that can hold; site rules are still checked at :func:`attach`."""
+    if backend_name == "fake":
+        return
+    rules = [r for r in quant.get("sites") or [] if r.get("enabled") is True]
+    on = {g: bool((quant.get(g) or {}).get("enabled")) or any(str(r.get("match")).endswith(suffix) for r in rules)
+          for g, suffix in (("weights", ".weight"), ("inputs", ".input"))}
+    rules_on_inputs = on["inputs"]
+    if bcq:
+        raise IntegerBackendError(f"inference.backend={backend_name}: recipe {recipe_name!r} uses binary-coding (BCQ) "
+                                  f"weights, which are non-uniform and have no INT8 GEMM here; use inference.backend=fake")
+    if not on["weights"] or not (on["inputs"] or rules_on_inputs):
+        missing = " and ".join(k for k, v in (("weights", on["weights"]), ("linear inputs",
+                                                                         on["inputs"] or rules_on_inputs)) if not v)
+        raise IntegerBackendError(f"inference.backend={backend_name} runs linears whose weight and input are both "
+                                  f"quantized; recipe {recipe_name!r} quantizes no {missing} (its activations are "
+                                  f"layer outputs, not GEMM inputs); recipes that work: zq_w8a8, zq_ptq_w8a8, "
+                                  f"zq_w8a8_gq, zq_w8a8_tq, zq_ptq_w8a8_asym, zq_w48a8, bq23_* on decoders")
+
+
 def attach(model: nn.Module, backend_name: str) -> dict:
     """Run every quantized linear of ``model`` on ``backend_name``; the other layers stay as they are.  Returns a
     summary for the run record.  ``fake`` detaches.  Call after calibration (weight ranges fixed)."""

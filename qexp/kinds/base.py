@@ -79,6 +79,9 @@ class TaskKind:
             want = "a decoder model (a causal LM)" if self.causal else "an encoder model"
             raise KindError(f"task {self.task.name!r} ({self.name}) needs {want}, but model {self.cfg.model.name!r} "
                             f"is of family {family.name!r}; `qexp ls models` lists the models")
+        for split, n in dict(self.task.get("limit") or {}).items():   # issue 27 #14: TypeError deep in the loader
+            if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+                raise KindError(f"task.limit.{split}={n!r} must be a positive integer or null (all examples)")
         recipe = self.cfg.recipe
         if enabled(recipe, "qat") and not self.trains:
             raise KindError(f"recipe {recipe.name!r} trains (QAT) on labelled data, but task {self.task.name!r} is a "

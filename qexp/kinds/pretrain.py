@@ -69,6 +69,9 @@ class Pretrain(TaskKind):
         if model.get("source") != "scratch":
             raise KindError(f"task {task.name!r} trains a model from scratch, but model {model.name!r} has source "
                             f"{model.get('source')!r}; use a from-scratch model (source: scratch): `qexp ls models`")
+        seq = task.get("seq_length")
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 2:   # issue 27 #14: ZeroDivisionError later
+            raise KindError(f"task.seq_length={seq!r} must be an integer >= 2 (tokens per training block)")
         try:
             arch = scratch.check_arch(model)
             if arch != self.arch:

@@ -64,6 +64,10 @@ class AttentionVariant:
             raise AttentionConfigError(f"model.attention.softmax={softmax!r} is unknown; valid: {', '.join(SOFTMAXES)}")
         if gate not in GATES:
             raise AttentionConfigError(f"model.attention.gate={gate!r} is unknown; valid: {', '.join(GATES)}")
+        for key in ("gamma", "zeta", "alpha", "pi_init"):   # issue 27 #14: "could not convert string to float"
+            v = c.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                raise AttentionConfigError(f"model.attention.{key}={v!r} must be a number")
         gamma, zeta, alpha = float(c.get("gamma") or 0.0), float(c.get("zeta") or 1.0), c.get("alpha")
         if alpha is not None:
             if softmax != "clipped":

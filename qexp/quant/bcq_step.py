@@ -81,7 +81,25 @@ def bcq_layers(model: nn.Module, cfg: BCQConfig) -> list[tuple[str, nn.Module]]:
     if not chosen:
         raise BCQError(f"recipe.bcq.layers={list(cfg.layers)} matches no linear layer with a quantized weight; the "
                        f"layers are: {', '.join(n for n, _ in layers[:8])}{' ...' if len(layers) > 8 else ''}")
+    check_rows(chosen, cfg.group_size)
     return chosen
+
+
+def check_rows(chosen: list[tuple[str, nn.Module]], group_size: int | None) -> None:
+    """Every chosen layer's row length must be a multiple of ``group_size``; the message lists the sizes that divide
+    *every* row length (issue 27 #17: SmolLM2's 576-wide rows were checked first and 72 offered, which then failed on
+    the 1,536-wide rows), before any layer is quantized."""
+    import math
+
+    if group_size is None:
+        return
+    lengths = sorted({int(m.inner.weight.shape[1]) for _, m in chosen})
+    if all(n % int(group_size) == 0 for n in lengths):
+        return
+    common = math.gcd(*lengths)
+    fits = [d for d in range(1, common + 1) if common % d == 0]
+    raise BCQError(f"recipe.bcq.group_size={group_size} does not divide every row length of the quantized layers "
+                   f"({', '.join(map(str, lengths))}); valid: null (one row) or {', '.join(map(str, fits))}")
 
 
 @torch.no_grad()

@@ -62,9 +62,34 @@ def _setting(cfg: dict) -> str:
     return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
+LEFT_OUT: dict[str, int] = {}   # why qpt_clm records were not tabled (filled by frame, read by markdown)
+
+
+def left_out_reason(record: dict) -> str | None:
+    """Why a qpt_clm record of this paper is not in its tables, or None (issue 27 #20: the tables said "no runs yet"
+    when runs existed but were left out; issue 27 #2: a run with recipe overrides replaced the recipe's row)."""
+    cfg = record.get("config") or {}
+    task, recipe = cfg.get("task") or {}, cfg.get("recipe") or {}
+    if task.get("paper") != PAPER or recipe.get("paper") not in (None, PAPER):
+        return None   # another paper's run: not counted at all
+    if (task.get("heldout_limit") or {}).get("windows") is not None:
+        return "a quick evaluation (task.heldout_limit.windows set): the tables compare full held-out perplexities"
+    from .cells import recipe_overrides
+
+    over = recipe_overrides(record.get("overrides"))
+    if over:
+        return f"run with recipe overrides ({' '.join(over)}): another configuration than the recipe's row"
+    return None
+
+
 def frame(records: list[dict]) -> pd.DataFrame:
     rows = []
+    LEFT_OUT.clear()
     for r in records:
+        why = left_out_reason(r)
+        if why:
+            LEFT_OUT[why] = LEFT_OUT.get(why, 0) + 1
+            continue
         if not is_chitsaz(r):
             continue
         cfg, m, pre = r.get("config") or {}, r.get("metrics") or {}, r.get("pretrain") or {}
@@ -165,8 +190,10 @@ def downstream_tables(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def markdown(t: pd.DataFrame) -> str:
+    why = "".join(f"- {n} qpt_clm record(s) left out: {reason}\n" for reason, n in sorted(LEFT_OUT.items()))
     if t.empty:
-        return "Chitsaz et al. 2024: no qpt_clm runs yet (scripts/qpt_cpu.sh)\n"
+        return ("Chitsaz et al. 2024: no tabled qpt_clm run" + (" (records exist but were left out):\n\n" + why
+                                                               if why else " yet (scripts/qpt_cpu.sh)\n"))
     parts = ["Chitsaz et al. 2024, Tables 2-5 and 10-11 at CPU scale: ours (our model, corpus and BPE tokenizer) "
              "beside the paper's GPT-2 small on OpenWebText.  Perplexities are not comparable across the two in "
              "absolute terms; compare each row's ratio to its baseline (`x base`).  WikiText-103 and 1BW: "
@@ -183,6 +210,8 @@ def markdown(t: pd.DataFrame) -> str:
         show = show.astype(object).where(show.notna(), None)   # tabulate leaves None (not NaN) cells empty
         parts.append(show.to_markdown(index=False, floatfmt=".3g", missingval=""))
         parts.append("")
+    if why:
+        parts += ["Left out of these tables:", "", why]
     return "\n".join(parts) + "\n"
 
 

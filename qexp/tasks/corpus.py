@@ -34,6 +34,26 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def check_utf8(path: Path) -> None:
+    """Issue 27 #14: a non-UTF-8 corpus failed inside the BPE trainer ("stream did not contain valid UTF-8") or the
+    datasets builder without naming the file; here the file, line and byte offset are named before any work."""
+    import codecs
+
+    dec = codecs.getincrementaldecoder("utf-8")()
+    line, offset = 1, 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            try:
+                dec.decode(chunk)
+            except UnicodeDecodeError as e:
+                at = offset + e.start
+                line += chunk[:e.start].count(b"\n")
+                raise CorpusError(f"{path} is not UTF-8 text (byte {at}, line {line}: {chunk[e.start:e.start + 4]!r}); "
+                                  f"convert it, e.g. iconv -f latin1 -t utf-8") from None
+            line += chunk.count(b"\n")
+            offset += len(chunk)
+
+
 def corpus_files(task) -> dict[str, Path] | None:
     """``{split: path}`` of a local corpus (None: the task reads the hub); a missing or empty train text is an error
     naming the folder and the file it looked for."""
@@ -46,10 +66,13 @@ def corpus_files(task) -> dict[str, Path] | None:
     for split in SPLITS:
         name = task.files[split]
         path = folder / name
-        if not path.is_file() or path.stat().st_size == 0:
+        if not path.is_file():
             found = sorted(p.name for p in folder.iterdir())[:10]
             raise CorpusError(f"task.data_dir={str(folder)!r} has no {split} text {name!r} (task.files.{split}); "
                               f"the folder holds {found}")
+        if path.stat().st_size == 0:   # issue 27 #19: "has no train text" although the file was there, empty
+            raise CorpusError(f"{path} (task.files.{split}) is empty")
+        check_utf8(path)
         files[split] = path
     return files
 

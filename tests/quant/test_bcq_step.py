@@ -63,8 +63,12 @@ def test_a_group_size_that_does_not_divide_is_named_before_anything_loads(tmp_pa
 
 
 def test_with_narrowed_layers_the_quantizer_checks_the_group_size_after_loading(tmp_path):
-    with pytest.raises(BCQError, match=r"group_size=5 does not divide the row length 48 "):
-        run_cfg(tmp_path, "+recipe=pwq_alternating", "recipe.bcq.group_size=5", "recipe.bcq.layers=[encoder.layer.0.*]")
+    """Issue 27 #17: after loading, the message lists the sizes that divide *every* chosen row length (48 and 96 for
+    the layer's attention and FFN linears: 16 divides both, 32 only the latter)."""
+    with pytest.raises(BCQError, match=r"group_size=32 does not divide every row length of the quantized layers "
+                                       r"\(48, 96\); valid: null \(one row\) or 1, 2, 3, 4, 6, 8, 12, 16, 24, 48$"):
+        run_cfg(tmp_path, "+recipe=pwq_alternating", "recipe.bcq.group_size=32",
+                "recipe.bcq.layers=[encoder.layer.0.*]")
 
 
 def test_row_lengths_come_from_the_model_config_without_loading():

@@ -110,3 +110,20 @@ def test_a_run_that_blew_up_and_partly_recovered_is_flagged():
     ok["pretrain"]["curves"] = [{"step": 0, "loss": 8.0}, {"step": 100, "loss": 7.9}, {"step": 200, "loss": 4.0}]
     assert c24.frame([ok]).status.iloc[0] == "ok"
 
+
+
+def test_left_out_runs_are_explained_not_called_missing():
+    """Issue 27 #20 / #2: "no qpt_clm runs yet" when runs existed but were left out; a record with recipe overrides
+    replaced the recipe's row (`exclude=[*]`: 0 quantized layers, recorded as qpt_w8a8)."""
+    from qexp.report.chitsaz2024 import frame, markdown, tables
+
+    def rec(**task):
+        return {"model": "gpt2_cpu", "recipe": "qpt_w8a8", "seed": 0, "metrics": {}, "finished": "x",
+                "overrides": ["+recipe=qpt_w8a8", "recipe.qpt.exclude=[*]"] if task.pop("override", False) else [],
+                "config": {"model": {"name": "gpt2_cpu"}, "task": {"paper": "chitsaz2024", **task},
+                           "recipe": {"name": "qpt_w8a8"}}}
+
+    df = frame([rec(heldout_limit={"windows": 4}), rec(override=True)])
+    assert df.empty
+    md = markdown(tables(df))
+    assert "records exist but were left out" in md and "heldout_limit" in md and "recipe.qpt.exclude=[*]" in md
