@@ -83,8 +83,18 @@ def _check_against_fake(layer, x):
     if wq.rounding is None:
         assert torch.equal(wo.codes[:, :k].int(), quantize_int(w, wq.qparams_for(w)))
     # the dequantized operands are codes x scales
-    torch.testing.assert_close((a.codes[:, :k].double() - a.zero_point[:, None]) * a.scale[:, None].double(), x_deq,
-                               rtol=1e-6, atol=0)
+    a_deq = (a.codes[:, :k].double() - a.zero_point[:, None]) * a.scale[:, None].double()
+    px = iq.qparams_for(x, *((x.amin(1), x.amax(1)) if iq.spec.granularity.dynamic else ()))
+    if px.offset_first:
+        # grid: deepspeed, asymmetric: fake quantization dequantizes in DeepSpeed's float32 order, q s + zp (issue 31
+        # #4); the integer path is exact, so they differ by that sum's rounding: at most one float32 ulp of each term
+        z = px.zero_point.double().reshape(-1, 1)
+        q = a.codes[:, :k].double() - a.zero_point[:, None] + z          # DeepSpeed's code, 0..2^b - 1
+        s = a.scale[:, None].double()
+        bound = 2 ** -23 * (q.abs() * s + (z * s).abs() + a_deq.abs())   # an ulp of q s, of zp and of their sum
+        assert bool(((a_deq - x_deq).abs() <= bound).all())
+    else:
+        torch.testing.assert_close(a_deq, x_deq, rtol=1e-6, atol=0)
     torch.testing.assert_close(wo.codes[:, :k].double() * wo.scale[:, None].double(), w_deq, rtol=1e-6, atol=0)
 
     acc_np = np.einsum("mk,nk->mn", a.codes.numpy().astype(np.int64) - a.zero_point.numpy()[:, None],

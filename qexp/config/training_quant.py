@@ -23,7 +23,28 @@ from ..quant.optim import TIMINGS
 from ..quant.training_linear import GRAD_PATHS, SAVED, LinearQuant
 
 DURING = ("train", "eval")
-KEYS = ("during", "weights", "activations", "gradients", "grad_path", "saved", "adam", "include", "exclude", "enabled")
+KEYS = ("during", "weights", "activations", "gradients", "grad_path", "saved", "adam", "include", "exclude", "enabled",
+        "code")
+CODES = ("paper", "authors")
+SCOPES = ("all", "linear_weights")
+# the 2024 authors' minimum ranges (chandar-lab/EfficientLLMs configs; ../shared/research/pwq-bcq-and-quantized-
+# pretraining.md): weights, activations, gradients 1e-5 (configs/quantization/base.jsonnet), per-token gradients 1e-9
+# (gpt2_g8_per_token, gpt2_w8a8g8_per_token), the AdamW state quantizers 1e-8 (configs/optimizer/base_adamw.jsonnet)
+AUTHORS_MIN_RANGE = {"weights": 1e-5, "activations": 1e-5, "gradients": 1e-5, "gradients_per_token": 1e-9,
+                     "adam": 1e-8}
+
+
+def authors_spec(spec, kind: str):
+    """A format spec with the authors' floor and asymmetric grid filled in where the recipe gives none."""
+    if spec is None:
+        return None
+    spec = dict(spec)
+    if not spec.get("enabled", True):
+        return spec
+    floor_key = "gradients_per_token" if kind == "gradients" and spec.get("granularity") == "per_token" else kind
+    spec.setdefault("min_range", AUTHORS_MIN_RANGE[floor_key])
+    spec.setdefault("levels", "authors")
+    return spec
 
 
 class TrainingQuantConfigError(ValueError):
@@ -39,6 +60,8 @@ class TrainingQuant:
     during: str = "train"
     include: tuple = ("decoder.layer.*",)
     exclude: tuple = field(default_factory=tuple)
+    adam_scope: str = "all"       # all (qexp: every parameter's states) | linear_weights (the authors' code)
+    code: str = "paper"           # paper | authors: the one switch that selects every authors' behaviour below
 
     @property
     def trains(self) -> bool:
@@ -46,10 +69,13 @@ class TrainingQuant:
         return self.during == "train"
 
     def describe(self) -> dict:
-        return {"during": self.during, **self.linear.describe(), "include": list(self.include),
-                "exclude": list(self.exclude),
-                "adam": {"m1": str(self.m1) if self.m1 else None, "m2": str(self.m2) if self.m2 else None,
-                         "timing": self.timing}}
+        out = {"during": self.during, **self.linear.describe(), "include": list(self.include),
+               "exclude": list(self.exclude),
+               "adam": {"m1": str(self.m1) if self.m1 else None, "m2": str(self.m2) if self.m2 else None,
+                        "timing": self.timing}}
+        if self.code != "paper" or self.adam_scope != "all":   # absent for the paper's semantics: old keys unchanged
+            out["code"], out["adam"]["scope"] = self.code, self.adam_scope
+        return out
 
 
 def _choice(value, valid, where):
@@ -68,9 +94,19 @@ def training_quant(recipe) -> TrainingQuant | None:
     if unknown:
         raise TrainingQuantConfigError(f"recipe.qpt: unknown key(s) {unknown}; valid: {', '.join(KEYS)}")
     adam = dict(q.get("adam") or {})
-    bad = sorted(set(adam) - {"m1", "m2", "timing"})
+    bad = sorted(set(adam) - {"m1", "m2", "timing", "scope"})
     if bad:
-        raise TrainingQuantConfigError(f"recipe.qpt.adam: unknown key(s) {bad}; valid: m1, m2, timing")
+        raise TrainingQuantConfigError(f"recipe.qpt.adam: unknown key(s) {bad}; valid: m1, m2, timing, scope")
+    code = _choice(str(q.get("code", "paper")), CODES, "recipe.qpt.code")
+    if code == "authors":   # issue 31: every behaviour of the authors' code, unless the recipe says otherwise
+        for kind in ("weights", "activations", "gradients"):
+            q[kind] = authors_spec(q.get(kind), kind)
+        for m in ("m1", "m2"):
+            adam[m] = authors_spec(adam.get(m), "adam")
+        # the switch selects the authors' code as a whole (the shared _qpt defaults say "paper" for these); for a
+        # mix, leave code=paper and set saved / adam.timing / adam.scope / a format's min_range and levels one by one
+        q["saved"], adam["timing"], adam["scope"] = "original", "on_read", "linear_weights"
+    scope = _choice(str(adam.get("scope", "all")), SCOPES, "recipe.qpt.adam.scope")
     try:
         linear = LinearQuant(
             weights=make_format(q.get("weights"), "recipe.qpt.weights", ("per_tensor", "per_channel"), 0),
@@ -93,4 +129,4 @@ def training_quant(recipe) -> TrainingQuant | None:
     include, exclude = q.get("include", ["decoder.layer.*"]), q.get("exclude", [])
     return TrainingQuant(linear, m1, m2, _choice(str(adam.get("timing", "after_update")), TIMINGS,
                                                  "recipe.qpt.adam.timing"),
-                         during, tuple(str(p) for p in include), tuple(str(p) for p in exclude))
+                         during, tuple(str(p) for p in include), tuple(str(p) for p in exclude), scope, code)

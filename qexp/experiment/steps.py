@@ -22,7 +22,7 @@ def check_group_size(bcq: BCQConfig | None, model_cfg) -> None:
 
     from ..models.loading import linear_row_lengths
 
-    if bcq is None or bcq.group_size is None or bcq.layers != BCQConfig.layers:
+    if bcq is None or bcq.group_size is None or bcq.layers != BCQConfig.layers or bcq.group_dim != "row":
         return
     lengths, g = linear_row_lengths(model_cfg), int(bcq.group_size)
     if lengths and any(n % g for n in lengths.values()):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..quant.affine import QParams
+from ..quant.affine import QParams, quantize_int
 from ..quant.granularity import PerTensor, PerToken
 
 K_ALIGN = 16          # the GEMM's K (and row strides) are padded to a multiple of 16 bytes (16-byte cp.async)
@@ -96,7 +96,7 @@ def weight_operand(q, weight: torch.Tensor) -> Int8Weight:
     if q.rounding is not None:  # AdaRound's learned decisions
         codes = torch.clamp(torch.floor(w / p.scale) + q.rounding + p.zero_point, p.q_min, p.q_max)
     else:
-        codes = torch.clamp(torch.round(w / p.scale) + p.zero_point, p.q_min, p.q_max)
+        codes = quantize_int(w, p)   # DeepSpeed's asymmetric order included (affine.QParams.offset_first)
     codes = codes.to(torch.int32)
     return Int8Weight(_pad_k(codes.to(torch.int8)), scale.float(), codes.sum(dim=1).to(torch.int32), k)
 
@@ -122,7 +122,7 @@ def activation_operand(q, x2d: torch.Tensor) -> Int8Activation:
     m, k = x.shape
     scale = _per_row(p.scale, m, k, f"{q.name}: the input scale")
     zp = _per_row(p.zero_point, m, k, f"{q.name}: the input zero point")
-    codes = torch.clamp(torch.round(x / p.scale) + p.zero_point, p.q_min, p.q_max).to(torch.int32)
+    codes = quantize_int(x, p)
     codes8, zp8 = to_int8(codes, zp, p)
     return Int8Activation(_pad_k(codes8), scale.float(), zp8)
 

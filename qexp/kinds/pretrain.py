@@ -31,6 +31,23 @@ from .base import Evaluation, KindError, Loaded, TaskKind, register
 log = logging.getLogger("qexp")
 
 
+def scope_groups(groups: list[dict], hf: torch.nn.Module) -> list[dict]:
+    """The authors' Adam-state scope (issue 31 #3): each AdamW group split into the weights of Linear/Conv1D layers
+    (``quantize: True``) and the rest -- biases, LayerNorm, embeddings (and an LM head tied to them) -- whose states
+    stay in full precision (``quantize: False``)."""
+    from transformers.pytorch_utils import Conv1D
+
+    embeddings = {id(m.weight) for m in hf.modules() if isinstance(m, torch.nn.Embedding)}
+    linear = {id(m.weight) for m in hf.modules() if isinstance(m, (torch.nn.Linear, Conv1D))} - embeddings
+    out = []
+    for g in groups:
+        for flag in (True, False):
+            params = [p for p in g["params"] if (id(p) in linear) == flag]
+            if params:
+                out.append({**g, "params": params, "quantize": flag})
+    return out
+
+
 class Pretrain(TaskKind):
     lm_objective: str          # "mlm" | "clm": what the model is trained on
     arch: str
@@ -158,6 +175,8 @@ class Pretrain(TaskKind):
                 tq = self.tq
 
                 def make_optimizer(groups, **kw):
+                    if tq.adam_scope == "linear_weights":
+                        groups = scope_groups(groups, hf)
                     return QuantizedAdamW(groups, m1=tq.m1, m2=tq.m2, timing=tq.timing, **kw)
         eval_batches = self._eval_batches(limit=int(tr.eval_batches) * int(task.eval.batch_size))
 

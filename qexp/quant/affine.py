@@ -49,6 +49,7 @@ class QParams:
     zero_point: torch.Tensor
     q_min: int
     q_max: int
+    offset_first: bool = False   # DeepSpeed's asymmetric order: round((x - zp_value) / s), dequant q s + zp_value
 
     @property
     def steps(self) -> int:
@@ -81,7 +82,7 @@ def qparams(x_min: torch.Tensor, x_max: torch.Tensor, n_bits: int, symmetric: bo
             scale = torch.maximum(x_min.abs(), x_max.abs()) / 2 ** (n_bits - 1)
             return QParams(scale.clamp(min=EPS), torch.zeros_like(scale), -(2 ** (n_bits - 1)), 2 ** (n_bits - 1) - 1)
         scale = ((x_max - x_min) / 2 ** n_bits).clamp(min=EPS)
-        return QParams(scale, -round_ste(x_min / scale), 0, 2 ** n_bits - 1)
+        return QParams(scale, -round_ste(x_min / scale), 0, 2 ** n_bits - 1, offset_first=True)
     x_min = torch.clamp(x_min, max=0.0)
     x_max = torch.clamp(x_max, min=EPS)
     if symmetric:
@@ -104,8 +105,19 @@ def qparams(x_min: torch.Tensor, x_max: torch.Tensor, n_bits: int, symmetric: bo
     return QParams(scale.clamp(min=EPS), zero_point, q_min, q_max)
 
 
+def _zp_value(p: QParams) -> torch.Tensor:
+    """DeepSpeed's zero point as a value, ``round(x_min / s) * s`` (exactly: ``-zero_point`` is that integer)."""
+    return (-p.zero_point) * p.scale
+
+
 def fake_quantize(x: torch.Tensor, p: QParams) -> torch.Tensor:
-    """Quantize then dequantize; the gradient w.r.t. x is 1 inside the grid and 0 where clipped."""
+    """Quantize then dequantize; the gradient w.r.t. x is 1 inside the grid and 0 where clipped.  ``offset_first``
+    (``grid: deepspeed``, asymmetric): DeepSpeed's order, ``round((x - zp) / s) * s + zp``, which differs from
+    ``round(x / s) + z`` at exact .5 ties when z is odd (issue 31 #4)."""
+    if p.offset_first:
+        zp = _zp_value(p)
+        x_int = torch.clamp(round_ste((x - zp) / p.scale), p.q_min, p.q_max)
+        return x_int * p.scale + zp
     x_int = torch.clamp(round_ste(x / p.scale) + p.zero_point, p.q_min, p.q_max)
     return (x_int - p.zero_point) * p.scale
 
@@ -115,6 +127,9 @@ def fake_quantize_inplace(x: torch.Tensor, p: QParams, zero_point_is_zero: bool 
     """:func:`fake_quantize` for inference (no gradient): the same operations in the same order, so the same values
     bit for bit (``x + (round(x) - x)`` is exactly ``round(x)`` in floating point), but one new tensor instead of
     eight and no straight-through bookkeeping.  ``zero_point_is_zero`` skips the two zero-point passes."""
+    if p.offset_first:
+        zp = _zp_value(p)
+        return torch.sub(x, zp).div_(p.scale).round_().clamp_(p.q_min, p.q_max).mul_(p.scale).add_(zp)
     y = torch.div(x, p.scale)
     y.round_()
     if zero_point_is_zero:
@@ -131,4 +146,6 @@ def fake_quantize_rounded(x: torch.Tensor, p: QParams, up: torch.Tensor) -> torc
 
 def quantize_int(x: torch.Tensor, p: QParams) -> torch.Tensor:
     """The integer codes (for integer backends and tests), as int32."""
+    if p.offset_first:
+        return torch.clamp(torch.round((x - _zp_value(p)) / p.scale), p.q_min, p.q_max).to(torch.int32)
     return torch.clamp(torch.round(x / p.scale) + p.zero_point, p.q_min, p.q_max).to(torch.int32)

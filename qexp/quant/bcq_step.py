@@ -19,7 +19,8 @@ from torch import nn
 from .bcq import BCQ, BCQError, Importance
 
 SCHEMES = ("bcq", "uniform_minmax", "uniform_weighted_mse")
-KEYS = ("enabled", "scheme", "rounds", "E", "C", "P", "group_size", "solver", "layers",
+GROUP_DIMS = ("row", "column")
+KEYS = ("enabled", "scheme", "rounds", "E", "C", "P", "group_size", "solver", "layers", "group_dim",
         "set", "manual_sets",   # pwq_manual: which of Table 5's sets gave E, C, P (for the record)
         "search", "params_from")  # read by the search step (qexp.experiment.bcq_search)
 
@@ -34,6 +35,9 @@ class BCQConfig:
     group_size: int | None = None
     solver: str = "cg"
     layers: tuple = ("encoder.layer.*", "decoder.layer.*")
+    # row: binary codes and alphas along each output row of W (out, in) -- qexp, the paper's "row-wise";
+    # column: along the output dimension, one set per input channel -- Kwon's quant_model_bcq.py (in_ch_wise=True)
+    group_dim: str = "row"
 
     @classmethod
     def from_config(cls, cfg: dict, bits: int) -> "BCQConfig":
@@ -52,6 +56,8 @@ class BCQConfig:
         out = cls(**{f.name: cfg[f.name] for f in fields(cls) if f.name in cfg})
         if out.scheme not in SCHEMES:
             raise BCQError(f"recipe.bcq.scheme={out.scheme!r}; valid: {', '.join(SCHEMES)}")
+        if out.group_dim not in GROUP_DIMS:
+            raise BCQError(f"recipe.bcq.group_dim={out.group_dim!r}; valid: {', '.join(GROUP_DIMS)}")
         out.quantizer(bits)   # every value checked now, before anything loads
         return out
 
@@ -81,11 +87,11 @@ def bcq_layers(model: nn.Module, cfg: BCQConfig) -> list[tuple[str, nn.Module]]:
     if not chosen:
         raise BCQError(f"recipe.bcq.layers={list(cfg.layers)} matches no linear layer with a quantized weight; the "
                        f"layers are: {', '.join(n for n, _ in layers[:8])}{' ...' if len(layers) > 8 else ''}")
-    check_rows(chosen, cfg.group_size)
+    check_rows(chosen, cfg.group_size, 0 if cfg.group_dim == "column" else 1)
     return chosen
 
 
-def check_rows(chosen: list[tuple[str, nn.Module]], group_size: int | None) -> None:
+def check_rows(chosen: list[tuple[str, nn.Module]], group_size: int | None, dim: int = 1) -> None:
     """Every chosen layer's row length must be a multiple of ``group_size``; the message lists the sizes that divide
     *every* row length (issue 27 #17: SmolLM2's 576-wide rows were checked first and 72 offered, which then failed on
     the 1,536-wide rows), before any layer is quantized."""
@@ -93,7 +99,7 @@ def check_rows(chosen: list[tuple[str, nn.Module]], group_size: int | None) -> N
 
     if group_size is None:
         return
-    lengths = sorted({int(m.inner.weight.shape[1]) for _, m in chosen})
+    lengths = sorted({int(m.inner.weight.shape[dim]) for _, m in chosen})
     if all(n % int(group_size) == 0 for n in lengths):
         return
     common = math.gcd(*lengths)
@@ -108,12 +114,16 @@ def quantize_layer(name: str, m: nn.Module, cfg: BCQConfig, importance: Importan
     q = m.weight_quantizer
     t0 = time.perf_counter()
     w = m.inner.weight.detach().float()
+    column = cfg.group_dim == "column"
+    wt = w.t().contiguous() if column else w    # Kwon's in_ch_wise: the stored matrix's columns as the rows
     bcq = cfg.quantizer(q.spec.bits, importance)
     if isinstance(bcq, BCQ):
-        w_hat, alpha, _ = bcq.quantize(w)
+        w_hat, alpha, _ = bcq.quantize(wt)
         method, avg_alpha = bcq.method, float(alpha.mean())
     else:   # the uniform baseline: no scaling factors alpha
-        w_hat, method, avg_alpha = bcq.quantize(w), cfg.scheme, None
+        w_hat, method, avg_alpha = bcq.quantize(wt), cfg.scheme, None
+    if column:
+        w_hat = w_hat.t().contiguous()
     imp, _ = bcq.importance.weights(w)
     q.values = w_hat.to(m.inner.weight.dtype)
     return {"layer": name, "bits": q.spec.bits, "method": method, "E": bcq.importance.E, "C": bcq.importance.C,

@@ -33,17 +33,31 @@ class FormatError(ValueError):
     """A quantization format that names a bad bit-width, granularity or option."""
 
 
+LEVELS = ("paper", "authors")
+
+
 @dataclass(frozen=True)
 class TensorFormat:
+    """``min_range``: the authors' floor on the range before the scale is taken (``max|x|`` or ``max - min`` clamped
+    from below; 0 = none, the paper's Eq. 1).  ``levels``: the asymmetric grid, ``paper`` = 2^b levels, step
+    (max - min) / (2^b - 1); ``authors`` = their code's 2^b - 1 levels, step (max - min) / (2 Qp) with Qp = 2^(b-1) - 1
+    (../shared/research/pwq-bcq-and-quantized-pretraining.md, "2024 authors' quantizer").  Symmetric grids are the same
+    in both."""
     bits: int
     granularity: Granularity
     symmetric: bool = True
+    min_range: float = 0.0
+    levels: str = "paper"
 
     def __post_init__(self) -> None:
         try:
             check_bits(self.bits)
         except ValueError as e:
             raise FormatError(str(e)) from None
+        if self.levels not in LEVELS:
+            raise FormatError(f"levels={self.levels!r}; valid: {', '.join(LEVELS)}")
+        if isinstance(self.min_range, bool) or not isinstance(self.min_range, (int, float)) or self.min_range < 0:
+            raise FormatError(f"min_range={self.min_range!r} must be a number >= 0")
         if not isinstance(self.granularity, (PerTensor, PerToken, PerChannel)):
             raise FormatError(f"dynamic quantization supports per_tensor, per_token and per_channel, not "
                               f"{self.granularity}")
@@ -52,7 +66,7 @@ class TensorFormat:
     def grid(self) -> tuple[int, int]:
         if self.symmetric:
             return -(2 ** (self.bits - 1)), 2 ** (self.bits - 1) - 1
-        return 0, 2 ** self.bits - 1
+        return 0, 2 ** self.bits - (2 if self.levels == "authors" else 1)
 
     def _slot_stat(self, x: torch.Tensor, reduce) -> torch.Tensor:
         """``reduce`` (amax / amin) over each slot, shaped to broadcast against ``x``."""
@@ -70,9 +84,15 @@ class TensorFormat:
         """The scale (and, asymmetric, the zero point) of every slot, shaped to broadcast against ``x``."""
         tiny = torch.finfo(x.dtype).tiny
         if self.symmetric:
-            return (self._slot_stat(x.abs(), torch.amax) / self.grid[1]).clamp_min(tiny), None
+            r = self._slot_stat(x.abs(), torch.amax)
+            if self.min_range:
+                r = r.clamp_min(self.min_range)
+            return (r / self.grid[1]).clamp_min(tiny), None
         lo, hi = self._slot_stat(x, torch.amin), self._slot_stat(x, torch.amax)
-        scale = ((hi - lo) / self.grid[1]).clamp_min(tiny)
+        r = hi - lo
+        if self.min_range:
+            r = r.clamp_min(self.min_range)
+        scale = (r / self.grid[1]).clamp_min(tiny)
         return scale, torch.round(-lo / scale)
 
     @torch.no_grad()
@@ -89,7 +109,9 @@ class TensorFormat:
         return x + (self.fake_quantize(x) - x).detach()
 
     def __str__(self) -> str:
-        return f"{self.bits}-bit {self.granularity} {'symmetric' if self.symmetric else 'asymmetric'}"
+        extra = (f", min range {self.min_range:g}" if self.min_range else "") + \
+            (", authors' 2^b-1 levels" if self.levels == "authors" and not self.symmetric else "")
+        return f"{self.bits}-bit {self.granularity} {'symmetric' if self.symmetric else 'asymmetric'}{extra}"
 
 
 def make_format(spec, where: str, allowed: tuple[str, ...], channel_axis: int = 0) -> TensorFormat | None:
@@ -101,9 +123,10 @@ def make_format(spec, where: str, allowed: tuple[str, ...], channel_axis: int = 
     spec = dict(spec)
     if not spec.pop("enabled", True):
         return None
-    unknown = set(spec) - {"bits", "granularity", "symmetric"}
+    unknown = set(spec) - {"bits", "granularity", "symmetric", "min_range", "levels"}
     if unknown:
-        raise FormatError(f"{where}: unknown key(s) {sorted(unknown)}; valid: bits, granularity, symmetric, enabled")
+        raise FormatError(f"{where}: unknown key(s) {sorted(unknown)}; valid: bits, granularity, symmetric, "
+                          f"min_range, levels, enabled")
     name = str(spec.get("granularity", "per_tensor"))
     if name not in allowed:
         raise FormatError(f"{where}.granularity={name!r} is not valid here; valid: {', '.join(allowed)}")
@@ -113,6 +136,8 @@ def make_format(spec, where: str, allowed: tuple[str, ...], channel_axis: int = 
     if "bits" not in spec:
         raise FormatError(f"{where} has no bits (valid: the integers 2 to 16)")
     try:
-        return TensorFormat(spec["bits"], GRANULARITY_NAMES[name](channel_axis), symmetric)
+        return TensorFormat(spec["bits"], GRANULARITY_NAMES[name](channel_axis), symmetric,
+                            float(spec.get("min_range", 0.0)) if not isinstance(spec.get("min_range"), str)
+                            else spec["min_range"], str(spec.get("levels", "paper")))
     except (FormatError, GranularityError) as e:
         raise FormatError(f"{where}: {e}") from None

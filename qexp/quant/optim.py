@@ -31,7 +31,7 @@ class OptimizerConfigError(ValueError):
 
 def _format_for(fmt: TensorFormat, t: torch.Tensor) -> TensorFormat:
     if isinstance(fmt.granularity, PerChannel) and t.dim() < 2:
-        return TensorFormat(fmt.bits, PerTensor(), fmt.symmetric)
+        return TensorFormat(fmt.bits, PerTensor(), fmt.symmetric, fmt.min_range, fmt.levels)
     return fmt
 
 
@@ -48,6 +48,8 @@ class QuantizedAdamW(torch.optim.AdamW):
     def quantize_states(self) -> None:
         """Replace every quantized moment in the state by its quantized value (in place)."""
         for group in self.param_groups:
+            if not group.get("quantize", True):   # the authors' scope: only groups flagged for quantization
+                continue
             for p in group["params"]:
                 state = self.state.get(p)
                 if not state:

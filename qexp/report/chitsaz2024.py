@@ -27,12 +27,14 @@ TABLES = {2: "weights", 3: "activations", 4: "gradients", 5: "Adam first moment"
           11: "activations, post-training"}
 FIGURES = {
     4: ("weights", ["qpt_w4_tensor", "qpt_w4_channel", "qpt_w8_tensor", "qpt_w8_channel"]),
-    7: ("activations", ["qpt_a4_tensor", "qpt_a4_token", "qpt_a4_token_asym", "qpt_a8_tensor", "qpt_a8_token"]),
+    7: ("activations", ["qpt_a4_tensor", "qpt_a4_token", "qpt_a4_token_asym", "qpt_a4_token_asym_authors",
+                        "qpt_a8_tensor", "qpt_a8_token"]),
     9: ("gradients (weight-gradient GEMM)", ["qpt_g4_tensor", "qpt_g4_token", "qpt_g8_tensor", "qpt_g8_token"]),
     10: ("gradients in the weight path vs both paths", ["qpt_g8_token", "qpt_g8_token_both", "qpt_g4_token",
                                                          "qpt_g4_token_both"]),
-    11: ("Adam first moment", ["qpt_m1_4_tensor", "qpt_m1_4_channel", "qpt_m1_8_tensor", "qpt_m1_8_channel"]),
-    12: ("Adam second moment", ["qpt_m2_8_channel"]),
+    11: ("Adam first moment", ["qpt_m1_4_tensor", "qpt_m1_4_channel", "qpt_m1_8_tensor", "qpt_m1_8_channel",
+                               "qpt_m1_8_channel_authors"]),
+    12: ("Adam second moment", ["qpt_m2_8_channel", "qpt_m2_8_channel_authors"]),
     13: ("weights, activations and gradients together", ["qpt_w8a8", "qpt_w8a8g8"]),
 }
 DOWNSTREAM_REFERENCE = Path(__file__).parent / "reference" / "chitsaz2024_downstream.csv"
@@ -152,21 +154,28 @@ def tables(df: pd.DataFrame) -> pd.DataFrame:
         base = g[g.recipe == "fp32"]
         base_wt2 = _mean(base.wikitext2)
         for _, p in ref.iterrows():
-            runs = g[g.recipe == p.recipe]
-            status = "; ".join(sorted(set(runs.status))) if len(runs) else "not run"
-            wt2 = _mean(runs.wikitext2)
-            out.append({
-                "setting": setting, "model": g.model.iloc[0], "scale": g.scale.iloc[0], "table": int(p.table),
-                "component": p.component, "bits": "" if pd.isna(p.bits) else int(p.bits),
-                "granularity": p.granularity, "recipe": p.recipe, "seeds": len(runs), "status": status,
-                "ours_val_loss": _mean(runs.val_loss), "ours_wikitext2": wt2, "ours_ptb": _mean(runs.ptb),
-                "ours_wikitext2_vs_baseline": (wt2 / base_wt2) if wt2 and base_wt2 else None,
-                "ours_wikitext103": None, "ours_1bw": None,
-                "paper_wikitext103": p.wikitext103, "paper_wikitext2": p.wikitext2, "paper_ptb": p.ptb,
-                "paper_1bw": p["1bw"],
-                "paper_wikitext2_vs_baseline": p.wikitext2 / 34.32 if pd.notna(p.wikitext2) else None,
-                "note": "; ".join(x for x in (p.note if pd.notna(p.note) else "", f"WikiText-103, 1BW: {NOT_HERE}")
-                                  if x)})
+            # issue 31: a recipe's twin with the authors' semantics (recipe.qpt.code=authors: minimum-range floors,
+            # 2^b - 1 asymmetric levels, linear-weight Adam states, states quantized on read, X and W saved unquantized)
+            # is its own row beside the paper-formula row, never pooled with it
+            for recipe, semantics in ((p.recipe, "paper formulas"), (f"{p.recipe}_authors", "authors' code")):
+                runs = g[g.recipe == recipe]
+                if semantics != "paper formulas" and not len(runs):
+                    continue
+                status = "; ".join(sorted(set(runs.status))) if len(runs) else "not run"
+                wt2 = _mean(runs.wikitext2)
+                out.append({
+                    "setting": setting, "model": g.model.iloc[0], "scale": g.scale.iloc[0], "table": int(p.table),
+                    "component": p.component, "bits": "" if pd.isna(p.bits) else int(p.bits),
+                    "granularity": p.granularity, "recipe": recipe, "semantics": semantics, "seeds": len(runs),
+                    "status": status,
+                    "ours_val_loss": _mean(runs.val_loss), "ours_wikitext2": wt2, "ours_ptb": _mean(runs.ptb),
+                    "ours_wikitext2_vs_baseline": (wt2 / base_wt2) if wt2 and base_wt2 else None,
+                    "ours_wikitext103": None, "ours_1bw": None,
+                    "paper_wikitext103": p.wikitext103, "paper_wikitext2": p.wikitext2, "paper_ptb": p.ptb,
+                    "paper_1bw": p["1bw"],
+                    "paper_wikitext2_vs_baseline": p.wikitext2 / 34.32 if pd.notna(p.wikitext2) else None,
+                    "note": "; ".join(x for x in (p.note if pd.notna(p.note) else "", f"WikiText-103, 1BW: {NOT_HERE}")
+                                      if x)})
     return pd.DataFrame(out)
 
 
@@ -202,7 +211,7 @@ def markdown(t: pd.DataFrame) -> str:
         parts.append(f"\n### Table {table}: {TABLES[table]} (setting {setting}: {g.model.iloc[0]}, "
                      f"{g.scale.iloc[0]})\n")
         show = pd.DataFrame({
-            "#bit": g.bits, "granularity": g.granularity, "recipe": g.recipe,
+            "#bit": g.bits, "granularity": g.granularity, "recipe": g.recipe, "semantics": g.semantics,
             "ours val loss": g.ours_val_loss, "ours WT-2": g.ours_wikitext2, "ours PTB": g.ours_ptb,
             "ours x base": g.ours_wikitext2_vs_baseline, "paper WT-103": g.paper_wikitext103,
             "paper WT-2": g.paper_wikitext2, "paper PTB": g.paper_ptb, "paper 1BW": g.paper_1bw,
