@@ -327,3 +327,23 @@ def test_a_table_of_a_model_we_did_not_run_shows_only_the_paper(tmp_path):
     g5 = read(tmp_path / "tables" / "zeroquant_tableG5.csv")
     assert g5.setting.isna().all() or set(g5.setting.dropna()) == {"–"}     # FP and ZeroQuant rows share one setting
     assert g5.set_index("configuration").loc["W16A16 (Baseline)", "RTE"] == 56.0
+
+
+def test_claims_check_states_support_contradiction_and_untested(tmp_path):
+    """Issue 29: each claim with supported / contradicted / untested and the cells and seed spread it rests on."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for seed, (w8a32, w32a8) in enumerate([(60.0, 50.0), (62.0, 52.0), (61.0, 51.0)]):
+        write(runs, "m", "rte", "w8a32_ptq", seed, w8a32)
+        write(runs, "m", "rte", "w32a8_ptq", seed, w32a8)
+    write(runs, "m", "rte", "peg_ptq", 0, 50.0)
+    write(runs, "m", "rte", "w8a8_ptq", 0, 55.0)
+    write(runs, "m", "wikitext2", "w8a32_ptq", 0, 30.0)   # a perplexity, lower is better: not a claim cell
+    build_all(runs, tmp_path / "tables")
+    c = read(tmp_path / "tables" / "claims.csv")
+    t1 = c[c["rests on"] == "Table 1"]
+    assert t1.task.tolist() == ["rte"] and t1.verdict.iloc[0] == "supported" and t1.difference.iloc[0] == 10.0
+    assert t1["better [seeds] (spread)"].iloc[0] == "61.00 [3] (2.00)"
+    peg = c[c["better row"] == "peg_ptq"]
+    assert peg.verdict.iloc[0] == "contradicted (one seed)" and peg.difference.iloc[0] == -5.0
+    assert c[c["better row"] == "zq_lkd_w48a8"].verdict.iloc[0] == "untested (neither row has run)"
