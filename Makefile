@@ -11,7 +11,7 @@ SEEDS     ?= 0,1,2
 # pytest-xdist workers for `make test` (one torch thread each; this machine has 2 cores)
 JOBS      ?= 2
 
-.PHONY: help install install-gpu demo test test-slow test-gpu check-kernels bench tables table1-rte bondarenko2021-mini table9-rte bondarenko2023-cpu figure2 clean-cache
+.PHONY: help install install-gpu demo test test-slow test-gpu check-kernels bench tables table1-rte bondarenko2021-mini table9-rte bondarenko2023-cpu figure2 clean-cache reproduce-bondarenko2021 reproduce-zeroquant reproduce-bondarenko2023 reproduce-kwon2021 reproduce-chitsaz2024
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -72,3 +72,21 @@ figure2:  ## Figure 2 (outlier diagnostics) for MiniLM-L6 on real RTE dev: PNGs 
 
 clean-cache:  ## delete the fine-tuned checkpoints
 	rm -rf cache/finetune
+
+# One command per paper: its CPU campaign (resumable: a rerun skips finished runs), then the tables.
+reproduce-bondarenko2021: table1-rte bondarenko2021-mini table9-rte figure2  ## Bondarenko et al. 2021 on MiniLM-L6 (RTE, MRPC; CPU: hours)
+
+reproduce-zeroquant:  ## ZeroQuant on SmolLM2-135M / WikiText-2, offline (CPU: ~1 h)
+	scripts/reproduce_zeroquant_smollm2.sh
+	qexp tables --runs $(RUNS) --out $(TABLES)
+
+reproduce-bondarenko2023: bondarenko2023-cpu  ## Bondarenko et al. 2023 Table 2 at CPU scale (two training seeds)
+
+reproduce-kwon2021:  ## Kwon et al. 2021 on MiniLM-L6 MRPC/RTE (every stage; CPU: hours)
+	scripts/kwon2021_cpu.sh
+	qexp tables --runs $(RUNS) --out $(TABLES)
+
+reproduce-chitsaz2024:  ## Chitsaz et al. 2024 at CPU scale: gpt2_cpu on brown_austen, every variant (CPU: ~8 h)
+	scripts/qpt_cpu.sh 0 $(RUNS)
+	qexp tables --runs $(RUNS) --out $(TABLES)
+

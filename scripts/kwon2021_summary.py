@@ -1,136 +1,19 @@
-"""The README's Kwon et al. 2021 summaries for one model and task: a row per method and bit width, from the run
-records as `make tables` reads them (qexp.report.kwon2021.frame, so a longer search supersedes a shorter one there
-too), with the held-out perplexities a pre-training task also records.  The 16 manual sets collapse into the best by
-test score and the lowest training loss (what a user without test labels would pick), with the range; --all lists them.
+"""Kwon et al. 2021 summary for one model and task on stdout (the same table `qexp tables` writes as
+results/tables/kwon2021_summary_<model>_<task>.md).
 
-    python scripts/kwon2021_summary.py MODEL TASK [RUNS_DIR] [--all]       # markdown on stdout
-    python scripts/kwon2021_summary.py gpt2_cpu qpt_clm
-    python scripts/kwon2021_summary.py --readme README.md [RUNS_DIR]      # rewrite every marked table in place
-
-A README table is marked by the lines ``<!-- kwon2021_summary MODEL TASK -->`` and ``<!-- /kwon2021_summary -->``.
+    python scripts/kwon2021_summary.py MODEL TASK [RUNS_DIR] [--all]
 """
 from __future__ import annotations
 
-import math
-import re
 import sys
-import warnings
 from pathlib import Path
 
-import pandas as pd
-
 from qexp.experiment.records import load_records
-from qexp.report import kwon2021
-
-
-def _num(x, fmt: str) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return ""
-    return "inf" if math.isinf(x) else format(x, fmt)
-
-
-def _val(x, default=0):
-    return default if x is None or (isinstance(x, float) and math.isnan(x)) else x
-
-
-def _label(r) -> str:
-    if r.search in ("model", "layer"):
-        extra = "" if r.method == "alternating" else f" of the {r.method} grid"
-        return f"{r.search}-wise BO{extra} ({int(r.trials)} trials, {r.objective})"
-    if r.recipe == "pwq_manual":
-        return f"manual set {int(r.set)}" + _val(getattr(r, "why", ""), "")
-    label = f"`{r.recipe}`"
-    if r.method == "greedy" and _val(r.E):
-        label += f" E = {r.E:g}"
-    if _val(r.group_size):
-        label += f", groups of {int(r.group_size)}"
-    return label
-
-
-def _setting(r) -> str:
-    if r.search == "model" and r.best_params:
-        return ", ".join(f"{k} {r.best_params[k]:.3g}" for k in ("E", "C", "P"))
-    if r.search == "layer":
-        return "one E, C, P per layer"
-    if r.recipe == "pwq_manual" or _val(r.E) or _val(r.P) or _val(r.C, 1.0) != 1.0:
-        return f"E {r.E:g}, C {r.C:g}, P {r.P:g}" + _val(getattr(r, "range", ""), "")
-    return ""
-
-
-def _chosen_manual(df: pd.DataFrame, higher: bool) -> pd.DataFrame:
-    """Per bit width: the manual set with the best test score and the one with the lowest training loss."""
-    keep = []
-    for _, g in df[df.recipe == "pwq_manual"].groupby("bits"):
-        span = f"; the 16 sets: {g.score.min():.2f}–{g.score.max():.2f}"
-        best = g.loc[g.score.idxmax() if higher else g.score.idxmin()].copy()
-        low = g.loc[g.train_loss.idxmin()].copy()
-        if best.run_id == low.run_id:
-            best["why"], best["range"] = " (best test score and lowest train loss)", span
-            keep.append(best)
-        else:
-            best["why"], best["range"] = " (best test score)", span
-            low["why"], low["range"] = " (lowest train loss)", ""
-            keep += [best, low]
-    return pd.DataFrame(keep)
-
-
-def rows(model: str, task: str, runs_dir: Path, every_set: bool = False) -> list[str]:
-    records = [r for r in load_records(runs_dir) if r.get("model") == model and r.get("task") == task]
-    kwon = [r for r in records if kwon2021.is_kwon(r)]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        df = kwon2021.frame(kwon).assign(run_id=[r["run_id"] for r in kwon])
-    if df.empty:
-        return [f"no Kwon et al. 2021 records of {model} / {task} in {runs_dir}"]
-    searches = [kwon2021.searched(df, mode, None, None) for mode in ("model", "layer")]   # any objective and scheme
-    df = pd.concat([df[(df.search == "none") & (df.recipe != "pwq_manual")], *searches,
-                    df[df.recipe == "pwq_manual"] if every_set else _chosen_manual(df, kwon2021.higher_is_better(df))])
-    held = {r["run_id"]: r.get("metrics") or {} for r in records}
-    names = sorted({k for m in held.values() for k, v in m.items()
-                    if k not in ("valid", "test") and isinstance(v, dict) and "perplexity" in v})  # not the score
-    head = ["bits", "method", "test score", *(f"{n} ppl" for n in names), "train loss", "train metric",
-            "weight MSE", "E, C, P"]
-    out = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
-
-    def line(bits, label, score, metrics, loss=None, metric=None, mse=None, setting=""):
-        cells = [str(bits), label, _num(score, ".2f"), *(_num((metrics.get(n) or {}).get("perplexity"), ".2f")
-                                                        for n in names),
-                 _num(loss, ".4f"), _num(metric, ".2f"), _num(mse, ".3g"), setting]
-        return "| " + " | ".join(cells) + " |"
-
-    limits = {str((r["config"]["task"] or {}).get("heldout_limit")) for r in kwon}
-    for r in sorted(records, key=lambda r: r.get("finished", ""), reverse=True):   # FP, evaluated like the others
-        if r.get("recipe") == "fp32" and str((r["config"]["task"] or {}).get("heldout_limit")) in limits:
-            out.append(line(32, "FP32", r.get("score"), r.get("metrics") or {}))
-            break
-    df = df.assign(order=[(b, 0 if s == "none" and rc != "pwq_manual" else 2 if rc == "pwq_manual" else 1,
-                           str(rc), _val(e), _val(st), _val(g), str(s), str(o))
-                          for b, s, rc, e, st, g, o in zip(df.bits, df.search, df.recipe, df.E, df.set,
-                                                            df.group_size, df.objective)])
-    for _, r in df.sort_values("order").iterrows():
-        out.append(line(r.bits, _label(r), r.score, held[r.run_id], r.train_loss, r.train_metric, r.mse, _setting(r)))
-    return out
-
-
-MARK = re.compile(r"(<!-- kwon2021_summary (\S+) (\S+) -->\n)(.*?)(<!-- /kwon2021_summary -->)", re.S)
-
-
-def rewrite(readme: Path, runs_dir: Path) -> int:
-    text = readme.read_text()
-    new, n = MARK.subn(lambda m: m.group(1) + "\n".join(rows(m.group(2), m.group(3), runs_dir)) + "\n" + m.group(5),
-                       text)
-    tmp = readme.with_suffix(".tmp")
-    tmp.write_text(new)
-    tmp.replace(readme)
-    return n
-
+from qexp.report.kwon2021_summary import rows
 
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if a not in ("--all", "--readme")]
-    if "--readme" in sys.argv and args:
-        print(f"{rewrite(Path(args[0]), Path(args[1] if len(args) > 1 else 'results/runs'))} table(s) rewritten")
-    elif len(args) >= 2:
-        print("\n".join(rows(args[0], args[1], Path(args[2] if len(args) > 2 else "results/runs"),
-                             every_set="--all" in sys.argv)))
-    else:
+    args = [a for a in sys.argv[1:] if a != "--all"]
+    if len(args) < 2:
         sys.exit(__doc__)
+    print("\n".join(rows(args[0], args[1], load_records(Path(args[2] if len(args) > 2 else "results/runs")),
+                         every_set="--all" in sys.argv)))

@@ -97,6 +97,9 @@ MODEL_LABELS = {"minilm_l6": "MiniLM-L6", "bert_base": "BERT-base", "bert_large"
                 "tiny_bert": "tiny_bert (random weights)", "roberta_base": "RoBERTa-base"}
 
 
+BEHIND: dict[str, list[str]] = {}   # table name -> the records behind its cells (for the results page)
+
+
 def paper_table(df: pd.DataFrame, spec: TableSpec) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """(wide table in the paper's layout, one row per model and paper row, with a seed count per cell; long
     comparison with the paper; notes).  Cells follow :mod:`.cells`: one configuration each, seeds per cell, dirty
@@ -105,6 +108,7 @@ def paper_table(df: pd.DataFrame, spec: TableSpec) -> tuple[pd.DataFrame, pd.Dat
     sub = df[df.task.isin(spec.tasks) & df.recipe.isin(list(recipes))].copy()
     sub["column"] = sub.task.map(GLUE_COLUMNS)
     sub, notes = cells.select(sub, ["model", "recipe", "column"])
+    BEHIND[spec.name] = sorted(str(p) for p in sub.path.dropna())
     stats = {key: cells.cell_stats(g) for key, g in sub.groupby(["model", "recipe", "column"])}
     memory = sub.dropna(subset=["memory"]).groupby(["model", "recipe"]).memory.median()
     wide = []
@@ -274,7 +278,13 @@ def build_all(runs_dir: Path, out_dir: Path, bench_dir: Path | None = None) -> d
             target = out_dir / path.relative_to(tmp)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, target)
-        return {name: out_dir / Path(path).relative_to(tmp) for name, path in built.items()}
+        from .site import build as build_site
+
+        page_dir = out_dir.parent if out_dir.name == "tables" else out_dir   # results/index.html by default
+        written = {name: out_dir / Path(path).relative_to(tmp) for name, path in built.items() if name != "index.html"}
+        written["index.html"] = build_site(page_dir, out_dir, {**BEHIND, **{f"{k}_vs_paper": v for k, v in
+                                                                            BEHIND.items()}})
+        return written
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -289,6 +299,9 @@ def _build_into(records: list[dict], out_dir: Path, bench: Path) -> dict[str, Pa
     written.update(bondarenko2023.build(records, out_dir))
     written.update(chitsaz2024.build(records, out_dir))
     written.update(kwon2021.build(records, out_dir))
+    from . import kwon2021_summary
+
+    written.update(kwon2021_summary.build(records, out_dir))
     written.update(chitsaz2024.build_memory(bench, out_dir))
     g8 = table_g8(bench)
     written["zeroquant_tableG8"] = out_dir / "zeroquant_tableG8.csv"

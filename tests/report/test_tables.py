@@ -347,3 +347,41 @@ def test_claims_check_states_support_contradiction_and_untested(tmp_path):
     peg = c[c["better row"] == "peg_ptq"]
     assert peg.verdict.iloc[0] == "contradicted (one seed)" and peg.difference.iloc[0] == -5.0
     assert c[c["better row"] == "zq_lkd_w48a8"].verdict.iloc[0] == "untested (neither row has run)"
+
+
+def test_the_results_page_has_every_table_and_figure_and_its_links_resolve(tmp_path):
+    """Issue 32: results/index.html -- static, every table and figure, links to the records behind each cell."""
+    import re
+    from html.parser import HTMLParser
+
+    results = tmp_path / "results"
+    runs, out = results / "runs", results / "tables"
+    runs.mkdir(parents=True)
+    write(runs, "m", "rte", "fp32", 0, 60.0)
+    write(runs, "m", "rte", "w8a8_ptq", 0, 50.0)
+    written = build_all(runs, out)
+    page = written["index.html"]
+    assert page == results / "index.html"
+
+    class Links(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.refs, self.ids = [], set()
+
+        def handle_starttag(self, tag, attrs):
+            a = dict(attrs)
+            self.refs += [a[k] for k in ("href", "src") if k in a]
+            if "id" in a:
+                self.ids.add(a["id"])
+
+    p = Links()
+    p.feed(page.read_text())
+    for ref in p.refs:
+        if ref.startswith("#"):
+            assert ref[1:] in p.ids, ref
+        else:
+            assert (page.parent / ref).exists(), ref
+    stems = {c.stem for c in out.glob("*.csv")}
+    assert stems <= p.ids and {f"tables/{f.name}" for f in out.glob("*.png")} <= set(p.refs)
+    assert any(r.startswith("runs/") and r.endswith(".json") for r in p.refs)   # the records behind the cells
+    assert re.search(r"background-color: rgba\(200,0,0", page.read_text())     # W8A8 below the paper: red
