@@ -160,6 +160,29 @@ def validated(cfg: DictConfig, resolved: dict, cwd: Path | None = None):
     return ctx, task, steps, backend
 
 
+class DistributedError(ValueError):
+    pass
+
+
+def check_distributed(task, steps, cfg) -> None:
+    """Under torchrun / accelerate launch / a multi-task SLURM job, only what runs identically there may start (issue
+    30 #3): pre-training (FP and quantized) trains data-parallel; calibration and evaluation then run on every rank
+    with the same data (same numbers) and only the main process writes.  The rest is refused before loading."""
+    from ..common import dist
+
+    if not dist.distributed():
+        return
+    launcher = "torchrun / accelerate launch / srun"
+    if not getattr(task, "distributed", False):
+        raise DistributedError(f"task {cfg.task.name!r} ({task.name}) does not run under {launcher} yet (world size "
+                               f"{dist.world_size()}): launch it as one process; the pre-training tasks "
+                               f"(pretrain_mlm, pretrain_clm, qpt_clm and their paper presets) run distributed")
+    for name in ("adaround", "lkd", "bcq"):
+        if getattr(steps, name, None) is not None:
+            raise DistributedError(f"the recipe's {name} step does not run under {launcher} yet; launch it as one "
+                                   f"process (the pre-trained model is cached: a later one-process run reuses it)")
+
+
 def load_and_calibrate(ctx: RunContext, task, steps: PostWeightSteps, report: dict):
     """Load (GLUE: fine-tune once, cached), then calibrate with the post-weight steps; the relative errors and the
     steps' reports go into ``report``.  Returns the task's loaded model."""
@@ -189,7 +212,11 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, cwd: Path | None = 
         aside = records.set_aside(path)   # truncated or hand-broken: not done (issue 27 #5); kept for inspection
         log.warning("the record %s is unreadable; moved it to %s and running again", path, aside)
 
+    from ..common import dist
+
+    dist.init()
     ctx, task, steps, backend = validated(cfg, resolved, cwd)
+    check_distributed(task, steps, cfg)
     timer, rid = ctx.timer, ctx.run_id
     started, git = records.now(), records.git_state()  # the code that runs, before anything can change it
 
@@ -218,7 +245,12 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, cwd: Path | None = 
         "config": resolved, "overrides": list(overrides or []), "git": git,
         "versions": records.versions(), "device": records.device_info(ctx.device), "timings": timer.stages,
     }
-    records.write_atomic(path, records.portable(record))
+    from ..common import dist
+
+    record["launch"] = dist.describe()   # recorded, not hashed: a 2-process run resumes or skips like a 1-process run
+    if dist.is_main():
+        records.write_atomic(path, records.portable(record))
+    dist.barrier()
     score = "none (diverged)" if record["score"] is None else f"{record['score']:.2f}"
     log.info("%s / %s / %s / seed %s: score %s -> %s", cfg.model.name, cfg.task.name, cfg.recipe.name, cfg.seed,
              score, path)

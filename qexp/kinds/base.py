@@ -66,6 +66,7 @@ class TaskKind:
     trains: ClassVar[bool] = False            # whether QAT (a labelled training set) applies
     quantized_training: ClassVar[bool] = False  # whether a recipe's qpt block (quantized pre-training) applies
     searches: ClassVar[bool] = False          # whether it has a search objective on training data (recipe.bcq.search)
+    distributed: ClassVar[bool] = False       # whether it runs under torchrun / accelerate launch (issue 30)
 
     def __init__(self, ctx: RunContext):
         self.ctx, self.cfg, self.task = ctx, ctx.cfg, ctx.cfg.task

@@ -53,6 +53,7 @@ class Pretrain(TaskKind):
     arch: str
     quantized_training = True
     searches = True           # recipe.bcq.search and train_objective: the loss on training blocks
+    distributed = True        # data-parallel training through the HF Trainer; the main process writes (issue 30)
 
     def check(self) -> None:
         super().check()
@@ -116,10 +117,14 @@ class Pretrain(TaskKind):
     def load(self) -> Loaded:
         task, cfg, ctx = self.task, self.cfg, self.ctx
         cache = Path(cfg.cache_dir)
-        self.tokenizer, tok_desc = corpus.tokenizer_for(task, cache)
-        raw = corpus.raw_dataset(task, cache)
+        from ..common import dist
+
         seq = int(task.seq_length)
-        self.blocks = {s: corpus.blocks(raw[s], self.tokenizer, seq, self.lm_objective) for s in ("train", "valid")}
+        with dist.main_first():   # tokenizer training, tokenization and blocks once; the other ranks read the caches
+            self.tokenizer, tok_desc = corpus.tokenizer_for(task, cache)
+            raw = corpus.raw_dataset(task, cache)
+            self.blocks = {s: corpus.blocks(raw[s], self.tokenizer, seq, self.lm_objective)
+                           for s in ("train", "valid")}
         if len(self.blocks["train"]) == 0 or len(self.blocks["valid"]) == 0:
             raise KindError(f"the corpus yields no blocks of {seq} tokens (train {len(self.blocks['train'])}, valid "
                             f"{len(self.blocks['valid'])}); lower task.seq_length or add text")
@@ -140,6 +145,7 @@ class Pretrain(TaskKind):
                 key["qpt"] = self.tq.describe()   # absent for FP training: the FP baseline's key is unchanged
             folder = training.folder_for(cache, cfg.model.name, task.name, key)
             trained_now = training.read_meta(folder) is None
+            dist.barrier()   # every rank decided before the main one may write the model
             if trained_now:
                 with ctx.timer.stage("pretrain"):
                     self._train(folder, seq)

@@ -219,10 +219,21 @@ def pretrain(wrapper: nn.Module, hf: nn.Module, train_ds, collate, evaluate_fn, 
     import transformers
     from transformers import TrainingArguments
 
+    from ..common import dist
+
     partial = folder.with_name(f".partial-{folder.name}")
     trainer_dir = partial / "trainer"
-    resume = last_checkpoint(trainer_dir)
+    with dist.main_first():   # the main process moves a half-written checkpoint aside; the others then agree
+        resume = last_checkpoint(trainer_dir)
     precision = str(tr.get("precision", "fp32"))
+    multi = {}
+    if dist.distributed():
+        # issue 30: the same global batches in the same order as one process -- each batch of the single-process
+        # sampler is split across the ranks (Accelerate's split_batches), DDP averages the gradients of the halves
+        if int(tr.batch_size) % dist.world_size():
+            raise ValueError(f"task.train.batch_size={int(tr.batch_size)} must be a multiple of the {dist.world_size()} "
+                             f"processes (each takes an equal share of every global batch)")
+        multi = {"accelerator_config": {"split_batches": True}, "ddp_backend": "gloo" if device == "cpu" else "nccl"}
     args = TrainingArguments(
         output_dir=str(trainer_dir), max_steps=int(tr.max_steps), per_device_train_batch_size=int(tr.batch_size),
         gradient_accumulation_steps=int(tr.grad_accum), learning_rate=float(tr.learning_rate),
@@ -234,7 +245,7 @@ def pretrain(wrapper: nn.Module, hf: nn.Module, train_ds, collate, evaluate_fn, 
         eval_strategy="steps", eval_steps=int(tr.eval_steps), eval_on_start=resume is None,
         logging_steps=int(tr.get("logging_steps", 50)), report_to=[], disable_tqdm=not progress,
         use_cpu=(device == "cpu"), dataloader_num_workers=0, dataloader_drop_last=True,
-        remove_unused_columns=False, fp16=precision == "fp16", bf16=precision == "bf16")
+        remove_unused_columns=False, fp16=precision == "fp16", bf16=precision == "bf16", **multi)
     trainer = _trainer_class()(model=wrapper, args=args, train_dataset=train_ds, eval_dataset=train_ds,
                                data_collator=collate,
                                groups=param_groups(hf, float(tr.weight_decay), bool(tr.get("wd_ln_gamma", False))),
@@ -261,14 +272,17 @@ def pretrain(wrapper: nn.Module, hf: nn.Module, train_ds, collate, evaluate_fn, 
             "resumed_from": Path(resume).name if resume else None, "steps_this_run": steps_this_run,
             "tokens_per_second": tokens_per_step * steps_this_run / seconds if seconds > 0 else None,
             "curves": curves, "train_loss": train_losses, "transformers": transformers.__version__}
-    final = partial / "model"
-    save_fn(final)
-    with open(final / META, "w") as f:
-        json.dump(meta, f, indent=1)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.rename(final, folder)
-    except OSError:  # another job finished first: keep its model
-        pass
-    shutil.rmtree(partial, ignore_errors=True)
+    meta["world_size"] = dist.world_size()
+    if dist.is_main():   # only the main process writes the model; the others wait and read it
+        final = partial / "model"
+        save_fn(final)
+        with open(final / META, "w") as f:
+            json.dump(meta, f, indent=1)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(final, folder)
+        except OSError:  # another job finished first: keep its model
+            pass
+        shutil.rmtree(partial, ignore_errors=True)
+    dist.barrier()
     return meta
