@@ -122,3 +122,27 @@ def test_every_committed_record_has_its_current_id():
         if r["run_id"] != run_id(cfg) or Path(r["_path"]) != record_path(runs, cfg):
             bad.append(r["_path"])
     assert DATA_PATHS and not bad, bad
+
+
+def test_keys_no_code_reads_do_not_change_the_run_id():
+    """Issue 26 #2: the table tags, a pre-training task's objective (the kind decides), the causal LM's
+    mlm_probability, and calibration.momentum without a running min-max estimator changed run ids and cache keys."""
+    base = {"model": {"name": "m"}, "seed": 0, "recipe": {"name": "r", "paper": "kwon2021"},
+            "task": {"name": "qpt_clm", "kind": "pretrain_clm", "objective": "clm", "mlm_probability": 0.15,
+                     "paper": "chitsaz2024"},
+            "calibration": {"weights": {"name": "mse"}, "activations": {"name": "current_minmax"}, "momentum": 0.9}}
+    same = json.loads(json.dumps(base))
+    same["recipe"]["paper"] = "other"
+    same["task"].update(objective="mlm", mlm_probability=0.3, paper="x")
+    same["calibration"]["momentum"] = 0.5
+    assert run_id(same) == run_id(base)
+    mlm = json.loads(json.dumps(base))
+    mlm["task"].update(kind="pretrain_mlm")
+    changed = json.loads(json.dumps(mlm))
+    changed["task"]["mlm_probability"] = 0.3
+    assert run_id(changed) != run_id(mlm)                               # read by the masked LM
+    running = json.loads(json.dumps(base))
+    running["calibration"]["activations"]["name"] = "running_minmax"
+    faster = json.loads(json.dumps(running))
+    faster["calibration"]["momentum"] = 0.5
+    assert run_id(faster) != run_id(running)                            # read by running min-max

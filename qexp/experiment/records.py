@@ -72,8 +72,42 @@ def identity(cfg: dict) -> dict:
     out = {k: v for k, v in cfg.items() if k not in OPERATIONAL_KEYS}
     if (out.get("inference") or {}).get("backend", "fake") == "fake":
         out.pop("inference", None)
+    out = _without_inert(out)
     for keys in DATA_PATHS:
         out = _with_content(out, keys)
+    return out
+
+
+def _uses_running_minmax(node) -> bool:
+    if isinstance(node, dict):
+        return node.get("name") == "running_minmax" or any(_uses_running_minmax(v) for v in node.values())
+    if isinstance(node, list):
+        return any(_uses_running_minmax(v) for v in node)
+    return node == "running_minmax"
+
+
+def _without_inert(cfg: dict) -> dict:
+    """Keys no code reads for this run leave the id (issue 26 #2): the table-routing tags ``task.paper`` /
+    ``recipe.paper``; a pre-training task's ``objective`` (its kind's ``lm_objective`` decides) and, for the causal
+    LM, ``mlm_probability``; ``calibration.momentum`` when no estimator of the calibration or the recipe is
+    ``running_minmax`` (the only one that reads it)."""
+    out = dict(cfg)
+    task, recipe = dict(out.get("task") or {}), dict(out.get("recipe") or {})
+    task.pop("paper", None)
+    recipe.pop("paper", None)
+    kind = str(task.get("kind", ""))
+    if kind.startswith("pretrain") or kind == "qpt_clm":
+        task.pop("objective", None)
+        if kind != "pretrain_mlm":
+            task.pop("mlm_probability", None)
+    cal = out.get("calibration")
+    if isinstance(cal, dict) and "momentum" in cal and not (_uses_running_minmax(cal) or _uses_running_minmax(recipe)):
+        cal = {k: v for k, v in cal.items() if k != "momentum"}
+        out["calibration"] = cal
+    if "task" in out:
+        out["task"] = task
+    if "recipe" in out:
+        out["recipe"] = recipe
     return out
 
 

@@ -54,6 +54,7 @@ def _chosen_manual(df: pd.DataFrame, higher: bool) -> pd.DataFrame:
     keep = []
     for _, g in df[df.recipe == "pwq_manual"].groupby("bits"):
         span = f"; the 16 sets: {g.score.min():.2f}–{g.score.max():.2f}"
+        g = g.sort_values("set", kind="stable")   # ties go to the lower set number, not to the file order
         best = g.loc[g.score.idxmax() if higher else g.score.idxmin()].copy()
         low = g.loc[g.train_loss.idxmin()].copy()
         if best.run_id == low.run_id:
