@@ -24,6 +24,13 @@ DIRTY_MARK = "†"
 DASH = "–"
 
 
+def variant(config: dict) -> str:
+    """The run id of a config without its seed: records of one variant differ only by seed."""
+    from ..experiment.records import run_id
+
+    return run_id({k: v for k, v in config.items() if k != "seed"})
+
+
 def recipe_overrides(overrides) -> tuple[str, ...]:
     """The command-line overrides that change the recipe itself (``recipe.x=...``, ``+recipe.x=...``), not the
     recipe's choice (``+recipe=name``)."""

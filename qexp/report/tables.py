@@ -62,9 +62,7 @@ TABLES = register(
 )
 
 
-def variant(config: dict) -> str:
-    """The run id of a config without its seed: records of one variant differ only by seed."""
-    return run_id({k: v for k, v in config.items() if k != "seed"})
+variant = cells.variant
 
 
 def frame(records: list[dict]) -> pd.DataFrame:

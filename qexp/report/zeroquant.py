@@ -96,7 +96,7 @@ def evaluation_setting(r: dict) -> str:
 
 
 def _records(records: list[dict]) -> pd.DataFrame:
-    from .tables import variant
+    from .cells import variant
 
     return pd.DataFrame([{"model": r["model"], "task": r["task"], "recipe": r["recipe"], "seed": r["seed"],
                           "score": r.get("score"), "metrics": r.get("metrics") or {},
