@@ -34,7 +34,7 @@ FIGURES = {
                                                          "qpt_g4_token_both"]),
     11: ("Adam first moment", ["qpt_m1_4_tensor", "qpt_m1_4_channel", "qpt_m1_8_tensor", "qpt_m1_8_channel",
                                "qpt_m1_8_channel_authors"]),
-    12: ("Adam second moment", ["qpt_m2_8_channel", "qpt_m2_8_channel_authors"]),
+    12: ("Adam second moment", ["qpt_m2_8_channel", "qpt_m2_8_channel_floor", "qpt_m2_8_channel_authors"]),
     13: ("weights, activations and gradients together", ["qpt_w8a8", "qpt_w8a8g8"]),
 }
 DOWNSTREAM_REFERENCE = Path(__file__).parent / "reference" / "chitsaz2024_downstream.csv"
