@@ -53,10 +53,19 @@ class PostWeightSteps:
         if search.enabled and params is not None:
             raise ValueError("recipe.bcq.search.mode and recipe.bcq.params_from exclude each other: a search finds "
                              "the per-layer settings, params_from reloads them; set one of them")
+        bcq_cfg = None
+        if "bcq" in options:
+            # BCQ quantizes each weight site with that site's own bits (issue 26): check every bit width the weight
+            # group and the weight site rules set, not only the group's
+            rules = (recipe.get("quant") or {}).get("sites") or []
+            widths = [bits, *(r.get("bits") for r in rules if str(r.get("match", "")).endswith(".weight")
+                              and r.get("bits") is not None)]
+            for b in dict.fromkeys(widths):
+                bcq_cfg = BCQConfig.from_config(bcq, b)
+            bcq_cfg = BCQConfig.from_config(bcq, bits)
         return cls(AdaRoundConfig.from_config(options["adaround"]) if "adaround" in options else None,
                    LKDConfig.from_config(options["lkd"]) if "lkd" in options else None, options,
-                   bcq=BCQConfig.from_config(bcq, bits) if "bcq" in options else None, bcq_search=search,
-                   bcq_params=params)
+                   bcq=bcq_cfg, bcq_search=search, bcq_params=params)
 
     def hook(self, kind):
         """The ``after_weights`` callable for :func:`qexp.quant.calibrate.calibrate`, or None when no step is on.

@@ -147,3 +147,14 @@ def test_the_uniform_baseline_runs_as_a_scheme_of_the_step(tmp_path):
     assert torch.equal(BCQConfig(scheme="uniform_minmax").quantizer(3).quantize(w), UniformRows(3).quantize(w))
     with pytest.raises(BCQError, match="scheme='rtn'; valid: bcq, uniform_minmax, uniform_weighted_mse"):
         run_cfg(tmp_path, "+recipe=pwq_uniform_mse", "recipe.bcq.scheme=rtn")
+
+
+def test_bcq_bits_are_checked_for_every_weight_site_rule_before_loading(tmp_path, monkeypatch):
+    """Issue 26: the BCQ check read recipe.quant.weights.bits only, while BCQ quantizes each site with its own bits
+    (a 12-bit site rule failed after loading)."""
+    import qexp.kinds.label_free as label_free
+
+    monkeypatch.setattr(label_free.LabelFree, "load", lambda self: pytest.fail("the model was loaded"), raising=False)
+    with pytest.raises(BCQError, match="BCQ bits=12 must be an integer in 1..8"):
+        run_cfg(tmp_path, "+recipe=pwq_alternating",
+                "+recipe.quant.sites=[{match: 'encoder.layer.0.*.weight', enabled: true, bits: 12}]")
