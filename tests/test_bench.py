@@ -191,3 +191,14 @@ def test_a_later_record_of_other_shapes_adds_rows_and_hides_none(tmp_path):
     assert ours.loc[("BERT", "768"), "fp32_cpu_ms"] == 4.0 and ours.loc[("BERT", "768"), "git_commit"] == "new"
     assert ours.loc[("BERT", "1024"), "fp32_cpu_ms"] == 7.0 and ours.loc[("BERT", "1024"), "git_commit"] == "old"
     assert ours.loc[("BERT-base FFN", "768->3072"), "fp32_cpu_ms"] == 9.0
+
+
+def test_gate_bench_runs_side_by_side_and_writes_a_record(tmp_path, minilm_dir, capsys):
+    """Issue 28: the fine-tuning gates' step cost on the pretrained MiniLM-L6 (plumbing only: the measured ratio is in
+    results/bench and the closing notes)."""
+    from .helpers import cli
+
+    code, out, _ = cli(capsys, "bench", "gate", "--batch", "2", "--seq", "8", "--repeats", "2", "--out", str(tmp_path))
+    assert code == 0 and "gated (fine-tuning form)" in out
+    rec = json.loads(next(tmp_path.glob("gate_step__cpu__*.json")).read_text())
+    assert [r["attention"] for r in rec["bench"]["rows"]] == ["vanilla", "gated (fine-tuning form)"]

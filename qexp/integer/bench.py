@@ -388,6 +388,12 @@ def main(argv: list[str]) -> None:
     me.add_argument("--seq", type=positive, default=128)
     me.add_argument("--device", default="cpu", type=device_arg("cpu", "cuda"), help="cpu | cuda (adds max_memory_allocated)")
     me.add_argument("--out", default="results/bench")
+    ga = sub.add_parser("gate", help="training-step cost of the fine-tuning gates on the pretrained MiniLM-L6 (CPU)")
+    ga.add_argument("--batch", type=positive, default=16)
+    ga.add_argument("--seq", type=positive, default=128)
+    ga.add_argument("--repeats", type=positive, default=10)
+    ga.add_argument("--threads", type=positive, default=None)
+    ga.add_argument("--out", default="results/bench")
     fq = sub.add_parser("fakequant", help="W8A8 fake-quantized forward vs the FP32 forward (MiniLM-L6, 16 x 128), "
                                           "and one quantizer vs torch's fused op (CPU)")
     fq.add_argument("--model", default="minilm_l6")
@@ -416,6 +422,14 @@ def main(argv: list[str]) -> None:
               f"{s['ms']['qexp_quantizer_autograd_path']:.2f} ms), torch fused "
               f"{s['ms']['torch_fused']:.2f} ms (x{s['vs_torch_fused']:.2f}); W8A8 logits rel. error "
               f"{res['w8a8_logit_rel_error']:.4f}")
+        print(f"wrote {write_record(res, Path(a.out), 'cpu')}")
+        return
+    if a.what == "gate":
+        from ..train.bench_gate import bench_gate
+
+        res = bench_gate(a.batch, a.seq, a.repeats, threads=a.threads)
+        for r in res["rows"]:
+            print(f"{r['model']:10s} {r['attention']:26s} {r['ms_per_step']:8.1f} ms/step  x{r['vs_vanilla']:.3f} vs vanilla")
         print(f"wrote {write_record(res, Path(a.out), 'cpu')}")
         return
     if a.what == "memory":
