@@ -206,6 +206,7 @@ def _corpus(tmp_path, train: bytes):
     ("caf\xe9 au lait\n".encode("latin1") * 3, [], r"train.txt is not UTF-8 text \(byte 3, line 1: b'\\xe9 au'\)"),
     (b"", [], r"train.txt \(task.files.train\) is empty"),
     (b"some text.\n", ["task.seq_length=0"], r"task.seq_length=0 must be an integer >= 2"),
+    (b"some text.\n", ["task.train.precision=fp16"], r"task.train.precision=fp16 needs a CUDA device"),
     (b"some text.\n", ["model/attention=clipped_alpha", "model.attention.alpha=abc"],
      r"model.attention.alpha='abc' must be a number"),
 ])

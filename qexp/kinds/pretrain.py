@@ -87,6 +87,10 @@ class Pretrain(TaskKind):
         if model.get("source") != "scratch":
             raise KindError(f"task {task.name!r} trains a model from scratch, but model {model.name!r} has source "
                             f"{model.get('source')!r}; use a from-scratch model (source: scratch): `qexp ls models`")
+        precision = str((task.get("train") or {}).get("precision", "fp32"))
+        if precision == "fp16" and str(self.ctx.device).startswith("cpu"):   # issue 27 #7: trained on without a word
+            raise KindError("task.train.precision=fp16 needs a CUDA device (fp16 mixed precision with loss scaling); "
+                            "on this CPU use fp32 (the CPU presets) or bf16")
         seq = task.get("seq_length")
         if isinstance(seq, bool) or not isinstance(seq, int) or seq < 2:   # issue 27 #14: ZeroDivisionError later
             raise KindError(f"task.seq_length={seq!r} must be an integer >= 2 (tokens per training block)")
