@@ -217,3 +217,22 @@ def test_bad_pretraining_input_names_the_file_or_key(tmp_path, train, overrides,
     with pytest.raises(ValueError, match=message):
         run_cfg(tmp_path, "task=pretrain_clm", "model=opt_cpu", f"task.data_dir={corpus}", *overrides)
     assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").rglob("*.safetensors"))
+
+
+def test_a_recipe_whose_distinguishing_rules_match_nothing_is_refused(tmp_path):
+    """Issue 29: mp_ptq_r16_io16_out16 on the label-free task (a bare encoder: no pooler, no classifier) equalled
+    mp_ptq_r16_io16 to the last digit under its own name.  On a model with a head it runs (tiny_bert on RTE)."""
+    with pytest.raises(ValueError, match=r"set this recipe apart from another row \(pooler, classifier\) match no"):
+        run_cfg(tmp_path, "+recipe=mp_ptq_r16_io16_out16")
+
+
+def test_the_distinct_marker_does_not_change_run_ids():
+    from qexp.cli import compose
+    from qexp.experiment.records import run_id
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(compose(["+recipe=mp_ptq_r16_io16_out16", "task=rte"]), resolve=True)
+    stripped = json.loads(json.dumps(cfg))
+    for r in stripped["recipe"]["quant"]["sites"]:
+        r.pop("distinct", None)
+    assert run_id(cfg) == run_id(stripped)

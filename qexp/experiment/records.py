@@ -100,6 +100,10 @@ def _without_inert(cfg: dict) -> dict:
         task.pop("objective", None)
         if kind != "pretrain_mlm":
             task.pop("mlm_probability", None)
+    quant = recipe.get("quant")
+    if isinstance(quant, dict) and quant.get("sites"):   # "distinct" marks a rule for a check; it changes no result
+        recipe["quant"] = {**quant, "sites": [{k: v for k, v in r.items() if k != "distinct"} if isinstance(r, dict)
+                                              else r for r in quant["sites"]]}
     cal = out.get("calibration")
     if isinstance(cal, dict) and "momentum" in cal and not (_uses_running_minmax(cal) or _uses_running_minmax(recipe)):
         cal = {k: v for k, v in cal.items() if k != "momentum"}

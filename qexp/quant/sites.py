@@ -73,6 +73,12 @@ def resolve_specs(names_groups: Iterable[tuple[str, str]], quant_cfg) -> dict[st
         if not r.get("optional") and not any(fnmatchcase(n, pattern) for n, _ in names_kinds):
             raise SiteError(f"site rule match={pattern!r} matches no quantization site of this model; "
                             f"list the sites with `qexp ls sites model=...`")
+    distinct = [r["match"] for r in rules if r.get("distinct")]
+    if distinct and not any(fnmatchcase(n, p) for p in distinct for n, _ in names_kinds):
+        # issue 29: the rules that set this recipe apart from another table row match nothing here, so the run
+        # would silently equal that row (mp_ptq_r16_io16_out16 on a bare encoder: no pooler, no classifier)
+        raise SiteError(f"the site rules that set this recipe apart from another row ({', '.join(distinct)}) match "
+                        f"no quantization site of this model: the run would equal that row; run the other recipe")
     out = {}
     for name, group in names_kinds:
         if group not in GROUPS:
@@ -81,7 +87,7 @@ def resolve_specs(names_groups: Iterable[tuple[str, str]], quant_cfg) -> dict[st
         globs = [r for r in rules if _is_glob(r["match"]) and fnmatchcase(name, r["match"])]
         exact = [r for r in rules if r["match"] == name]
         for r in globs + exact:
-            spec.update({k: v for k, v in r.items() if k not in ("match", "optional")})
+            spec.update({k: v for k, v in r.items() if k not in ("match", "optional", "distinct")})
         if not any("estimator" in r for r in globs + exact) and _dynamic(spec):
             # a dynamic (per-token) site measures each tensor itself: the group's calibration estimator does not apply
             spec["estimator"] = "current_minmax"
