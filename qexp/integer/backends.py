@@ -132,13 +132,11 @@ def check_recipe(backend_name: str, quant: dict, recipe_name: str, bcq: bool) ->
     rules = [r for r in quant.get("sites") or [] if r.get("enabled") is True]
     on = {g: bool((quant.get(g) or {}).get("enabled")) or any(str(r.get("match")).endswith(suffix) for r in rules)
           for g, suffix in (("weights", ".weight"), ("inputs", ".input"))}
-    rules_on_inputs = on["inputs"]
     if bcq:
         raise IntegerBackendError(f"inference.backend={backend_name}: recipe {recipe_name!r} uses binary-coding (BCQ) "
                                   f"weights, which are non-uniform and have no INT8 GEMM here; use inference.backend=fake")
-    if not on["weights"] or not (on["inputs"] or rules_on_inputs):
-        missing = " and ".join(k for k, v in (("weights", on["weights"]), ("linear inputs",
-                                                                         on["inputs"] or rules_on_inputs)) if not v)
+    if not on["weights"] or not on["inputs"]:
+        missing = " and ".join(k for k, v in (("weights", on["weights"]), ("linear inputs", on["inputs"])) if not v)
         raise IntegerBackendError(f"inference.backend={backend_name} runs linears whose weight and input are both "
                                   f"quantized; recipe {recipe_name!r} quantizes no {missing} (its activations are "
                                   f"layer outputs, not GEMM inputs); recipes that work: zq_w8a8, zq_ptq_w8a8, "

@@ -155,7 +155,8 @@ def paper_markdown(wide: pd.DataFrame, spec: TableSpec, notes: list[str] | None 
             row = []
             for c in cols:
                 if c in spec.columns:
-                    ours = cells.fmt_cell(None if pd.isna(w[c]) else w[c], int(w[f"n {c}"]), c in str(w.dirty))
+                    ours = cells.fmt_cell(None if pd.isna(w[c]) else w[c], int(w[f"n {c}"]),
+                                          c in str(w.dirty).split(", "))
                     if ours == cells.DASH:
                         task = next(t for t in spec.tasks if GLUE_COLUMNS[t] == c)
                         empty.setdefault(c, cells.empty_reason(task))
