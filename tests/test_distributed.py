@@ -28,6 +28,7 @@ real = training._trainer_class
 class Kill(TrainerCallback):
     def on_step_end(self, args, state, control, **kw):
         if state.global_step == 4 and os.environ.get("RANK") == "1":
+            open(os.environ["QEXP_TEST_KILLED"], "w").write(str(state.global_step))
             os._exit(3)          # one rank dies hard, mid-training, after the checkpoint at step 3
 def killing():
     cls = real()
@@ -55,23 +56,17 @@ def corpus(tmp_path):
     return d
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(tmp_path, corpus, name, nproc, *extra, script=None):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "QEXP_TEST_KILLED": str(tmp_path / "killed_at"),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}   # this checkout
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
     args = ["run", "task=pretrain_clm", f"task.data_dir={corpus}", f"results_dir={tmp_path / name / 'runs'}",
             f"cache_dir={tmp_path / name / 'cache'}", *TINY, *extra]
     target = [str(script)] if script else ["-m", "qexp.cli"]
-    cmd = ([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_port",
-            str(free_port()), *target] if nproc > 1 else [sys.executable, *target]) + args
+    # --standalone: torchrun's own rendezvous on a free port (a port picked here could be taken by a parallel test)
+    cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *target]
+           if nproc > 1 else [sys.executable, *target]) + args
     return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600, env=env)
 
 
@@ -108,6 +103,7 @@ def test_a_rank_killed_mid_training_resumes_to_the_uninterrupted_result(tmp_path
     script = tmp_path / "killer.py"
     script.write_text(KILLER)
     killed = launch(tmp_path, corpus, "killed", 2, script=script)
+    assert (tmp_path / "killed_at").is_file(), killed.stderr[-3000:]   # it died where meant to, not at start-up
     assert killed.returncode != 0 and not list((tmp_path / "killed" / "runs").glob("*.json"))
     again = launch(tmp_path, corpus, "killed", 2)
     assert again.returncode == 0, "\n".join(l for l in again.stderr.splitlines() if "rror" in l)[-3000:]
