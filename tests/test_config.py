@@ -139,3 +139,24 @@ def test_mp_and_peg_recipes_calibrate_as_section_5():
             cal = effective_calibration(compose([f"task={task}", f"+recipe={recipe}"]))
             assert (cal.activations.name, cal.batch_size, cal.num_batches) == ("current_minmax", 1, 1), recipe
             assert cal.weights == table9.calibration.weights, recipe
+
+
+def test_a_parsed_config_file_follows_its_content(tmp_path):
+    """compose parses each config file once per content version: an edit (new size, or same size and a new
+    modification time) is read again, and a caller changing what it got never changes the cached copy."""
+    import os
+
+    from qexp.config.compose import read_yaml
+
+    p = tmp_path / "a.yaml"
+    p.write_text("x: 1\n")
+    got = read_yaml(p)
+    assert got == {"x": 1}
+    got["x"] = 5
+    assert read_yaml(p) == {"x": 1}
+    p.write_text("x: 22\n")
+    assert read_yaml(p) == {"x": 22}
+    st = p.stat()
+    p.write_text("x: 33\n")                      # same size
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert read_yaml(p) == {"x": 33}

@@ -212,6 +212,10 @@ class Pretrain(TaskKind):
         except training_linear.TrainingQuantError as e:
             raise KindError(f"recipe.qpt: {e}") from None
 
+    def mlm_probability(self) -> float:
+        """The masking rate of the masked LM (a causal LM's task may leave the key out: nothing reads it)."""
+        return float(self.task.get("mlm_probability", 0.15))
+
     def _save(self, hf, path: Path) -> None:
         scratch.save(hf, path)
         self.tokenizer.save_pretrained(str(path))
@@ -222,8 +226,8 @@ class Pretrain(TaskKind):
         cap = task.eval.get("blocks")
         n = min(n, *(int(c) for c in (cap, limit) if c))
         return pretraining.fixed_batches(self.blocks["valid"], self.tokenizer, self.lm_objective,
-                                         int(task.eval.batch_size), int(task.eval_mask_seed),
-                                         float(task.mlm_probability), indices=range(n))
+                                         int(task.eval.batch_size), int(task.get("eval_mask_seed", 0)),
+                                         self.mlm_probability(), indices=range(n))
 
     # -- calibration ----------------------------------------------------------------------------------------------
     def calibration_seed(self) -> int:
@@ -236,7 +240,7 @@ class Pretrain(TaskKind):
         g = torch.Generator().manual_seed(seed)
         rows = torch.randperm(len(self.blocks["train"]), generator=g)[:bs * nb]
         data = pretraining.fixed_batches(self.blocks["train"], self.tokenizer, self.lm_objective, bs, seed,
-                                         float(self.task.mlm_probability), indices=rows)
+                                         self.mlm_probability(), indices=rows)
 
         def batches():
             for b in data:
@@ -248,7 +252,7 @@ class Pretrain(TaskKind):
         g = torch.Generator().manual_seed(self.calibration_seed() + 1)
         rows = torch.randperm(len(self.blocks["train"]), generator=g)[:n]
         data = pretraining.fixed_batches(self.blocks["train"], self.tokenizer, self.lm_objective, 8,
-                                         self.calibration_seed() + 1, float(self.task.mlm_probability), indices=rows)
+                                         self.calibration_seed() + 1, self.mlm_probability(), indices=rows)
         return lambda: ({k: v.to(self.ctx.device) for k, v in b.items() if k in ("input_ids", "attention_mask")}
                         for b in data)
 
@@ -276,7 +280,7 @@ class Pretrain(TaskKind):
         train = self.blocks["train"]
         rows = torch.randperm(len(train), generator=g)[:min(n, len(train))]
         return pretraining.fixed_batches(train, self.tokenizer, self.lm_objective, 8, seed,
-                                         float(self.task.mlm_probability), indices=rows)
+                                         self.mlm_probability(), indices=rows)
 
     @torch.no_grad()
     def objective(self, model, data) -> dict:

@@ -134,7 +134,7 @@ def _assemble(config, default_attention_init: bool) -> nn.Module:
     return model
 
 
-def _plain_state(model: nn.Module) -> dict:
+def plain_state(model: nn.Module) -> dict:
     """The HF model's own state (``QuantDecoder`` wraps linears in place: ``<linear>.inner.weight`` becomes
     ``<linear>.weight`` again), each shared tensor once (tied embeddings)."""
     out, seen = {}, set()
@@ -153,7 +153,7 @@ def save(model: nn.Module, folder: Path) -> None:
 
     folder.mkdir(parents=True, exist_ok=True)
     model.config.save_pretrained(str(folder))
-    save_file(_plain_state(model), str(folder / "model.safetensors"), metadata={"format": "pt"})
+    save_file(plain_state(model), str(folder / "model.safetensors"), metadata={"format": "pt"})
 
 
 def checkpoint_config(folder: Path, variant: AttentionVariant | None = None):
@@ -244,7 +244,9 @@ def metric_modules(wrapper: nn.Module) -> dict[str, tuple[nn.Module, str]]:
     ``residual`` (FFN input + output = the output LayerNorm's input) and ``ln_output`` (the layer output).  OPT
     (:class:`QuantDecoder`): the authors' ACT_KEYS -- per layer ``residual`` (the decoder layer's output, the residual
     stream), ``fc2``, ``ffn_ln`` (final_layer_norm), ``attn_out`` (self_attn.out_proj), ``attn_ln``
-    (self_attn_layer_norm) -- and the decoder's final LayerNorm."""
+    (self_attn_layer_norm) -- and the decoder's final LayerNorm.  A Llama-style decoder (``model.layers``): the same
+    roles on its decoder-layer outputs, ``mlp.down_proj``, ``post_attention_layernorm``, ``self_attn.o_proj``,
+    ``input_layernorm`` and the final ``norm``."""
     out: dict[str, tuple[nn.Module, str]] = {}
     if hasattr(wrapper, "layers"):  # QuantEncoder
         for i, layer in enumerate(wrapper.layers):
@@ -253,7 +255,18 @@ def metric_modules(wrapper: nn.Module) -> dict[str, tuple[nn.Module, str]]:
             out[f"{p}.ffn.residual_sum"] = (layer.ffn_residual_sum, "residual")
             out[f"{p}.output"] = (layer.output_ln, "ln_output")
         return out
-    decoder = wrapper.model.model.decoder
+    inner = wrapper.model.model
+    if not hasattr(inner, "decoder"):   # a Llama-style decoder (SmolLM2; continued pre-training): the same roles
+        for i, layer in enumerate(inner.layers):
+            p = f"model.layers.{i}"
+            out[p] = (layer, "residual")
+            out[f"{p}.mlp.down_proj"] = (layer.mlp.down_proj, "fc2")
+            out[f"{p}.post_attention_layernorm"] = (layer.post_attention_layernorm, "ffn_ln")
+            out[f"{p}.self_attn.o_proj"] = (layer.self_attn.o_proj, "attn_out")
+            out[f"{p}.input_layernorm"] = (layer.input_layernorm, "attn_ln")
+        out["model.norm"] = (inner.norm, "final_ln")
+        return out
+    decoder = inner.decoder
     for i, layer in enumerate(decoder.layers):
         p = f"decoder.layers.{i}"
         out[p] = (layer, "residual")

@@ -122,8 +122,9 @@ def _trainer_class():
         that computes the outlier metrics, and divergence detection: a non-finite training loss stops training and is
         recorded (``self.diverged``: step and reason) instead of training on NaNs."""
 
-        def __init__(self, *a, groups, evaluate_fn, make_optimizer=None, **kw):
-            self._groups, self._evaluate_fn = groups, evaluate_fn
+        def __init__(self, *a, groups, evaluate_fn, make_optimizer=None, penalty=None, **kw):
+            self._groups, self._evaluate_fn, self._penalty = groups, evaluate_fn, penalty
+            self.penalty_terms: list[float] = []
             self._make_optimizer = make_optimizer or torch.optim.AdamW
             self.diverged = None
             super().__init__(*a, **kw)
@@ -135,6 +136,14 @@ def _trainer_class():
                 self.optimizer = self._make_optimizer(self._groups, lr=a.learning_rate,
                                                       betas=(a.adam_beta1, a.adam_beta2), eps=a.adam_epsilon)
             return self.optimizer
+
+        def compute_loss(self, model, inputs, return_outputs=False, **kw):
+            out = super().compute_loss(model, inputs, return_outputs=return_outputs, **kw)
+            term = self._penalty.take() if self._penalty is not None else None
+            if term is None:
+                return out
+            self.penalty_terms.append(float(term.detach()))
+            return (out[0] + term, out[1]) if return_outputs else out + term
 
         def training_step(self, model, inputs, *args, **kw):
             loss = super().training_step(model, inputs, *args, **kw)
@@ -212,10 +221,12 @@ def mean_train_loss(history: list[dict], out, resume: str | None) -> tuple[float
 
 
 def pretrain(wrapper: nn.Module, hf: nn.Module, train_ds, collate, evaluate_fn, tr, seed: int, folder: Path,
-             device: str, progress: bool, save_fn, make_optimizer=None, extra_meta: dict | None = None) -> dict:
+             device: str, progress: bool, save_fn, make_optimizer=None, extra_meta: dict | None = None,
+             penalty=None) -> dict:
     """Train ``wrapper`` (whose parameters are ``hf``'s, plus the gates) and save it with ``save_fn(folder)``;
-    resumes from ``.partial-<name>`` when an earlier run of the same key was interrupted.  Returns the metadata
-    (``diverged``: None, or the step and reason training stopped at)."""
+    resumes from ``.partial-<name>`` when an earlier run of the same key was interrupted.  ``penalty`` (an object
+    whose ``take()`` returns a loss term or None after each forward: the FFN activation regularization) is added to
+    the training loss.  Returns the metadata (``diverged``: None, or the step and reason training stopped at)."""
     import transformers
     from transformers import TrainingArguments
 
@@ -249,7 +260,7 @@ def pretrain(wrapper: nn.Module, hf: nn.Module, train_ds, collate, evaluate_fn, 
     trainer = _trainer_class()(model=wrapper, args=args, train_dataset=train_ds, eval_dataset=train_ds,
                                data_collator=collate,
                                groups=param_groups(hf, float(tr.weight_decay), bool(tr.get("wd_ln_gamma", False))),
-                               evaluate_fn=evaluate_fn, make_optimizer=make_optimizer)
+                               evaluate_fn=evaluate_fn, make_optimizer=make_optimizer, penalty=penalty)
     t0 = time.time()
     out = trainer.train(resume_from_checkpoint=resume)
     seconds = time.time() - t0
@@ -273,6 +284,9 @@ def pretrain(wrapper: nn.Module, hf: nn.Module, train_ds, collate, evaluate_fn, 
             "tokens_per_second": tokens_per_step * steps_this_run / seconds if seconds > 0 else None,
             "curves": curves, "train_loss": train_losses, "transformers": transformers.__version__}
     meta["world_size"] = dist.world_size()
+    if penalty is not None and trainer.penalty_terms:   # this process's steps (a resumed run: since the resume)
+        terms = trainer.penalty_terms
+        meta["penalty"] = {"mean_this_run": sum(terms) / len(terms), "last": terms[-1], "forwards": len(terms)}
     if dist.is_main():   # only the main process writes the model; the others wait and read it
         final = partial / "model"
         save_fn(final)

@@ -1,0 +1,196 @@
+"""Continued pre-training of a *pretrained* causal LM with its attention swapped (Bondarenko et al. 2023, Appendix B.6,
+Table 9: OPT-1.3B fine-tuned with gated attention), then PTQ: ``task=continue_clm model=smollm2_135m
++model/attention=gated_finetune task.data_dir=../shared/data/brown_austen``.
+
+What differs from pre-training from scratch (:mod:`qexp.kinds.pretrain`, whose evaluation, calibration and search
+objective this kind shares): the weights and the tokenizer are the model's own (any decoder ``model=`` loads:
+package, hub, ``model.path``); the attention variant is ``vanilla`` or ``gated_finetune``
+(:mod:`qexp.models.continued`); ``task.train.ffn_l2`` adds the paper's FFN activation regularization;
+``task.train.max_steps=0`` evaluates the pretrained model as it is (Table 9's "before fine-tuning" row).  The
+continued model is cached by everything that changes its weights (the base model's identity included), so the FP row
+and every PTQ recipe and calibration seed of one training seed share it; an interrupted run resumes from its last
+complete checkpoint.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ..models import continued
+from ..models.loading import ModelLoadError, load_model
+from ..tasks import corpus, pretraining
+from ..train import pretrain as training
+from .base import Evaluation, KindError, Loaded, TaskKind, register
+from .pretrain import Pretrain
+
+log = logging.getLogger("qexp")
+
+
+@register
+class ContinueCLM(Pretrain):
+    """Continued causal-LM pre-training of a pretrained decoder (vanilla or gated attention), then PTQ."""
+    name = "continue_clm"
+    causal = True
+    lm_objective, arch = "clm", "decoder"
+    quantized_training = False
+    distributed = False       # not tried under torchrun yet (the gates are hooks; DDP sees their parameters)
+
+    def check(self) -> None:
+        TaskKind.check(self)
+        model, task = self.cfg.model, self.task
+        self.tq = None   # a qpt recipe is refused by the base check (quantized_training is False)
+        if model.get("source") == "scratch" and not model.get("path"):
+            raise KindError(f"task {task.name!r} continues training a pretrained model, but model {model.name!r} is "
+                            f"built from scratch (source: scratch); use task=pretrain_clm for it, or a pretrained "
+                            f"decoder (model=smollm2_135m, model.path=/dir)")
+        try:
+            self.variant = continued.variant_of(model)
+            if model.get("path"):   # a local folder: its architecture is known before any weight loads
+                self._check_folder(Path(model.path))
+        except continued.ContinuedModelError as e:
+            raise KindError(str(e)) from None
+        tr = task.train
+        lam = tr.get("ffn_l2", 0.0)
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or lam < 0:
+            raise KindError(f"task.train.ffn_l2={lam!r} must be a number >= 0 (0: no FFN activation regularization)")
+        steps = tr.get("max_steps")
+        if steps != 0:
+            try:
+                training.check_hyperparameters(tr)
+            except ValueError as e:
+                raise KindError(str(e)) from None
+        precision = str(tr.get("precision", "fp32"))
+        if precision == "fp16" and str(self.ctx.device).startswith("cpu"):
+            raise KindError("task.train.precision=fp16 needs a CUDA device; on this CPU use fp32 or bf16")
+        seq = task.get("seq_length")
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 2:
+            raise KindError(f"task.seq_length={seq!r} must be an integer >= 2 (tokens per training block)")
+        try:
+            corpus.corpus_files(task)
+        except ValueError as e:
+            raise KindError(str(e)) from None
+        for name, entry in (task.get("heldout") or {}).items():
+            if entry.get("data_dir"):
+                path = Path(entry.data_dir) / entry.files.eval
+                if not path.is_file():
+                    raise KindError(f"task.heldout.{name}: no file {path} (data_dir + files.eval)")
+
+    def _check_folder(self, folder: Path) -> None:
+        import json
+
+        conf = folder / "config.json"
+        if not conf.is_file():
+            raise continued.ContinuedModelError(f"model.path={str(folder)!r} is not a Hugging Face model folder (no "
+                                                f"config.json)")
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+        data = json.loads(conf.read_text())
+        archs = data.get("architectures") or []
+        causal_class = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(data.get("model_type"))
+        if causal_class is None or (archs and causal_class not in archs
+                                    and not any(a.endswith("ForCausalLM") for a in archs)):
+            raise continued.ContinuedModelError(f"model.path={str(folder)!r} holds a {', '.join(archs) or '?'} "
+                                                f"({data.get('model_type')}), not a causal LM; continue_clm trains "
+                                                f"a decoder")
+        continued.check_type(data.get("model_type"), self.variant)
+
+    # -- load: the pretrained model, its tokenizer, the corpus in its tokens, the continued model --------------------
+    def load(self) -> Loaded:
+        task, cfg, ctx = self.task, self.cfg, self.ctx
+        cache = Path(cfg.cache_dir)
+        seq = int(task.seq_length)
+        try:
+            base = load_model(cfg.model, seed=ctx.seed)
+        except ModelLoadError as e:
+            raise KindError(str(e)) from None
+        hf, self.tokenizer = base.model.float(), base.tokenizer
+        try:
+            continued.check_type(getattr(hf.config, "model_type", None), self.variant)   # before any training
+        except continued.ContinuedModelError as e:
+            raise KindError(str(e)) from None
+        if self.tokenizer.eos_token_id is None:
+            raise KindError(f"model {cfg.model.name!r}: its tokenizer has no end-of-text token to separate lines")
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token   # the causal collator pads (every block is full)
+        raw = corpus.raw_dataset(task, cache)
+        self.blocks = {s: corpus.blocks(raw[s], self.tokenizer, seq, "clm") for s in ("train", "valid")}
+        if len(self.blocks["train"]) == 0 or len(self.blocks["valid"]) == 0:
+            raise KindError(f"the corpus yields no blocks of {seq} tokens; lower task.seq_length or add text")
+        self.blocks = {s: b.with_format("torch") for s, b in self.blocks.items()}
+        self.source = source = corpus.data_source(task)
+        self.heldout = self._heldout_ids()
+        tok_desc = {"name": "model", "vocab_size": len(self.tokenizer), "model": base.identity}
+        record = {"tokenizer": tok_desc, "attention": self.variant, "base": base.identity,
+                  "blocks": {s: len(b) for s, b in self.blocks.items()}}
+        if int(task.train.max_steps) == 0:
+            wrapper = continued.attach(hf, cfg.model, self.variant, ctx.seed)
+            record["pretrain"] = {"steps": 0, "continued": False, "diverged": None}
+            identity = f"pretrained:{base.identity}"
+        else:
+            key = self._cache_key(base.identity, source, tok_desc, seq)
+            folder = training.folder_for(cache, cfg.model.name, task.name, key)
+            trained_now = training.read_meta(folder) is None
+            if trained_now:
+                with ctx.timer.stage("pretrain"):
+                    self._continue(hf, folder)
+            del hf
+            hf, wrapper = continued.load(folder, cfg.model, self.variant, ctx.seed)
+            meta = training.read_meta(folder)
+            record["pretrain"] = {"folder": str(folder), "trained_by_this_run": trained_now, **meta}
+            identity = f"continued:{folder.name}"
+        from ..quant.sites import configure
+
+        configure(wrapper, ctx.quant)
+        model = wrapper.to(ctx.device).eval()
+        self.loaded = Loaded(model, self.tokenizer, identity, record)
+        return self.loaded
+
+    def _cache_key(self, base: str, source: str, tok_desc: dict, seq: int) -> dict:
+        """Everything that changes the continued weights: the base model (its identity: package version, GGUF file,
+        path), the model config (attention variant), the corpus content, the sequence length, the training settings
+        but how often to look or save, and the seed."""
+        from omegaconf import OmegaConf
+
+        model = OmegaConf.to_container(self.cfg.model, resolve=True)
+        model.pop("name", None)
+        tr = OmegaConf.to_container(self.task.train, resolve=True)
+        for k in training.LOOK_KEYS:
+            tr.pop(k, None)
+        return {"model": model, "base": base, "data": source, "tokenizer": tok_desc, "seq_length": int(seq),
+                "train": tr, "seed": int(self.ctx.seed)}
+
+    def _continue(self, hf, folder: Path) -> None:
+        task, ctx = self.task, self.ctx
+        tr = task.train
+        wrapper = continued.attach(hf, self.cfg.model, self.variant, ctx.seed).to(ctx.device)
+        try:
+            penalty = continued.FFNPenalty(hf, float(tr.get("ffn_l2", 0.0)))
+        except continued.ContinuedModelError as e:
+            raise KindError(str(e)) from None
+        eval_batches = self._eval_batches(limit=int(tr.eval_batches) * int(task.eval.batch_size))
+        extra = {"look": {k: tr.get(k) for k in training.LOOK_KEYS}, "attention": self.variant,
+                 "ffn_l2": float(tr.get("ffn_l2", 0.0))}
+
+        def evaluate_fn(model):
+            return pretraining.evaluate(model, eval_batches, ctx.device)
+
+        training.pretrain(wrapper, hf, self.blocks["train"], pretraining.collator(self.tokenizer, "clm"),
+                          evaluate_fn, tr, ctx.seed, folder, ctx.device, ctx.progress,
+                          save_fn=lambda path: continued.save(hf, path, self.variant), extra_meta=extra,
+                          penalty=penalty if penalty.lam > 0 else None)
+
+    # -- evaluation: perplexity and the outlier metrics (no delimiter statistics: those need the scratch attention) --
+    def evaluate(self, model) -> Evaluation:
+        diverged = (self.loaded.record.get("pretrain") or {}).get("diverged")
+        if diverged:
+            return Evaluation({"valid": {"diverged": diverged}}, None, self.source)
+        m = pretraining.evaluate(model, self._eval_batches(), self.ctx.device, self.bar)
+        m.update(calibration_seed=self.calibration_seed(), tokenizer="model")
+        metrics = {"valid": m}
+        limit = (self.task.get("heldout_limit") or {}).get("windows")
+        from ..tasks import perplexity
+
+        for name, ids in self.heldout.items():
+            metrics[name] = perplexity.evaluate_batched(model, ids, int(self.task.seq_length), self.ctx.device,
+                                                        int(self.task.eval.batch_size), limit, self.bar)
+        return Evaluation(metrics, m["perplexity"], self.source)

@@ -1,0 +1,171 @@
+"""Bondarenko et al. 2023, Table 9 (Appendix B.6) at CPU scale: continued pre-training of a pretrained model with
+gated attention (``task=continue_clm``), from the run records.
+
+One row per *setting* (the model config with its attention variant and the task config: corpus, budget, learning
+rate, ``ffn_l2``); the "before fine-tuning" row is the pretrained model as it is (``task.train.max_steps=0``).  Per row:
+FP perplexity on the corpus' validation blocks and on WikiText-2 (the first ``heldout_limit`` windows), max inf-norm
+(the residual stream: decoder-layer outputs) and average kurtosis of the FP model, and -- not in the paper -- W8A8
+perplexity under the 2023 PTQ protocol (``bq23_w8a8``: mean +- std over every training x calibration seed).  Cells
+say how many runs they hold; a dirty-tree record marks its cell with †; empty cells are ``–`` with the reason in the
+notes.  The paper's OPT-1.3B numbers stand beside ours under the paper's model name; ours under our model's.
+
+Figure: max inf-norm, average kurtosis and validation perplexity against the fine-tuning step per row.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from . import cells
+
+KIND = "continue_clm"
+W8A8 = "bq23_w8a8"
+PAPER = {   # Table 9 (OPT-1.3B, 4000 steps x 256 x 512 tokens, max LR 1e-5): FP16 ppl, max inf-norm, avg kurtosis
+    "vanilla": (29.46, 79.3, 2086),
+    "gated_finetune": (29.18, 50.9, 665),
+}
+METHOD = {"vanilla": "vanilla fine-tuning", "gated_finetune": "fine-tuning with gated attention"}
+
+
+def frame(records: list[dict]) -> pd.DataFrame:
+    rows = []
+    for r in records:
+        cfg = r.get("config") or {}
+        task = cfg.get("task") or {}
+        if task.get("kind") != KIND:
+            continue
+        m = r.get("metrics") or {}
+        v = m.get("valid") or {}
+        tr = task.get("train") or {}
+        steps = int(tr.get("max_steps", 0))
+        att = (r.get("attention") or {}).get("name", "vanilla")
+        key = {"model": cfg.get("model"), "task": task} if steps else {"model": cfg.get("model"),
+                                                                        "task": {"max_steps": 0}}
+        rows.append({
+            "model": r["model"], "base": r.get("base"), "attention": att, "steps": steps,
+            "method": "before fine-tuning (the pretrained model)" if steps == 0 else METHOD.get(att, att),
+            "budget": (f"{steps} x {int(tr.get('batch_size', 0)) * int(tr.get('grad_accum', 1))} x "
+                       f"{task.get('seq_length')} tok" if steps else "0"),
+            "lr": tr.get("learning_rate") if steps else None, "ffn_l2": float(tr.get("ffn_l2", 0.0)) if steps else None,
+            "setting": hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10],
+            "recipe": r.get("recipe"), "seed": r.get("seed"), "calibration_seed": v.get("calibration_seed"),
+            "perplexity": v.get("perplexity"), "wikitext2": (m.get("wikitext2") or {}).get("perplexity"),
+            "max_inf_norm": v.get("max_inf_norm"), "avg_kurtosis": v.get("avg_kurtosis"),
+            "curves": (r.get("pretrain") or {}).get("curves") or [],
+            "dirty": bool((r.get("git") or {}).get("dirty")),
+            "stale": cells.stale(r), "overrides": cells.recipe_overrides(r.get("overrides")),
+        })
+    return pd.DataFrame(rows)
+
+
+def _cell(values: pd.Series, dirty: bool, digits: int = 2) -> str:
+    vals = [float(x) for x in values if cells.finite(x)]
+    if not vals:
+        return cells.DASH
+    s = pd.Series(vals)
+    text = f"{s.mean():.{digits}f}" + (f" ± {s.std():.{digits}f}" if len(s) > 1 else "") + f" [{len(s)}]"
+    return text + (cells.DIRTY_MARK if dirty else "")
+
+
+def table(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    notes = []
+    if len(df):
+        stale = df[df.stale]
+        if len(stale):
+            notes.append(f"{len(stale)} record(s) with a run id from older code left out")
+        over = df[df.overrides.map(bool)]
+        if len(over):
+            notes.append(f"{len(over)} record(s) run with recipe overrides left out (another configuration)")
+        df = df[~df.stale & ~df.overrides.map(bool)]
+    rows = []
+    order = {"before fine-tuning (the pretrained model)": 0, METHOD["vanilla"]: 1, METHOD["gated_finetune"]: 2}
+    for _, g in (df.groupby("setting", sort=False) if len(df) else []):
+        first = g.iloc[0]
+        fp, q = g[g.recipe == "fp32"], g[g.recipe == W8A8]
+        paper = PAPER.get(first.attention) if first.steps else None
+        rows.append({
+            "ours: model": first.model, "method": first.method, "budget (steps x batch x length)": first.budget,
+            "lr": first.lr if first.lr is not None else cells.DASH,
+            "ffn_l2": first.ffn_l2 if first.ffn_l2 is not None else cells.DASH,
+            "FP ppl (valid)": _cell(fp.perplexity, bool(fp.dirty.any())),
+            "FP ppl (WikiText-2)": _cell(fp.wikitext2, bool(fp.dirty.any())),
+            "max inf-norm": _cell(fp.max_inf_norm, bool(fp.dirty.any()), 1),
+            "avg kurtosis": _cell(fp.avg_kurtosis, bool(fp.dirty.any()), 1),
+            "W8A8 ppl (valid)": _cell(q.perplexity, bool(q.dirty.any())),
+            "training seeds": int(fp.seed.nunique()) if len(fp) else 0,
+            "paper (OPT-1.3B): FP16 ppl": paper[0] if paper else cells.DASH,
+            "paper: max inf-norm": paper[1] if paper else cells.DASH,
+            "paper: avg kurtosis": paper[2] if paper else cells.DASH,
+            "_order": (order.get(first.method, 3), str(first.lr), str(first.ffn_l2))})
+    out = pd.DataFrame(rows)
+    if len(out):
+        out = out.sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
+    for method, (ppl, inf, kurt) in PAPER.items():
+        if not len(out) or not (out.method == METHOD[method]).any():
+            out = pd.concat([out, pd.DataFrame([{"ours: model": cells.DASH, "method": METHOD[method],
+                                                  "paper (OPT-1.3B): FP16 ppl": ppl, "paper: max inf-norm": inf,
+                                                  "paper: avg kurtosis": kurt}])], ignore_index=True)
+            notes.append(f"{METHOD[method]}: not run yet (CPU time; `make table9-bondarenko2023`)")
+    if len(out) and (out["W8A8 ppl (valid)"].fillna(cells.DASH) == cells.DASH).any():
+        notes.append("W8A8 –: no bq23_w8a8 record of that row yet (the paper has no W8A8 column)")
+    notes.append("paper – on the before-fine-tuning row: Table 9 does not report the pretrained model")
+    return out.fillna(cells.DASH), notes
+
+
+def markdown(t: pd.DataFrame, notes: list[str]) -> str:
+    head = ("# Bondarenko et al. 2023, Table 9 (Appendix B.6) at CPU scale: continued pre-training with gated "
+            "attention\n\nOurs: the pretrained model named in the first column, fine-tuned on brown_austen (its own "
+            "tokens); the paper: OPT-1.3B, 4000 steps x 256 x 512 tokens, max LR 1e-5. Cells: mean ± std [runs]; "
+            "W8A8 over training x calibration seeds (the 2023 PTQ protocol, bq23_w8a8). max inf-norm: the "
+            "decoder-layer outputs (residual stream), averaged per sample; kurtosis: non-excess, averaged over the "
+            "authors' tensors.\n\n")
+    cols = list(t.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in t.itertuples(index=False)]
+    return head + "\n".join(lines) + "\n\nNotes:\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+
+
+def figure(df: pd.DataFrame, out_dir: Path) -> Path | None:
+    fp = df[(df.recipe == "fp32") & (df.steps > 0)] if len(df) else df
+    if not len(fp):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for _, r in fp.iterrows():
+        c = pd.DataFrame(r.curves)
+        if c.empty:
+            continue
+        label = f"{r.model} {r.attention} lr {r.lr} λ {r.ffn_l2} s{r.seed}"
+        for ax, col in zip(axes, ("max_inf_norm", "avg_kurtosis", "perplexity")):
+            if col in c:
+                ax.plot(c.step, c[col], marker=".", label=label)
+    for ax, col in zip(axes, ("max inf-norm (residual stream)", "avg kurtosis", "validation perplexity")):
+        ax.set_xlabel("fine-tuning step")
+        ax.set_title(col)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Bondarenko et al. 2023 Table 9 at CPU scale: outliers during continued pre-training")
+    path = out_dir / "bondarenko2023_table9_curves.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def build(records: list[dict], out_dir: Path) -> dict[str, Path]:
+    df = frame(records)
+    t, notes = table(df)
+    written = {"bondarenko2023_table9": out_dir / "bondarenko2023_table9.csv",
+               "bondarenko2023_table9.md": out_dir / "bondarenko2023_table9.md"}
+    t.to_csv(written["bondarenko2023_table9"], index=False)
+    written["bondarenko2023_table9.md"].write_text(markdown(t, notes))
+    fig = figure(df, out_dir)
+    if fig:
+        written[fig.stem] = fig
+    return written
