@@ -10,8 +10,10 @@ GLUE      ?= ../shared/data/glue
 SEEDS     ?= 0,1,2
 # pytest-xdist workers for `make test` (one torch thread each; this machine has 2 cores)
 JOBS      ?= 2
+# Bondarenko et al. 2023 Table 9: the corpus and the held-out text of continued pre-training (offline copies)
+T9        ?= task.data_dir=../shared/data/brown_austen task.heldout.wikitext2.data_dir=../shared/data/wikitext-2-raw
 
-.PHONY: help install install-gpu demo test test-slow test-gpu check-kernels bench tables table1-rte bondarenko2021-mini table9-rte bondarenko2023-cpu figure2 clean-cache reproduce-bondarenko2021 reproduce-zeroquant reproduce-bondarenko2023 reproduce-kwon2021 reproduce-chitsaz2024
+.PHONY: help install install-gpu demo test test-slow test-gpu check-kernels bench tables table1-rte bondarenko2021-mini table9-rte bondarenko2023-cpu table9-bondarenko2023 figure2 clean-cache reproduce-bondarenko2021 reproduce-zeroquant reproduce-bondarenko2023 reproduce-kwon2021 reproduce-chitsaz2024
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -67,6 +69,15 @@ bondarenko2023-cpu:  ## Bondarenko et al. 2023 Table 2 at CPU scale: BERT and OP
 	qexp run -m task=pretrain_mlm model=bert_cpu model/attention=vanilla,clipped,gated_mlp +recipe=bq23_w6a8,bq23_w6a8_mse,bq23_w4a8_mse,bq23_w6a6_mse seed=0,1 task.data_dir=../shared/data/brown_austen results_dir=$(RUNS) progress=false
 	qexp tables --runs $(RUNS) --out $(TABLES) --show bondarenko2023_table2
 
+table9-bondarenko2023:  ## Bondarenko et al. 2023 Table 9 at CPU scale: SmolLM2-135M before / after vanilla / after gated continued pre-training, FP + W8A8 x 3 calibration seeds (~2.5 h on one core)
+	qexp run -m task=continue_clm model=smollm2_135m task.train.max_steps=0 $(T9) results_dir=$(RUNS) progress=false
+	qexp run -m task=continue_clm model=smollm2_135m task.train.max_steps=0 +recipe=bq23_w8a8 calibration.seed=0,1,2 $(T9) results_dir=$(RUNS) progress=false
+	qexp run -m task=continue_clm model=smollm2_135m $(T9) results_dir=$(RUNS) progress=false
+	qexp run -m task=continue_clm model=smollm2_135m +recipe=bq23_w8a8 calibration.seed=0,1,2 $(T9) results_dir=$(RUNS) progress=false
+	qexp run -m task=continue_clm model=smollm2_135m +model/attention=gated_finetune $(T9) results_dir=$(RUNS) progress=false
+	qexp run -m task=continue_clm model=smollm2_135m +model/attention=gated_finetune +recipe=bq23_w8a8 calibration.seed=0,1,2 $(T9) results_dir=$(RUNS) progress=false
+	qexp tables --runs $(RUNS) --out $(TABLES) --show bondarenko2023_table9
+
 figure2:  ## Figure 2 (outlier diagnostics) for MiniLM-L6 on real RTE dev: PNGs + CSV in results/analysis/outliers/
 	qexp analyze outliers model=minilm_l6 task=rte task.data_dir=$(GLUE)/RTE
 
@@ -80,7 +91,7 @@ reproduce-zeroquant:  ## ZeroQuant on SmolLM2-135M / WikiText-2, offline (CPU: ~
 	scripts/reproduce_zeroquant_smollm2.sh
 	qexp tables --runs $(RUNS) --out $(TABLES)
 
-reproduce-bondarenko2023: bondarenko2023-cpu  ## Bondarenko et al. 2023 Table 2 at CPU scale (two training seeds)
+reproduce-bondarenko2023: bondarenko2023-cpu table9-bondarenko2023  ## Bondarenko et al. 2023 Tables 2 and 9 at CPU scale
 
 reproduce-kwon2021:  ## Kwon et al. 2021 on MiniLM-L6 MRPC/RTE (every stage; CPU: hours)
 	scripts/kwon2021_cpu.sh

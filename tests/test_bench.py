@@ -202,3 +202,6 @@ def test_gate_bench_runs_side_by_side_and_writes_a_record(tmp_path, minilm_dir, 
     assert code == 0 and "gated (fine-tuning form)" in out
     rec = json.loads(next(tmp_path.glob("gate_step__cpu__*.json")).read_text())
     assert [r["attention"] for r in rec["bench"]["rows"]] == ["vanilla", "gated (fine-tuning form)"]
+    assert rec["bench"]["model"] == "minilm_l6"
+    code, _, err = cli(capsys, "bench", "gate", "--model", "bert_base", "--out", str(tmp_path))
+    assert code == 2 and "invalid choice: 'bert_base'" in err and "smollm2_135m" in err

