@@ -83,6 +83,9 @@ def test_gates_at_their_initial_value_leave_the_pretrained_model_unchanged(llama
         out = wrapper(ids).logits
         if exact:
             assert torch.equal(out, ref)
+            from qexp.models.gate_finetune import gate_factors
+
+            assert gate_factors(hf.qexp_gates, lambda: wrapper(ids)) == [[1.0] * 4] * 2   # sigmoid(0) / 0.5
         else:
             assert not torch.equal(out, ref) and torch.allclose(out, ref, atol=5e-3, rtol=0)
     # the gate really acts: a closed gate (bias -> -inf) silences attention, so the output changes a lot
@@ -90,6 +93,9 @@ def test_gates_at_their_initial_value_leave_the_pretrained_model_unchanged(llama
         for g in hf.qexp_gates:
             g.gate.bias.fill_(-30.0)
     assert (wrapper(ids).logits - ref).abs().max() > 1e-2
+    from qexp.models.gate_finetune import gate_factors
+
+    assert all(f < 1e-12 for h in gate_factors(hf.qexp_gates, lambda: wrapper(ids)) for f in h)
 
 
 def test_continued_training_caches_feeds_ptq_and_saves_the_gates(tmp_path, corpus, llama_dir):
@@ -103,6 +109,9 @@ def test_continued_training_caches_feeds_ptq_and_saves_the_gates(tmp_path, corpu
     assert pre["curves"][0]["perplexity"] == pytest.approx(before["score"], rel=1e-3)
     m = fp["metrics"]["valid"]
     assert len(m["per_tensor"]) == 2 * 5 + 1 and m["max_inf_norm"] > 0 and m["avg_kurtosis"] > 0
+    factors = m["gate_factor"]   # per layer, per head: the mean of sigmoid(G(x)) / pi_init, in (0, 2)
+    assert len(factors) == 2 and all(len(h) == 4 and all(0 < f < 2 for f in h) for h in factors)
+    assert "gate_factor" not in before["metrics"]["valid"]
     from safetensors.torch import load_file
 
     state = load_file(str(next((tmp_path / "cache" / "pretrain").glob("smollm2_135m*")) / "model.safetensors"))

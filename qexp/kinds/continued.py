@@ -184,8 +184,22 @@ class ContinueCLM(Pretrain):
         diverged = (self.loaded.record.get("pretrain") or {}).get("diverged")
         if diverged:
             return Evaluation({"valid": {"diverged": diverged}}, None, self.source)
-        m = pretraining.evaluate(model, self._eval_batches(), self.ctx.device, self.bar)
+        batches, out = self._eval_batches(), {}
+        gates = getattr(model.hf_model, "qexp_gates", None)
+
+        def run():
+            out["m"] = pretraining.evaluate(model, batches, self.ctx.device, self.bar)
+
+        if gates is not None:   # the gates' mean factor per layer and head over the same evaluation pass
+            from ..models.gate_finetune import gate_factors
+
+            factors = gate_factors(gates, run)
+        else:
+            run()
+        m = out["m"]
         m.update(calibration_seed=self.calibration_seed(), tokenizer="model")
+        if gates is not None:
+            m["gate_factor"] = factors
         metrics = {"valid": m}
         limit = (self.task.get("heldout_limit") or {}).get("windows")
         from ..tasks import perplexity

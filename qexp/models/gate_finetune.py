@@ -13,7 +13,8 @@ and save as usual):
   ``o_proj`` scales its input, the per-query-head attention output (B, T, H * d_head), with x the attention block's
   input (after ``input_layernorm``), captured by a pre-hook on the attention module.
 
-Not yet wired into a task (issue 28 is open: continued pre-training, the MLM head warm-up, Table 9's runs).
+Continued pre-training of a decoder with the gates: ``task=continue_clm`` (:mod:`qexp.kinds.continued`); the BERT
+path is not yet wired into a task (the MLM head warm-up of issue 28 is open).
 """
 from __future__ import annotations
 
@@ -45,15 +46,34 @@ class FineTuneGate(nn.Module):
             self.gate.bias.fill_(math.log(pi_init / (1 - pi_init)))
         self.scale = 1.0 / pi_init
         self.n_heads, self.d_head = n_heads, d_head
+        self.stats: dict | None = None   # set to {} to collect the mean factor per head over the following forwards
 
     def factor(self, x: torch.Tensor) -> torch.Tensor:
         p = torch.sigmoid(self.gate.logits(x))          # (B, H, T)
-        return (p * self.scale).transpose(1, 2).unsqueeze(-1)   # (B, T, H, 1)
+        f = p * self.scale
+        if self.stats is not None:
+            with torch.no_grad():
+                self.stats["sum"] = self.stats.get("sum", 0) + f.double().sum(dim=(0, 2)).cpu()
+                self.stats["n"] = self.stats.get("n", 0) + f.shape[0] * f.shape[2]
+        return f.transpose(1, 2).unsqueeze(-1)   # (B, T, H, 1)
 
     def apply(self, x: torch.Tensor, heads_out: torch.Tensor) -> torch.Tensor:
         b, t, _ = heads_out.shape
         out = heads_out.view(b, t, self.n_heads, self.d_head) * self.factor(x).to(heads_out.dtype)
         return out.reshape(b, t, self.n_heads * self.d_head)
+
+
+def gate_factors(gates, run) -> list[list[float]]:
+    """The mean gate factor sigmoid(G(x)) / pi_init per layer and head over the forwards ``run()`` makes (1: the
+    head passes as pretrained; near 0: the gate closed it, the paper's "no-op" head)."""
+    for g in gates:
+        g.stats = {}
+    try:
+        run()
+        return [[round(float(v), 4) for v in g.stats["sum"] / g.stats["n"]] if g.stats else [] for g in gates]
+    finally:
+        for g in gates:
+            g.stats = None
 
 
 def _bert_layers(model: nn.Module):
