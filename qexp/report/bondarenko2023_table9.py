@@ -9,7 +9,8 @@ perplexity under the 2023 PTQ protocol (``bq23_w8a8``: mean +- std over every tr
 say how many runs they hold; a dirty-tree record marks its cell with †; empty cells are ``–`` with the reason in the
 notes.  The paper's OPT-1.3B numbers stand beside ours under the paper's model name; ours under our model's.
 
-Figure: max inf-norm, average kurtosis and validation perplexity against the fine-tuning step per row.
+Figures: max inf-norm, average kurtosis and validation perplexity against the fine-tuning step per row; the gated
+rows' learned gates (mean factor per layer and head).
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from . import cells
 
 KIND = "continue_clm"
 COLUMNS = ["ours: model", "method", "budget (steps x batch x length)", "lr", "ffn_l2", "FP ppl (valid)",
-           "FP ppl (WikiText-2)", "max inf-norm", "avg kurtosis", "W8A8 ppl (valid)", "training seeds",
+           "FP ppl (WikiText-2)", "max inf-norm", "avg kurtosis", "W8A8 ppl (valid)", "gates: mean factor (min), heads < 0.5",
+           "training seeds",
            "paper (OPT-1.3B): FP16 ppl", "paper: max inf-norm", "paper: avg kurtosis"]
 W8A8 = "bq23_w8a8"
 PAPER = {   # Table 9 (OPT-1.3B, 4000 steps x 256 x 512 tokens, max LR 1e-5): FP16 ppl, max inf-norm, avg kurtosis
@@ -57,7 +59,7 @@ def frame(records: list[dict]) -> pd.DataFrame:
             "recipe": r.get("recipe"), "seed": r.get("seed"), "calibration_seed": v.get("calibration_seed"),
             "perplexity": v.get("perplexity"), "wikitext2": (m.get("wikitext2") or {}).get("perplexity"),
             "max_inf_norm": v.get("max_inf_norm"), "avg_kurtosis": v.get("avg_kurtosis"),
-            "curves": (r.get("pretrain") or {}).get("curves") or [],
+            "curves": (r.get("pretrain") or {}).get("curves") or [], "gate_factor": v.get("gate_factor"),
             "dirty": bool((r.get("git") or {}).get("dirty")),
             "stale": cells.stale(r), "overrides": cells.recipe_overrides(r.get("overrides")),
         })
@@ -71,6 +73,16 @@ def _cell(values: pd.Series, dirty: bool, digits: int = 2) -> str:
     s = pd.Series(vals)
     text = f"{s.mean():.{digits}f}" + (f" ± {s.std():.{digits}f}" if len(s) > 1 else "") + f" [{len(s)}]"
     return text + (cells.DIRTY_MARK if dirty else "")
+
+
+def _gates(fp: pd.DataFrame) -> str:
+    """The gates of the FP model(s): the mean factor over layers and heads, the smallest head's, and how many heads
+    pass less than half their pretrained output (seed 0's record when there are several)."""
+    g = [r for r in fp.sort_values("seed").gate_factor if isinstance(r, list) and r]
+    if not g:
+        return cells.DASH
+    flat = [f for layer in g[0] for f in layer]
+    return (f"{sum(flat) / len(flat):.3f} ({min(flat):.3f}), {sum(f < 0.5 for f in flat)} of {len(flat)}")
 
 
 def table(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
@@ -98,6 +110,7 @@ def table(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
             "max inf-norm": _cell(fp.max_inf_norm, bool(fp.dirty.any()), 1),
             "avg kurtosis": _cell(fp.avg_kurtosis, bool(fp.dirty.any()), 1),
             "W8A8 ppl (valid)": _cell(q.perplexity, bool(q.dirty.any())),
+            "gates: mean factor (min), heads < 0.5": _gates(fp),
             "training seeds": int(fp.seed.nunique()) if len(fp) else 0,
             "paper (OPT-1.3B): FP16 ppl": paper[0] if paper else cells.DASH,
             "paper: max inf-norm": paper[1] if paper else cells.DASH,
@@ -132,10 +145,10 @@ def markdown(t: pd.DataFrame, notes: list[str]) -> str:
     return head + "\n".join(lines) + "\n\nNotes:\n" + "\n".join(f"- {n}" for n in notes) + "\n"
 
 
-def figure(df: pd.DataFrame, out_dir: Path) -> Path | None:
+def figures(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     fp = df[(df.recipe == "fp32") & (df.steps > 0)] if len(df) else df
     if not len(fp):
-        return None
+        return []
     import matplotlib
 
     matplotlib.use("Agg")
@@ -159,7 +172,24 @@ def figure(df: pd.DataFrame, out_dir: Path) -> Path | None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return path
+    paths = [path]
+    gated = [r for _, r in fp.iterrows() if isinstance(r.gate_factor, list) and r.gate_factor]
+    if gated:   # the learned gates: mean factor per layer (rows) and head (columns)
+        fig, axes = plt.subplots(1, len(gated), figsize=(4 * len(gated), 6), squeeze=False)
+        for ax, r in zip(axes[0], gated):
+            im = ax.imshow(r.gate_factor, vmin=0, vmax=max(1.0, max(max(h) for h in r.gate_factor)), cmap="viridis",
+                           aspect="auto")
+            ax.set_xlabel("head")
+            ax.set_ylabel("layer")
+            ax.set_title(f"{r.model} λ {r.ffn_l2} s{r.seed}", fontsize=8)
+            plt.colorbar(im, ax=ax, fraction=0.046)
+        fig.suptitle("mean gate factor sigmoid(G(x)) / π_init after fine-tuning (1: as pretrained)")
+        path = out_dir / "bondarenko2023_table9_gates.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
 
 
 def build(records: list[dict], out_dir: Path) -> dict[str, Path]:
@@ -169,7 +199,6 @@ def build(records: list[dict], out_dir: Path) -> dict[str, Path]:
                "bondarenko2023_table9.md": out_dir / "bondarenko2023_table9.md"}
     t.to_csv(written["bondarenko2023_table9"], index=False)
     written["bondarenko2023_table9.md"].write_text(markdown(t, notes))
-    fig = figure(df, out_dir)
-    if fig:
+    for fig in figures(df, out_dir):
         written[fig.stem] = fig
     return written

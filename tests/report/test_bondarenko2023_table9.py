@@ -31,6 +31,7 @@ def records():
     recs += [_rec("vanilla", "bq23_w8a8", 0, 900.0 + c, steps=0, cal=c) for c in (0, 1, 2)]
     recs += [_rec("vanilla", "fp32", 0, 40.0, inf=20000.0), _rec("vanilla", "fp32", 1, 42.0, inf=22000.0)]
     recs += [_rec("gated_finetune", "fp32", 0, 41.0, inf=5000.0, dirty=True)]
+    recs[-1]["metrics"]["valid"]["gate_factor"] = [[1.0, 0.2], [0.9, 0.3]]
     recs += [_rec("gated_finetune", "bq23_w8a8", 0, 50.0 + c, cal=c) for c in (0, 1)]
     stale = _rec("gated_finetune", "fp32", 1, 1.0)
     stale["run_id"] = "000000000000"
@@ -53,6 +54,8 @@ def test_rows_cells_and_the_paper_beside_ours(records, tmp_path):
     assert vanilla["W8A8 ppl (valid)"] == "–" and vanilla["training seeds"] == 2
     assert gated["FP ppl (valid)"] == "41.00 [1]†"                        # the dirty record is marked
     assert gated["W8A8 ppl (valid)"] == "50.50 ± 0.71 [2]"                # the override record is left out
+    assert gated["gates: mean factor (min), heads < 0.5"] == "0.600 (0.200), 2 of 4"
+    assert vanilla["gates: mean factor (min), heads < 0.5"] == "–"
     assert gated["paper: max inf-norm"] == 50.9 and gated["budget (steps x batch x length)"] == "240 x 4 x 128 tok"
     assert any("run id from older code" in n for n in notes) and any("recipe overrides" in n for n in notes)
     assert any("W8A8 –" in n for n in notes)
@@ -60,6 +63,7 @@ def test_rows_cells_and_the_paper_beside_ours(records, tmp_path):
     csv = written["bondarenko2023_table9"].read_text()
     assert "nan" not in md.lower() and "nan" not in csv.lower() and "None" not in md + csv
     assert written["bondarenko2023_table9_curves"].stat().st_size > 1000
+    assert written["bondarenko2023_table9_gates"].stat().st_size > 1000
     again = tmp_path / "again"
     again.mkdir()
     t9.build(records, again)
