@@ -227,3 +227,40 @@ def test_a_scratch_model_or_another_architecture_is_refused(tmp_path, corpus, ll
         _run(tmp_path, corpus, gpt2, "+model/attention=gated_finetune")
     cached = json.dumps(sorted(p.name for p in (tmp_path / "cache").rglob("*"))) if (tmp_path / "cache").exists() else ""
     assert "pretrain" not in cached   # nothing trained
+
+
+def test_the_gates_own_learning_rate(tmp_path, corpus, llama_dir):
+    """task.train.gate_lr moves the gates into AdamW groups of their own at that peak rate (the same schedule); null
+    (the default, the paper) leaves run ids and cache keys as they were before the key existed."""
+    from qexp.experiment.records import run_id
+    from qexp.models.continued import gate_groups
+
+    lin, gates = torch.nn.Linear(2, 2), torch.nn.Linear(2, 1)
+    groups = [{"params": [lin.weight, gates.weight], "weight_decay": 0.1}, {"params": [lin.bias, gates.bias],
+                                                                            "weight_decay": 0.0}]
+    out = gate_groups(groups, gates, 0.5)
+    assert [(len(g["params"]), g.get("lr"), g["weight_decay"]) for g in out] == [(1, None, 0.1), (1, 0.5, 0.1),
+                                                                                 (1, None, 0.0), (1, 0.5, 0.0)]
+    cfg = _cfg(tmp_path, corpus, llama_dir, "+model/attention=gated_finetune")
+    from omegaconf import OmegaConf
+
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    without = {**plain, "task": {**plain["task"], "train": {k: v for k, v in plain["task"]["train"].items()
+                                                            if k != "gate_lr"}}}
+    assert plain["task"]["train"]["gate_lr"] is None and run_id(plain) == run_id(without)
+    att = ["+model/attention=gated_finetune", "task.train.max_steps=3", "task.train.eval_steps=3",
+           "task.train.save_steps=3", "task.train.learning_rate=1e-4"]
+    slow = _run(tmp_path / "a", corpus, llama_dir, *att)
+    fast = _run(tmp_path / "b", corpus, llama_dir, *att, "task.train.gate_lr=0.1")
+    assert fast["pretrain"]["gate_lr"] == 0.1 and "gate_lr" not in slow["pretrain"]
+    assert fast["run_id"] != slow["run_id"]
+    from safetensors.torch import load_file
+
+    def bias_moved(root):
+        state = load_file(str(next((root / "cache" / "pretrain").glob("smollm2_135m*")) / "model.safetensors"))
+        return max(float(v.abs().max()) for k, v in state.items() if k.startswith("qexp_gates.") and k.endswith("bias"))
+
+    # Adam moves a parameter by about its learning rate per step: 3 steps at 1e-4 vs at 0.1 (warm-up 2 steps)
+    assert bias_moved(tmp_path / "a") < 1e-3 < 0.05 < bias_moved(tmp_path / "b")
+    with pytest.raises(KindError, match=r"gate_lr=0.1 applies to gates, but the attention is vanilla"):
+        _run(tmp_path / "c", corpus, llama_dir, "task.train.gate_lr=0.1")

@@ -89,7 +89,8 @@ def _uses_running_minmax(node) -> bool:
 def _without_inert(cfg: dict) -> dict:
     """Keys no code reads for this run leave the id (issue 26 #2): the table-routing tags ``task.paper`` /
     ``recipe.paper``; a pre-training task's ``objective`` (its kind's ``lm_objective`` decides) and, for the causal
-    LM, ``mlm_probability``; ``calibration.momentum`` when no estimator of the calibration or the recipe is
+    LM, ``mlm_probability``; continued pre-training's ``task.train.gate_lr`` at null (the gates learn at the model's
+    rate, which is what every run before the key existed did); ``calibration.momentum`` when no estimator of the calibration or the recipe is
     ``running_minmax`` (the only one that reads it)."""
     out = dict(cfg)
     task, recipe = dict(out.get("task") or {}), dict(out.get("recipe") or {})
@@ -100,6 +101,9 @@ def _without_inert(cfg: dict) -> dict:
         task.pop("objective", None)
         if kind != "pretrain_mlm":
             task.pop("mlm_probability", None)
+    train = task.get("train")
+    if kind == "continue_clm" and isinstance(train, dict) and train.get("gate_lr", 0) is None:
+        task["train"] = {k: v for k, v in train.items() if k != "gate_lr"}   # null: the model's rate (as before it)
     quant = recipe.get("quant")
     if isinstance(quant, dict) and quant.get("sites"):   # "distinct" marks a rule for a check; it changes no result
         recipe["quant"] = {**quant, "sites": [{k: v for k, v in r.items() if k != "distinct"} if isinstance(r, dict)

@@ -5,7 +5,8 @@ Table 9: OPT-1.3B fine-tuned with gated attention), then PTQ: ``task=continue_cl
 What differs from pre-training from scratch (:mod:`qexp.kinds.pretrain`, whose evaluation, calibration and search
 objective this kind shares): the weights and the tokenizer are the model's own (any decoder ``model=`` loads:
 package, hub, ``model.path``); the attention variant is ``vanilla`` or ``gated_finetune``
-(:mod:`qexp.models.continued`); ``task.train.ffn_l2`` adds the paper's FFN activation regularization;
+(:mod:`qexp.models.continued`); ``task.train.ffn_l2`` adds the paper's FFN activation regularization; ``task.train.gate_lr`` gives the gates their own
+peak learning rate (null: the model's, as in the paper; the same schedule);
 ``task.train.max_steps=0`` evaluates the pretrained model as it is (Table 9's "before fine-tuning" row).  The
 continued model is cached by everything that changes its weights (the base model's identity included), so the FP row
 and every PTQ recipe and calibration seed of one training seed share it; an interrupted run resumes from its last
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+
+import torch
 
 from ..models import continued
 from ..models.loading import ModelLoadError, load_model
@@ -53,6 +56,13 @@ class ContinueCLM(Pretrain):
         lam = tr.get("ffn_l2", 0.0)
         if isinstance(lam, bool) or not isinstance(lam, (int, float)) or lam < 0:
             raise KindError(f"task.train.ffn_l2={lam!r} must be a number >= 0 (0: no FFN activation regularization)")
+        gate_lr = tr.get("gate_lr")
+        if gate_lr is not None and (isinstance(gate_lr, bool) or not isinstance(gate_lr, (int, float)) or gate_lr <= 0):
+            raise KindError(f"task.train.gate_lr={gate_lr!r} must be a number > 0, or null (the gates learn at "
+                            f"task.train.learning_rate: the paper)")
+        if gate_lr is not None and self.variant["name"] == "vanilla":
+            raise KindError(f"task.train.gate_lr={gate_lr} applies to gates, but the attention is vanilla (add "
+                            f"+model/attention=gated_finetune)")
         steps = tr.get("max_steps")
         if steps != 0:
             try:
@@ -156,6 +166,8 @@ class ContinueCLM(Pretrain):
         tr = OmegaConf.to_container(self.task.train, resolve=True)
         for k in training.LOOK_KEYS:
             tr.pop(k, None)
+        if tr.get("gate_lr", 0) is None:   # null: the model's rate, what every model cached before the key had
+            tr.pop("gate_lr")
         return {"model": model, "base": base, "data": source, "tokenizer": tok_desc, "seq_length": int(seq),
                 "train": tr, "seed": int(self.ctx.seed)}
 
@@ -174,10 +186,18 @@ class ContinueCLM(Pretrain):
         def evaluate_fn(model):
             return pretraining.evaluate(model, eval_batches, ctx.device)
 
+        gate_lr = tr.get("gate_lr")
+        make_optimizer = None
+        if gate_lr is not None and getattr(hf, "qexp_gates", None) is not None:
+            extra["gate_lr"] = float(gate_lr)
+
+            def make_optimizer(groups, **kw):
+                return torch.optim.AdamW(continued.gate_groups(groups, hf.qexp_gates, float(gate_lr)), **kw)
+
         training.pretrain(wrapper, hf, self.blocks["train"], pretraining.collator(self.tokenizer, "clm"),
                           evaluate_fn, tr, ctx.seed, folder, ctx.device, ctx.progress,
                           save_fn=lambda path: continued.save(hf, path, self.variant), extra_meta=extra,
-                          penalty=penalty if penalty.lam > 0 else None)
+                          penalty=penalty if penalty.lam > 0 else None, make_optimizer=make_optimizer)
 
     # -- evaluation: perplexity and the outlier metrics (no delimiter statistics: those need the scratch attention) --
     def evaluate(self, model) -> Evaluation:

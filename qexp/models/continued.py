@@ -108,6 +108,21 @@ def load(folder: Path, model_cfg, variant: dict, seed: int) -> tuple[nn.Module, 
     return hf, wrapper
 
 
+def gate_groups(groups: list[dict], gates: nn.Module, lr: float) -> list[dict]:
+    """The AdamW groups with the gates' parameters moved into groups of their own at peak learning rate ``lr`` (the
+    scheduler scales every group's rate alike); each gate parameter keeps its group's weight decay."""
+    ids = {id(p) for p in gates.parameters()}
+    out = []
+    for g in groups:
+        rest = [p for p in g["params"] if id(p) not in ids]
+        mine = [p for p in g["params"] if id(p) in ids]
+        if rest:
+            out.append({**g, "params": rest})
+        if mine:
+            out.append({**g, "params": mine, "lr": lr})
+    return out
+
+
 def ffn_modules(hf: nn.Module) -> list[nn.Module]:
     """Each decoder block's FFN (``mlp``), whose output the activation regularization penalizes."""
     from .quant_decoder import find_blocks

@@ -23,7 +23,7 @@ import pandas as pd
 from . import cells
 
 KIND = "continue_clm"
-COLUMNS = ["ours: model", "method", "budget (steps x batch x length)", "lr", "ffn_l2", "FP ppl (valid)",
+COLUMNS = ["ours: model", "method", "budget (steps x batch x length)", "lr", "gate lr", "ffn_l2", "FP ppl (valid)",
            "FP ppl (WikiText-2)", "max inf-norm", "avg kurtosis", "W8A8 ppl (valid)", "gates: mean factor (min), heads < 0.5",
            "training seeds",
            "paper (OPT-1.3B): FP16 ppl", "paper: max inf-norm", "paper: avg kurtosis"]
@@ -47,14 +47,16 @@ def frame(records: list[dict]) -> pd.DataFrame:
         tr = task.get("train") or {}
         steps = int(tr.get("max_steps", 0))
         att = (r.get("attention") or {}).get("name", "vanilla")
-        key = {"model": cfg.get("model"), "task": task} if steps else {"model": cfg.get("model"),
-                                                                        "task": {"max_steps": 0}}
+        train = {k: v for k, v in tr.items() if not (k == "gate_lr" and v is None)}   # null = absent (older records)
+        key = {"model": cfg.get("model"), "task": {**task, "train": train}} if steps else {
+            "model": cfg.get("model"), "task": {"max_steps": 0}}
         rows.append({
             "model": r["model"], "base": r.get("base"), "attention": att, "steps": steps,
             "method": "before fine-tuning (the pretrained model)" if steps == 0 else METHOD.get(att, att),
             "budget": (f"{steps} x {int(tr.get('batch_size', 0)) * int(tr.get('grad_accum', 1))} x "
                        f"{task.get('seq_length')} tok" if steps else "0"),
             "lr": tr.get("learning_rate") if steps else None, "ffn_l2": float(tr.get("ffn_l2", 0.0)) if steps else None,
+            "gate_lr": tr.get("gate_lr") if steps else None,
             "setting": hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10],
             "recipe": r.get("recipe"), "seed": r.get("seed"), "calibration_seed": v.get("calibration_seed"),
             "perplexity": v.get("perplexity"), "wikitext2": (m.get("wikitext2") or {}).get("perplexity"),
@@ -105,6 +107,8 @@ def table(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
             "ours: model": first.model, "method": first.method, "budget (steps x batch x length)": first.budget,
             "lr": first.lr if first.lr is not None else cells.DASH,
             "ffn_l2": first.ffn_l2 if first.ffn_l2 is not None else cells.DASH,
+            "gate lr": (first.gate_lr if first.gate_lr is not None and first.gate_lr == first.gate_lr
+                        else ("= lr" if first.attention != "vanilla" and first.steps else cells.DASH)),
             "FP ppl (valid)": _cell(fp.perplexity, bool(fp.dirty.any())),
             "FP ppl (WikiText-2)": _cell(fp.wikitext2, bool(fp.dirty.any())),
             "max inf-norm": _cell(fp.max_inf_norm, bool(fp.dirty.any()), 1),
@@ -115,7 +119,7 @@ def table(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
             "paper (OPT-1.3B): FP16 ppl": paper[0] if paper else cells.DASH,
             "paper: max inf-norm": paper[1] if paper else cells.DASH,
             "paper: avg kurtosis": paper[2] if paper else cells.DASH,
-            "_order": (order.get(first.method, 3), str(first.lr), str(first.ffn_l2))})
+            "_order": (order.get(first.method, 3), str(first.lr), str(first.gate_lr), str(first.ffn_l2))})
     out = pd.DataFrame(rows, columns=COLUMNS + ["_order"])
     if len(out):
         out = out.sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
@@ -159,7 +163,8 @@ def figures(df: pd.DataFrame, out_dir: Path) -> list[Path]:
         c = pd.DataFrame(r.curves)
         if c.empty:
             continue
-        label = f"{r.model} {r.attention} lr {r.lr} λ {r.ffn_l2} s{r.seed}"
+        label = f"{r.model} {r.attention} lr {r.lr}" + (f" gate lr {r.gate_lr}" if r.gate_lr else "") + \
+            f" λ {r.ffn_l2} s{r.seed}"
         for ax, col in zip(axes, ("max_inf_norm", "avg_kurtosis", "perplexity")):
             if col in c:
                 ax.plot(c.step, c[col], marker=".", label=label)
@@ -181,7 +186,7 @@ def figures(df: pd.DataFrame, out_dir: Path) -> list[Path]:
                            aspect="auto")
             ax.set_xlabel("head")
             ax.set_ylabel("layer")
-            ax.set_title(f"{r.model} λ {r.ffn_l2} s{r.seed}", fontsize=8)
+            ax.set_title(f"{r.model} gate lr {r.gate_lr or r.lr} λ {r.ffn_l2} s{r.seed}", fontsize=8)
             plt.colorbar(im, ax=ax, fraction=0.046)
         fig.suptitle("mean gate factor sigmoid(G(x)) / π_init after fine-tuning (1: as pretrained)")
         path = out_dir / "bondarenko2023_table9_gates.png"
