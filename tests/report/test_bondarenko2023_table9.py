@@ -82,3 +82,19 @@ def test_a_regularized_run_is_its_own_row(records):
     t, _ = t9.table(t9.frame(recs))
     gated = t[t.method == "fine-tuning with gated attention"]
     assert sorted(gated.ffn_l2) == [0.0, 0.01]
+
+
+def test_the_table9_claims_compare_the_default_rows(records):
+    """Lower is better: the gated row's max inf-norm 5000 vs vanilla's mean 21000 (spread 2000) supports the claim;
+    the perplexity 41.0 vs 41.0 is a tie (supported: no cost); a regularized gated run is another setting, not used."""
+    from qexp.report import claims
+
+    recs = records + [_rec("gated_finetune", "fp32", 0, 100.0, lam=0.01, inf=1e6)]
+    c = claims.check_table9(recs).set_index("claim")
+    inf = c.loc[claims.TABLE9[0][1]]
+    assert inf.verdict == "supported (one seed)" and inf["better [seeds] (spread)"] == "5000.00 [1]"
+    assert inf["worse [seeds] (spread)"] == "21000.00 [2] (2000.00)" and inf.difference == -16000.0
+    assert c.loc[claims.TABLE9[1][1]].verdict == "tie (one seed)"              # kurtosis 50 vs 50
+    assert c.loc[claims.TABLE9[2][1]].verdict.startswith("supported")
+    empty = claims.check_table9([])
+    assert list(empty.verdict) == ["untested (neither row has run)"] * 3
