@@ -167,6 +167,12 @@ def test_bench_fakequant_reports_ratios_side_by_side(tmp_path):
     assert set(rows) == {"hf_fp32", "qexp_fp32", "qexp_w8a8", "qexp_w8a8_autograd_path"}
     assert rows["qexp_fp32"]["vs_qexp_fp32"] == 1.0
     assert 0 < res["w8a8_logit_rel_error"] < 1 and res["site"]["elements"] == 4096
+    train = {r["step"]: r for r in res["train_rows"]}
+    assert set(train) == {"hf_fp32_train", "qexp_fp32_train", "qexp_w8a8_train", "qexp_w8a8_train_chain"}
+    assert train["hf_fp32_train"]["vs_hf_fp32"] == 1.0
+    from qexp.quant import affine
+
+    assert affine.FUSED   # the chain's row switched it back
 
 
 def test_a_later_record_of_other_shapes_adds_rows_and_hides_none(tmp_path):

@@ -418,6 +418,9 @@ def main(argv: list[str]) -> None:
         for r in res["rows"]:
             print(f"{r['forward']:24s} {r['ms']:8.2f} ms  x{r['vs_qexp_fp32']:.3f} vs qexp fp32  "
                   f"x{r['vs_hf_fp32']:.3f} vs HF fp32")
+        for r in res["train_rows"]:
+            print(f"{r['step']:24s} {r['ms']:8.2f} ms  x{r['vs_qexp_fp32']:.3f} vs qexp fp32  "
+                  f"x{r['vs_hf_fp32']:.3f} vs HF fp32 (forward + backward)")
         s = res["site"]
         print(f"one site, {s['elements']} elements: ours {s['ms']['qexp_quantizer']:.2f} ms (autograd path "
               f"{s['ms']['qexp_quantizer_autograd_path']:.2f} ms), torch fused "

@@ -5,6 +5,9 @@
    same wrapper, every quantizer off) and HF's forward, on 16 x 128 tokens of MiniLM-L6 (offline), the
    three taking turns round by round (:func:`qexp.common.timing.time_cpu_interleaved`), under ``torch.no_grad``.
    Issue 14's target: W8A8 at most 1.3x the FP32 forward.
+   And the training path (forward + backward of the logits' sum, the path QAT, LKD, AdaRound and quantized training
+   take): FP32 and W8A8 through the fused straight-through quantizer, and W8A8 through the autograd chain it replaced
+   (``qexp.quant.affine.FUSED = False``: the same values and gradients), against HF's FP32 step (issue 31: <= 1.6x).
 2. One site: a fixed-range 8-bit asymmetric per-tensor quantizer on a 3M-element tensor against torch's fused
    ``torch.fake_quantize_per_tensor_affine`` with the same scale and zero point (torch's kernel multiplies by
    1/scale, so its codes may differ from ours at rounding ties: it is a speed reference, not a drop-in).
@@ -98,6 +101,26 @@ def bench_fakequant(model: str = "minilm_l6", recipe: str = "w8a8_ptq", batch: i
     ms = time_cpu_interleaved({"hf_fp32": hf_fp32, "qexp_fp32": qexp_fp32, "qexp_w8a8": qexp_w8a8,
                                "qexp_w8a8_autograd_path": qexp_w8a8_autograd_path}, repeats, inner, warmup=2)
 
+    from ..quant import affine
+
+    def train_step(quant: bool, fused: bool, model):
+        def step(_i):
+            if model is wrapper:
+                _set_quant(wrapper, quant, saved)
+            affine.FUSED = fused
+            try:
+                model(**inputs).logits.float().sum().backward()
+            finally:
+                affine.FUSED = True
+            model.zero_grad(set_to_none=True)
+        return step
+
+    train = time_cpu_interleaved({"hf_fp32_train": train_step(False, True, hf),
+                                  "qexp_fp32_train": train_step(False, True, wrapper),
+                                  "qexp_w8a8_train": train_step(True, True, wrapper),
+                                  "qexp_w8a8_train_chain": train_step(True, False, wrapper)}, repeats, inner, warmup=2)
+    _set_quant(wrapper, True, saved)
+
     x = torch.randn(site_elements, generator=torch.Generator().manual_seed(1))
     q = Quantizer("bench.site", QuantSpec(bits=8, symmetric=False))
     q.set_state("estimating")
@@ -131,6 +154,8 @@ def bench_fakequant(model: str = "minilm_l6", recipe: str = "w8a8_ptq", batch: i
             "inner": inner, "threads": torch.get_num_threads(),
             "rows": [{"forward": k, "ms": v, "vs_qexp_fp32": v / ms["qexp_fp32"], "vs_hf_fp32": v / ms["hf_fp32"]}
                      for k, v in ms.items()],
+            "train_rows": [{"step": k, "ms": v, "vs_qexp_fp32": v / train["qexp_fp32_train"],
+                            "vs_hf_fp32": v / train["hf_fp32_train"]} for k, v in train.items()],
             "w8a8_logit_rel_error": float((quant - ref).norm() / ref.norm()),
             "site": {"elements": site_elements, "ms": site, "vs_torch_fused": site["qexp_quantizer"] /
                      site["torch_fused"], "values_differing_from_torch_fused": codes_differ}}

@@ -110,10 +110,47 @@ def _zp_value(p: QParams) -> torch.Tensor:
     return (-p.zero_point) * p.scale
 
 
+class _FakeQuantizeSTE(torch.autograd.Function):
+    """:func:`fake_quantize` for a grid that does not learn (scale and zero point without gradients): the same values
+    bit for bit (the inference path's operations, in place on one new tensor) and the same gradient w.r.t. x bit for
+    bit -- the autograd chain's own order, ``where(inside, g * s, 0) / s`` -- from one saved boolean mask instead of
+    the eight intermediate tensors of the straight-through chain (issue 31 #5: the training path's cost)."""
+
+    @staticmethod
+    def forward(ctx, x, scale, zero_point, q_min, q_max, offset_first, zp):
+        if offset_first:
+            y = torch.sub(x, zp).div_(scale).round_()
+        else:
+            y = torch.div(x, scale).round_().add_(zero_point)
+        inside = (y >= q_min) & (y <= q_max)   # torch.clamp's backward mask, on the clamp's input
+        y.clamp_(q_min, q_max)
+        out = y.mul_(scale).add_(zp) if offset_first else y.sub_(zero_point).mul_(scale)
+        ctx.save_for_backward(inside, scale)
+        ctx.x_dtype = x.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        inside, scale = ctx.saved_tensors
+        gx = torch.where(inside, g * scale, torch.zeros((), dtype=g.dtype, device=g.device)) / scale
+        return gx.to(ctx.x_dtype), None, None, None, None, None, None
+
+
+FUSED = True   # False: every fake_quantize takes the autograd chain (``qexp bench fakequant`` times both, side by side)
+
+
+def _learns(t) -> bool:
+    return isinstance(t, torch.Tensor) and t.requires_grad
+
+
 def fake_quantize(x: torch.Tensor, p: QParams) -> torch.Tensor:
     """Quantize then dequantize; the gradient w.r.t. x is 1 inside the grid and 0 where clipped.  ``offset_first``
     (``grid: deepspeed``, asymmetric): DeepSpeed's order, ``round((x - zp) / s) * s + zp``, which differs from
-    ``round(x / s) + z`` at exact .5 ties when z is odd (issue 31 #4)."""
+    ``round(x / s) + z`` at exact .5 ties when z is odd (issue 31 #4).  A grid that does not learn takes the fused
+    :class:`_FakeQuantizeSTE` (the same values and gradients); a learned range keeps the autograd chain below."""
+    if FUSED and not (_learns(p.scale) or _learns(p.zero_point)):
+        zp = _zp_value(p) if p.offset_first else None
+        return _FakeQuantizeSTE.apply(x, p.scale, p.zero_point, p.q_min, p.q_max, p.offset_first, zp)
     if p.offset_first:
         zp = _zp_value(p)
         x_int = torch.clamp(round_ste((x - zp) / p.scale), p.q_min, p.q_max)

@@ -76,3 +76,45 @@ def test_one_bit_is_an_asymmetric_two_level_grid():
     p = qparams(torch.tensor(-0.5), torch.tensor(1.5), 1, symmetric=False)
     assert (p.q_min, p.q_max, float(p.scale), float(p.zero_point)) == (0, 1, 2.0, 0.0)
     assert fake_quantize(torch.tensor([-0.5, 0.9, 1.1, 1.5]), p).tolist() == [0.0, 0.0, 2.0, 2.0]
+
+
+def _chain_reference(x, p):
+    """The straight-through autograd chain fake_quantize used before the fused function (issue 31 #5), written out."""
+    def ste(v):
+        return v + (torch.round(v) - v).detach()
+    if p.offset_first:
+        zp = (-p.zero_point) * p.scale
+        return torch.clamp(ste((x - zp) / p.scale), p.q_min, p.q_max) * p.scale + zp
+    return (torch.clamp(ste(x / p.scale) + p.zero_point, p.q_min, p.q_max) - p.zero_point) * p.scale
+
+
+@pytest.mark.parametrize("symmetric, grid, per_channel", [(True, "qexp", False), (False, "qexp", False),
+                                                          (False, "deepspeed", False), (True, "qexp", True),
+                                                          (False, "deepspeed", True), (False, "qexp", True)])
+def test_the_fused_fake_quantizer_equals_the_autograd_chain_bit_for_bit(symmetric, grid, per_channel):
+    """Values and the gradient w.r.t. x, with values on exact .5 ties, at the clipping edges and outside the range."""
+    from qexp.quant.affine import fake_quantize, qparams
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 40, generator=g) * 3
+    x[0, :8] = torch.tensor([0.5, 1.5, -2.5, 2.5, 7.0, -9.0, 1e-9, 0.0])
+    lo = x.amin(1) * 0.7 if per_channel else x.min() * 0.7
+    hi = x.amax(1) * 0.6 if per_channel else x.max() * 0.6
+    p = qparams(lo[:, None] if per_channel else lo, hi[:, None] if per_channel else hi, 4, symmetric, grid)
+    a = x.clone().requires_grad_(True)
+    b = x.clone().requires_grad_(True)
+    ya, yb = fake_quantize(a, p), _chain_reference(b, p)
+    assert torch.equal(ya, yb)
+    up = torch.randn(ya.shape, generator=g)
+    ya.backward(up)
+    yb.backward(up)
+    assert torch.equal(a.grad, b.grad) and (a.grad == 0).any() and (a.grad != 0).any()
+
+
+def test_a_learned_range_keeps_its_gradient():
+    from qexp.quant.affine import fake_quantize, qparams
+
+    lo, hi = torch.tensor(-1.0, requires_grad=True), torch.tensor(2.0, requires_grad=True)
+    x = torch.linspace(-3, 3, 25, requires_grad=True)
+    fake_quantize(x, qparams(lo, hi, 4, False)).sum().backward()
+    assert hi.grad is not None and x.grad is not None
