@@ -98,3 +98,16 @@ def test_the_table9_claims_compare_the_default_rows(records):
     assert c.loc[claims.TABLE9[2][1]].verdict.startswith("supported")
     empty = claims.check_table9([])
     assert list(empty.verdict) == ["untested (neither row has run)"] * 3
+
+
+def test_extra_runs_follow_the_default_row_without_the_paper_numbers(records):
+    recs = records + [_rec("gated_finetune", "fp32", 0, 43.0, lam=0.01)]
+    recs[-1]["config"]["task"]["train"]["gate_lr"] = None
+    fast = _rec("gated_finetune", "fp32", 0, 44.0)
+    fast["config"]["task"]["train"]["gate_lr"] = 0.01
+    fast["run_id"] = run_id(fast["config"])
+    t, notes = t9.table(t9.frame(recs + [fast]))
+    gated = t[t.method == "fine-tuning with gated attention"]
+    assert list(gated["gate lr"]) == ["= lr", "= lr", 0.01] and list(gated.ffn_l2) == [0.0, 0.01, 0.0]
+    assert list(gated["paper: max inf-norm"]) == [50.9, "–", "–"]
+    assert sum("targeted extra run" in n for n in notes) == 2
