@@ -56,3 +56,24 @@ def tiny_configured_decoder(recipe: str):
     model = family_of(cfg.model).wrap(scratch.build(cfg.model, 64, 16, {}, seed=0))
     configure(model, quant_config(OmegaConf.to_container(cfg.recipe, resolve=True), effective_calibration(cfg)))
     return model, cfg
+
+
+WORDS = ("the quick brown fox jumps over the lazy dog while a small cat sat on the warm mat and watched birds sing in "
+         "the old tree near the river bank every morning").split()
+
+
+def write_corpus(folder: Path, train: int, valid: int, blank_every: int | None = None) -> Path:
+    """A small English corpus in brown_austen's layout (``train.txt``, ``valid.txt``; one paragraph of 8-29 words per
+    line, a blank line after every ``blank_every`` paragraphs), the same text for the same arguments."""
+    import numpy as np
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", train), ("valid", valid)):
+        lines = []
+        for i in range(n):
+            lines.append(" ".join(rng.choice(WORDS, size=int(rng.integers(8, 30)))) + ".")
+            if blank_every and i % blank_every == blank_every - 1:
+                lines.append("")
+        (folder / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    return folder

@@ -4,13 +4,14 @@ leave the pretrained output unchanged at their initial value, the run trains, ca
 the FFN regularization is the term it says, and bad input is refused before any training."""
 import json
 
-import numpy as np
 import pytest
 import torch
 
 from qexp.cli import compose
 from qexp.experiment.pipeline import run
 from qexp.kinds.base import KindError
+
+from .helpers import write_corpus
 
 SHORT = ["task.seq_length=32", "task.train.max_steps=6", "task.train.batch_size=4", "task.train.warmup_steps=2",
          "task.train.eval_steps=3", "task.train.save_steps=3", "task.train.eval_batches=1", "task.eval.batch_size=4",
@@ -43,15 +44,7 @@ def llama_dir(tmp_path_factory):
 
 @pytest.fixture
 def corpus(tmp_path):
-    d = tmp_path / "corpus"
-    d.mkdir()
-    words = ("the quick brown fox jumps over the lazy dog while a small cat sat on the warm mat and watched birds "
-             "sing in the old tree near the river bank every morning").split()
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 120), ("valid", 30)):
-        (d / f"{split}.txt").write_text("\n".join(" ".join(rng.choice(words, size=int(rng.integers(8, 30)))) + "."
-                                                  for _ in range(n)) + "\n")
-    return d
+    return write_corpus(tmp_path / "corpus", 120, 30)
 
 
 def _cfg(tmp_path, corpus, llama_dir, *overrides):
@@ -85,7 +78,9 @@ def test_gates_at_their_initial_value_leave_the_pretrained_model_unchanged(llama
             assert torch.equal(out, ref)
             from qexp.models.gate_finetune import gate_factors
 
-            assert gate_factors(hf.qexp_gates, lambda: wrapper(ids)) == [[1.0] * 4] * 2   # sigmoid(0) / 0.5
+            with gate_factors(hf.qexp_gates) as factors:
+                wrapper(ids)
+            assert factors == [[1.0] * 4] * 2   # sigmoid(0) / 0.5
         else:
             assert not torch.equal(out, ref) and torch.allclose(out, ref, atol=5e-3, rtol=0)
     # the gate really acts: a closed gate (bias -> -inf) silences attention, so the output changes a lot
@@ -95,7 +90,9 @@ def test_gates_at_their_initial_value_leave_the_pretrained_model_unchanged(llama
     assert (wrapper(ids).logits - ref).abs().max() > 1e-2
     from qexp.models.gate_finetune import gate_factors
 
-    assert all(f < 1e-12 for h in gate_factors(hf.qexp_gates, lambda: wrapper(ids)) for f in h)
+    with gate_factors(hf.qexp_gates) as factors:
+        wrapper(ids)
+    assert len(factors) == 2 and all(f < 1e-12 for h in factors for f in h)
 
 
 def test_continued_training_caches_feeds_ptq_and_saves_the_gates(tmp_path, corpus, llama_dir):

@@ -13,6 +13,8 @@ import pytest
 
 from qexp.common import dist
 
+from .helpers import write_corpus
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["model=opt_cpu", "model.dropout=0.0", "model.architecture.num_hidden_layers=2",
         "model.architecture.hidden_size=32", "model.architecture.num_attention_heads=2",
@@ -45,15 +47,7 @@ main(sys.argv[1:])
 
 @pytest.fixture
 def corpus(tmp_path):
-    d = tmp_path / "corpus"
-    d.mkdir()
-    words = ("the quick brown fox jumps over the lazy dog while a small cat sat on the warm mat and watched birds "
-             "sing in the old tree near the river bank every morning").split()
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 300), ("valid", 60)):
-        (d / f"{split}.txt").write_text("\n".join(" ".join(rng.choice(words, size=int(rng.integers(8, 30)))) + "."
-                                                  for _ in range(n)) + "\n")
-    return d
+    return write_corpus(tmp_path / "corpus", 300, 60)
 
 
 def launch(tmp_path, corpus, name, nproc, *extra, script=None):

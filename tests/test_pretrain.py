@@ -10,6 +10,8 @@ import torch
 from qexp.cli import compose
 from qexp.experiment.pipeline import run
 
+from .helpers import write_corpus
+
 TINY = ["model.architecture.num_hidden_layers=2", "model.architecture.hidden_size=32",
         "model.architecture.num_attention_heads=2", "model.architecture.intermediate_size=64"]
 SHORT = ["task.seq_length=32", "task.train.max_steps=6", "task.train.batch_size=4", "task.train.warmup_steps=2",
@@ -20,19 +22,7 @@ SHORT = ["task.seq_length=32", "task.train.max_steps=6", "task.train.batch_size=
 @pytest.fixture
 def corpus(tmp_path):
     """A small English corpus in brown_austen's layout (one paragraph per line, blank lines between documents)."""
-    d = tmp_path / "corpus"
-    d.mkdir()
-    words = ("the quick brown fox jumps over the lazy dog while a small cat sat on the warm mat and watched "
-             "birds sing in the old tree near the river bank every morning").split()
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 240), ("valid", 40)):
-        lines = []
-        for i in range(n):
-            lines.append(" ".join(rng.choice(words, size=int(rng.integers(8, 30)))) + ".")
-            if i % 10 == 9:
-                lines.append("")
-        (d / f"{split}.txt").write_text("\n".join(lines) + "\n")
-    return d
+    return write_corpus(tmp_path / "corpus", 240, 40, blank_every=10)
 
 
 def _run(tmp_path, corpus, *overrides):

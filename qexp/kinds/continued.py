@@ -14,7 +14,6 @@ complete checkpoint.
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
@@ -25,9 +24,6 @@ from ..tasks import corpus, pretraining
 from ..train import pretrain as training
 from .base import Evaluation, KindError, Loaded, TaskKind, register
 from .pretrain import Pretrain
-
-log = logging.getLogger("qexp")
-
 
 @register
 class ContinueCLM(Pretrain):
@@ -69,21 +65,7 @@ class ContinueCLM(Pretrain):
                 training.check_hyperparameters(tr)
             except ValueError as e:
                 raise KindError(str(e)) from None
-        precision = str(tr.get("precision", "fp32"))
-        if precision == "fp16" and str(self.ctx.device).startswith("cpu"):
-            raise KindError("task.train.precision=fp16 needs a CUDA device; on this CPU use fp32 or bf16")
-        seq = task.get("seq_length")
-        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 2:
-            raise KindError(f"task.seq_length={seq!r} must be an integer >= 2 (tokens per training block)")
-        try:
-            corpus.corpus_files(task)
-        except ValueError as e:
-            raise KindError(str(e)) from None
-        for name, entry in (task.get("heldout") or {}).items():
-            if entry.get("data_dir"):
-                path = Path(entry.data_dir) / entry.files.eval
-                if not path.is_file():
-                    raise KindError(f"task.heldout.{name}: no file {path} (data_dir + files.eval)")
+        self.check_training_task()
 
     def _check_folder(self, folder: Path) -> None:
         import json
@@ -204,19 +186,11 @@ class ContinueCLM(Pretrain):
         diverged = (self.loaded.record.get("pretrain") or {}).get("diverged")
         if diverged:
             return Evaluation({"valid": {"diverged": diverged}}, None, self.source)
-        batches, out = self._eval_batches(), {}
+        from ..models.gate_finetune import gate_factors
+
         gates = getattr(model.hf_model, "qexp_gates", None)
-
-        def run():
-            out["m"] = pretraining.evaluate(model, batches, self.ctx.device, self.bar)
-
-        if gates is not None:   # the gates' mean factor per layer and head over the same evaluation pass
-            from ..models.gate_finetune import gate_factors
-
-            factors = gate_factors(gates, run)
-        else:
-            run()
-        m = out["m"]
+        with gate_factors(gates) as factors:   # the gates' mean factor per layer and head, over the same pass
+            m = pretraining.evaluate(model, self._eval_batches(), self.ctx.device, self.bar)
         m.update(calibration_seed=self.calibration_seed(), tokenizer="model")
         if gates is not None:
             m["gate_factor"] = factors

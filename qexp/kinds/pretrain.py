@@ -79,28 +79,16 @@ class Pretrain(TaskKind):
             if local and not (ds.get("data_dir") and Path(ds.data_dir).is_dir()):
                 raise KindError(f"task.downstream.data_dir={ds.get('data_dir')!r} is not a folder; the local tasks "
                                 f"{local} read the GLUE files from it (../shared/data/glue)")
-        for name, entry in (task.get("heldout") or {}).items():
-            if entry.get("data_dir"):
-                path = Path(entry.data_dir) / entry.files.eval
-                if not path.is_file():
-                    raise KindError(f"task.heldout.{name}: no file {path} (data_dir + files.eval)")
         if model.get("source") != "scratch":
             raise KindError(f"task {task.name!r} trains a model from scratch, but model {model.name!r} has source "
                             f"{model.get('source')!r}; use a from-scratch model (source: scratch): `qexp ls models`")
-        precision = str((task.get("train") or {}).get("precision", "fp32"))
-        if precision == "fp16" and str(self.ctx.device).startswith("cpu"):   # issue 27 #7: trained on without a word
-            raise KindError("task.train.precision=fp16 needs a CUDA device (fp16 mixed precision with loss scaling); "
-                            "on this CPU use fp32 (the CPU presets) or bf16")
-        seq = task.get("seq_length")
-        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 2:   # issue 27 #14: ZeroDivisionError later
-            raise KindError(f"task.seq_length={seq!r} must be an integer >= 2 (tokens per training block)")
+        self.check_training_task()
         try:
             arch = scratch.check_arch(model)
             if arch != self.arch:
                 raise KindError(f"task {task.name!r} ({self.lm_objective}) trains an {self.arch} model, but model "
                                 f"{model.name!r} has arch {arch!r}")
             scratch.variant_of(model, int(task.seq_length))
-            corpus.corpus_files(task)
             training.check_hyperparameters(task.train)
         except (scratch.ScratchModelError, ValueError) as e:
             raise KindError(str(e)) from None
@@ -116,6 +104,27 @@ class Pretrain(TaskKind):
                 scratch.checkpoint_config(Path(ckpt), scratch.variant_of(model, int(task.seq_length)))
             except scratch.ScratchModelError as e:
                 raise KindError(f"task.checkpoint={str(ckpt)!r}: {e}") from None
+
+    def check_training_task(self) -> None:
+        """What every training task of this family must hold before anything loads: held-out files that exist, no fp16
+        on a CPU, an integer block length, a corpus folder with its files."""
+        task = self.task
+        for name, entry in (task.get("heldout") or {}).items():
+            if entry.get("data_dir"):
+                path = Path(entry.data_dir) / entry.files.eval
+                if not path.is_file():
+                    raise KindError(f"task.heldout.{name}: no file {path} (data_dir + files.eval)")
+        precision = str((task.get("train") or {}).get("precision", "fp32"))
+        if precision == "fp16" and str(self.ctx.device).startswith("cpu"):   # issue 27 #7: trained on without a word
+            raise KindError("task.train.precision=fp16 needs a CUDA device (fp16 mixed precision with loss scaling); "
+                            "on this CPU use fp32 (the CPU presets) or bf16")
+        seq = task.get("seq_length")
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 2:   # issue 27 #14: ZeroDivisionError later
+            raise KindError(f"task.seq_length={seq!r} must be an integer >= 2 (tokens per training block)")
+        try:
+            corpus.corpus_files(task)
+        except ValueError as e:
+            raise KindError(str(e)) from None
 
     # -- load: data, tokenizer, the trained model -------------------------------------------------------------------
     def load(self) -> Loaded:

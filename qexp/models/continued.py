@@ -23,6 +23,7 @@ from torch import nn
 
 from .families import family_of
 from .gate_finetune import GateConfigError, add_gates
+from .scratch import ScratchModelError, load_plain_state, plain_state
 
 VARIANTS = ("vanilla", "gated_finetune")
 GATED_TYPES = ("llama",)   # the decoder families add_gates supports (its BERT path is for the encoder kind)
@@ -73,8 +74,6 @@ def attach(hf: nn.Module, model_cfg, variant: dict, seed: int) -> nn.Module:
 def save(hf: nn.Module, folder: Path, variant: dict) -> None:
     from safetensors.torch import save_file
 
-    from .scratch import plain_state
-
     folder.mkdir(parents=True, exist_ok=True)
     hf.config.qexp_continued_attention = variant
     hf.config.save_pretrained(str(folder))
@@ -93,13 +92,10 @@ def load(folder: Path, model_cfg, variant: dict, seed: int) -> tuple[nn.Module, 
     hf = AutoModelForCausalLM.from_config(config)
     state = load_file(str(folder / "model.safetensors"))
     gates = {k: v for k, v in state.items() if k.startswith("qexp_gates.")}
-    missing, unexpected = hf.load_state_dict({k: v for k, v in state.items() if k not in gates}, strict=False)
-    hf.tie_weights()
-    current = hf.state_dict()
-    stored = {current[k].data_ptr() for k in state if k in current}
-    untied = sorted(k for k in missing if current[k].data_ptr() not in stored)
-    if unexpected or untied:
-        raise ContinuedModelError(f"{folder} does not fit its config: missing {untied}, unexpected {unexpected}")
+    try:
+        load_plain_state(hf, {k: v for k, v in state.items() if k not in gates}, folder)
+    except ScratchModelError as e:
+        raise ContinuedModelError(str(e)) from None
     wrapper = attach(hf, model_cfg, variant, seed)
     if variant["name"] != "vanilla":
         hf.qexp_gates.load_state_dict({k[len("qexp_gates."):]: v for k, v in gates.items()}, strict=True)

@@ -18,6 +18,7 @@ path is not yet wired into a task (the MLM head warm-up of issue 28 is open).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -63,14 +64,18 @@ class FineTuneGate(nn.Module):
         return out.reshape(b, t, self.n_heads * self.d_head)
 
 
-def gate_factors(gates, run) -> list[list[float]]:
-    """The mean gate factor sigmoid(G(x)) / pi_init per layer and head over the forwards ``run()`` makes (1: the
-    head passes as pretrained; near 0: the gate closed it, the paper's "no-op" head)."""
+@contextlib.contextmanager
+def gate_factors(gates):
+    """Collects the mean gate factor sigmoid(G(x)) / pi_init per layer and head over the forwards inside the block
+    (1: the head passes as pretrained; near 0: the gate closed it, the paper's "no-op" head); the yielded list is
+    filled when the block ends.  ``gates`` None or empty: nothing collected, the list stays empty."""
+    gates = list(gates or [])
+    factors: list[list[float]] = []
     for g in gates:
         g.stats = {}
     try:
-        run()
-        return [[round(float(v), 4) for v in g.stats["sum"] / g.stats["n"]] if g.stats else [] for g in gates]
+        yield factors
+        factors.extend([round(float(v), 4) for v in g.stats["sum"] / g.stats["n"]] if g.stats else [] for g in gates)
     finally:
         for g in gates:
             g.stats = None

@@ -179,17 +179,21 @@ def load(folder: Path, variant: AttentionVariant | None = None) -> nn.Module:
     config = checkpoint_config(folder, variant)
     config._attn_implementation = "eager"
     model = _assemble(config, True)
-    state = load_file(str(folder / "model.safetensors"))
+    load_plain_state(model, load_file(str(folder / "model.safetensors")), folder)
+    return model
+
+
+def load_plain_state(model: nn.Module, state: dict, folder: Path) -> None:
+    """Load a :func:`plain_state` into ``model`` and re-tie it; a key may be missing only when it is one tensor with a
+    stored key (tied embeddings, stored once), and no key may be left over."""
     missing, unexpected = model.load_state_dict(state, strict=False)
     model.tie_weights()
-    # a key may be missing only when it is one tensor with a stored key (tied embeddings; stored once)
     current = model.state_dict()
     stored = {current[k].data_ptr() for k in state if k in current}
     untied = sorted(k for k in missing if current[k].data_ptr() not in stored)
     if unexpected or untied:
         raise ScratchModelError(f"checkpoint {folder} does not fit its config: missing {untied}, unexpected "
                                 f"{sorted(unexpected)}")
-    return model
 
 
 class VariantOPTAttention(nn.Module):

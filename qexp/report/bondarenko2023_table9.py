@@ -69,11 +69,13 @@ def frame(records: list[dict]) -> pd.DataFrame:
 
 
 def _cell(values: pd.Series, dirty: bool, digits: int = 2) -> str:
-    vals = [float(x) for x in values if cells.finite(x)]
-    if not vals:
+    """mean ± sample std [runs] (Table 2's statistic, :func:`.bondarenko2023._stat`), † from a dirty tree."""
+    from .bondarenko2023 import _stat
+
+    mean, std, n = _stat([float(x) for x in values if cells.finite(x)])
+    if mean is None:
         return cells.DASH
-    s = pd.Series(vals)
-    text = f"{s.mean():.{digits}f}" + (f" ± {s.std():.{digits}f}" if len(s) > 1 else "") + f" [{len(s)}]"
+    text = f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "") + f" [{n}]"
     return text + (cells.DIRTY_MARK if dirty else "")
 
 
