@@ -19,7 +19,7 @@ def _table_html(csv: Path) -> str:
         return "<p>(empty)</p>"
     if not len(df.columns):
         return "<p>(empty)</p>"
-    styler = df.style.hide(axis="index")
+    styler = df.style.hide(axis="index").set_uuid(csv.stem)   # fixed element ids: the same page for the same tables
     if "delta" in df.columns:   # ours - paper: green when ours is higher, red when lower (the score's own direction)
         def colour(v):
             try:
