@@ -199,9 +199,11 @@ def test_the_penalty_enters_the_training_loss_and_the_record(tmp_path, corpus, l
     (["task.train.learning_rate=0"], r"task.train.learning_rate=0 must be > 0"),
 ])
 def test_bad_input_is_refused_before_any_work(tmp_path, corpus, llama_dir, overrides, message, monkeypatch):
-    from qexp.models import loading
+    from qexp.kinds import continued
 
-    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    # the name the kind calls (patching qexp.models.loading instead missed an already-imported kind, and a kind first
+    # imported during the patch kept the failing stub for the rest of the worker's tests)
+    monkeypatch.setattr(continued, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
     with pytest.raises(KindError, match=message):
         _run(tmp_path, corpus, llama_dir, *overrides)
 
