@@ -105,6 +105,56 @@ def test_two_processes_train_exactly_what_one_process_trains(tmp_path, corpus, r
     assert np.isclose(b["score"], c["score"], rtol=1e-5)
 
 
+GLUE = ["model=tiny_bert", "model.architecture.hidden_dropout_prob=0.0",
+        "model.architecture.attention_probs_dropout_prob=0.0", "task=rte", "task.max_length=32",
+        "task.limit.train=19", "task.limit.eval=16", "task.finetune.batch_size=8", "task.finetune.epochs=2",
+        "+recipe=qat_w8a8", "recipe.qat.batch_size=8", "recipe.qat.epochs=1", "recipe.qat.attn_dropout=0.0",
+        "recipe.qat.learning_rate=1e-3", "calibration.batch_size=2", "calibration.num_batches=1", "progress=false"]
+
+
+def test_glue_fine_tuning_and_qat_on_two_processes_equal_one(tmp_path, rte_like):
+    """RTE-like, 19 examples, global batch 8: each epoch ends with a batch of 3, which Accelerate completes with the
+    epoch's first examples (and rank 1's share holds none of the 3): weighted out, the fine-tuning loss, the QAT loss
+    curve, its learned ranges and the score equal one process's; one record, one cached checkpoint."""
+    def go(name, nproc):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        args = ["run", f"task.data_dir={rte_like}", f"results_dir={tmp_path / name / 'runs'}",
+                f"cache_dir={tmp_path / name / 'cache'}", *GLUE]
+        head = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+                if nproc > 1 else [sys.executable])
+        out = subprocess.run([*head, "-m", "qexp.cli", *args], capture_output=True, text=True, cwd=REPO, timeout=600,
+                             env=env)
+        assert out.returncode == 0, "\n".join(l for l in out.stderr.splitlines() if "rror" in l)[-3000:]
+        return record(tmp_path, name)
+
+    a, b = go("one", 1), go("two", 2)
+    assert a["run_id"] == b["run_id"] and b["launch"]["world_size"] == 2 and b["finetune"]["world_size"] == 2
+    assert a["finetune"]["steps"] == b["finetune"]["steps"] == 6
+    assert np.isclose(a["finetune"]["train_loss"], b["finetune"]["train_loss"], rtol=1e-5)
+    qa, qb = a["qat"]["loss_curve"], b["qat"]["loss_curve"]
+    assert len(qa) == 3 and [s for s, _ in qa] == [s for s, _ in qb]
+    assert np.allclose([l for _, l in qa], [l for _, l in qb], rtol=1e-5, atol=0)
+    assert np.isclose(a["qat"]["train_loss"], b["qat"]["train_loss"], rtol=1e-5)
+    ra, rb = a["qat"]["ranges"], b["qat"]["ranges"]
+    assert ra["sites_moved"] == rb["sites_moved"] > 0
+    assert np.isclose(ra["mean_rel_width_change"], rb["mean_rel_width_change"], rtol=1e-4)
+    assert np.isclose(a["score"], b["score"], rtol=1e-5, atol=1e-9)
+    cache = tmp_path / "two" / "cache"
+    assert len(list((cache / "finetune").iterdir())) == 1 and len(list((cache / "qat").iterdir())) == 1
+    assert not [p for p in cache.rglob("*") if ".tmp-" in p.name]
+
+
+def test_the_last_batch_shares():
+    from qexp.train.parallel import last_batch_rows
+
+    # 19 examples, batch 8 on 2 ranks: the last batch holds 3 real rows, all in rank 0's share of 4
+    assert last_batch_rows(19, 8, 2, 0) == (3, 3) and last_batch_rows(19, 8, 2, 1) == (0, 3)
+    assert last_batch_rows(22, 8, 2, 0) == (4, 6) and last_batch_rows(22, 8, 2, 1) == (2, 6)
+    assert last_batch_rows(24, 8, 2, 1) == (4, 8)   # no partial batch: a full share
+    assert last_batch_rows(10, 8, 4, 0) == (2, 2) and last_batch_rows(10, 8, 4, 1) == (0, 2)
+
+
 def test_slurm_environment_becomes_torchrun_variables():
     env = {"SLURM_PROCID": "3", "SLURM_NTASKS": "8", "SLURM_LOCALID": "3", "SLURM_JOB_NODELIST": "gpu[07-08,11]",
            "SLURM_JOB_ID": "12345"}
@@ -131,11 +181,34 @@ def test_what_does_not_scale_is_refused_before_loading(monkeypatch):
     from qexp.experiment.pipeline import DistributedError, check_distributed
 
     monkeypatch.setenv("WORLD_SIZE", "2")
-    glue = SimpleNamespace(name="glue", distributed=False)
-    cfg = SimpleNamespace(task=SimpleNamespace(name="rte"))
-    with pytest.raises(DistributedError, match=r"task 'rte' \(glue\) does not run under torchrun .*\(world size 2\)"):
-        check_distributed(glue, SimpleNamespace(adaround=None, lkd=None, bcq=None), cfg)
+    ppl = SimpleNamespace(name="perplexity", distributed=False)
+    cfg = SimpleNamespace(task=SimpleNamespace(name="wikitext2"))
+    with pytest.raises(DistributedError, match=r"task 'wikitext2' \(perplexity\) does not run under torchrun .*\(world "
+                                               r"size 2\).*and the GLUE tasks"):
+        check_distributed(ppl, SimpleNamespace(adaround=None, lkd=None, bcq=None), cfg)
     pre = SimpleNamespace(name="pretrain_clm", distributed=True)
     with pytest.raises(DistributedError, match="recipe's lkd step does not run under"):
         check_distributed(pre, SimpleNamespace(adaround=None, lkd=object(), bcq=None), cfg)
     check_distributed(pre, SimpleNamespace(adaround=None, lkd=None, bcq=None), cfg)   # pre-training runs
+
+
+@pytest.mark.parametrize("finetune_bs, qat_bs, message", [
+    (5, 8, r"task.finetune.batch_size=5 must be a multiple of the 2 processes"),
+    (8, 3, r"recipe.qat.batch_size=3 must be a multiple of the 2 processes"),
+    (8, 8, None)])
+def test_glue_batches_that_do_not_split_are_refused_in_the_check(monkeypatch, finetune_bs, qat_bs, message):
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from qexp.kinds.base import KindError
+    from qexp.kinds.glue import Glue
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    kind = SimpleNamespace(task=OmegaConf.create({"finetune": {"batch_size": finetune_bs}}),
+                           cfg=OmegaConf.create({"recipe": {"qat": {"batch_size": qat_bs}}}))
+    if message is None:
+        Glue._check_parallel_batches(kind)
+        return
+    with pytest.raises(KindError, match=message):
+        Glue._check_parallel_batches(kind)

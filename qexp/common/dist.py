@@ -101,5 +101,30 @@ def main_first():
             barrier()
 
 
+def from_main(value):
+    """The main process's ``value`` on every rank (a decision all must share, e.g. whether a cache entry exists when
+    another job may be writing it); ``value`` itself under one process."""
+    if not distributed():
+        return value
+    import torch.distributed as torch_dist
+
+    box = [value]
+    torch_dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def mean_over_ranks(value: float) -> float:
+    """The mean of a number over the ranks (``value`` under one process).  The HF Trainer's ``training_loss`` sums each
+    rank's own step losses between logging steps, so under DDP it is one rank's view until it is averaged here."""
+    if not distributed():
+        return value
+    import torch
+    import torch.distributed as torch_dist
+
+    t = torch.tensor([float(value)], dtype=torch.float64)
+    torch_dist.all_reduce(t)
+    return float(t.item()) / world_size()
+
+
 def describe() -> dict:
     return {"world_size": world_size(), "rank": rank()}

@@ -8,13 +8,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..common import dist
 from ..models.families import family_of
 from ..models.loading import load_model
 from ..quant.sites import configure
 from ..tasks.encode import encode, limit, loader, sample
 from ..tasks.glue import load_split
 from ..tasks.metrics import compute, task_score
-from ..train.finetune import cache_dir_for, cache_key, finetune, load_cached
+from ..train.finetune import META, cache_dir_for, cache_key, finetune, load_cached
 from .base import Evaluation, KindError, Loaded, TaskKind, register
 
 log = logging.getLogger("qexp")
@@ -62,6 +63,7 @@ class Glue(TaskKind):
     causal = False
     trains = True
     searches = True
+    distributed = True   # fine-tuning and QAT data-parallel on the single process's batches; the main process writes
 
     def lkd_fixed_length(self) -> int:
         return int(self.task.max_length)  # the authors' LKD batches: training inputs padded to max_length
@@ -78,6 +80,19 @@ class Glue(TaskKind):
             for split in ("train", *(s.name for s in self.task.eval_splits)):
                 self._split(split)
             self._check_sizes(len(limit(self._split("train"), self.task.limit.train)))
+        self._check_parallel_batches()
+
+    def _check_parallel_batches(self) -> None:
+        """Under a multi-process launch every global batch is split evenly (issue 30): refused before loading."""
+        from ..train.parallel import ParallelError, check_batch
+
+        try:
+            check_batch(int(self.task.finetune.batch_size), "task.finetune.batch_size")
+            qat = self.cfg.recipe.get("qat")
+            if qat is not None and qat.get("enabled", True):
+                check_batch(int(qat.batch_size), "recipe.qat.batch_size")
+        except ParallelError as e:
+            raise KindError(str(e)) from None
 
     def _check_sizes(self, n_train: int) -> None:
         """Issue 27 #10/#19: a header-only train.tsv failed deep in a sampler without naming the file, and
@@ -109,13 +124,15 @@ class Glue(TaskKind):
 
         cfg, task, ctx = self.cfg, self.task, self.ctx
         set_seed(ctx.seed)  # the new classification head's init depends on the seed
-        hf = load_model(cfg.model, num_labels=int(task.num_labels), seed=ctx.seed)
+        with dist.main_first():   # a hub download once; the other ranks read the hub cache
+            hf = load_model(cfg.model, num_labels=int(task.num_labels), seed=ctx.seed)
+            self.train_raw = limit(self._split("train"), task.limit.train)
         model = family_of(cfg.model).wrap(hf.model)
         configure(model, ctx.quant)  # once, and before any training: bad site rules fail here
         self.loaded = Loaded(model, hf.tokenizer, hf.identity)
-        self.train_raw = limit(self._split("train"), task.limit.train)
         folder = finetune_folder(cfg, hf.identity)
-        cached = load_cached(folder)
+        # every rank takes the main process's decision (another job may be writing that folder right now)
+        cached = load_cached(folder) if dist.from_main((folder / META).exists()) else None
         if cached is not None:
             hf.model.load_state_dict(cached[0].state_dict())  # the wrapper borrows hf.model's parameters
             meta = {**cached[1], "cached": True}
@@ -176,8 +193,10 @@ class Glue(TaskKind):
                   f"{cfg.model.name}__{self.task.name}__{cfg.recipe.name}__seed{ctx.seed}__{ctx.run_id}")
         with tempfile.TemporaryDirectory(prefix="qexp-qat-") as work:
             meta = qat.train_qat(model, train, self.loaded.tokenizer, hp, ctx.seed, ctx.device, ctx.progress,
-                                 Path(work))
-        qat.save_qat(model, self.loaded.tokenizer, folder, {**meta, "run_id": ctx.run_id, "quant": ctx.quant})
+                                 Path(work), regression=bool(self.task.regression))
+        if dist.is_main():   # DDP kept weights and ranges equal on every rank; one writes them
+            qat.save_qat(model, self.loaded.tokenizer, folder, {**meta, "run_id": ctx.run_id, "quant": ctx.quant})
+        dist.barrier()
         return {**meta, "export": str(folder)}
 
     def evaluate(self, model) -> Evaluation:

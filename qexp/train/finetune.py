@@ -2,6 +2,8 @@
 
 The checkpoint is trained into a temporary folder and renamed into place when complete, so the cache never holds a
 half-written checkpoint; when two jobs race for the same key, the first rename wins and the other's copy is dropped.
+Under torchrun / accelerate launch the ranks train data-parallel on the single process's global batches
+(:mod:`qexp.train.parallel`) and only the main process writes the checkpoint.
 """
 from __future__ import annotations
 
@@ -13,10 +15,11 @@ import time
 from pathlib import Path
 
 import transformers
-from transformers import (AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer,
-                          TrainingArguments)
+from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, TrainingArguments
 
+from ..common import dist
 from ..common.tmpdirs import make_tmp
+from .parallel import SplitBatchTrainer, data_parallel_args
 
 META = "qexp_finetune.json"
 
@@ -54,22 +57,26 @@ def finetune(model, tokenizer, train_ds, task, seed: int, folder: Path, device: 
             max_steps=int(ft.max_steps), lr_scheduler_type="linear", warmup_ratio=float(ft.warmup_ratio),
             weight_decay=float(ft.weight_decay), seed=int(seed), data_seed=int(seed), save_strategy="no",
             report_to=[], logging_steps=50, disable_tqdm=not progress, use_cpu=(device == "cpu"),
-            dataloader_num_workers=0)
-        trainer = Trainer(model=model, args=args, train_dataset=train_ds,
-                          data_collator=DataCollatorWithPadding(tokenizer))
+            dataloader_num_workers=0, **data_parallel_args(int(ft.batch_size), device, "task.finetune.batch_size"))
+        trainer = SplitBatchTrainer(model=model, args=args, train_dataset=train_ds,
+                                    data_collator=DataCollatorWithPadding(tokenizer), regression=bool(task.regression))
         t0 = time.time()
         out = trainer.train()
-        meta = {"train_loss": out.training_loss, "steps": out.global_step, "seconds": time.time() - t0,
+        meta = {"train_loss": dist.mean_over_ranks(out.training_loss), "steps": out.global_step, "seconds": time.time() - t0,
                 "transformers": transformers.__version__}
-        final = tmp / "model"
-        trainer.save_model(str(final))
-        tokenizer.save_pretrained(str(final))
-        with open(final / META, "w") as f:
-            json.dump(meta, f, indent=1)
-        try:
-            os.rename(final, folder)
-        except OSError:  # another job finished first: keep its checkpoint
-            pass
+        if dist.distributed():
+            meta["world_size"] = dist.world_size()
+        if dist.is_main():   # every rank holds the same weights (DDP); one writes them
+            final = tmp / "model"
+            trainer.save_model(str(final))
+            tokenizer.save_pretrained(str(final))
+            with open(final / META, "w") as f:
+                json.dump(meta, f, indent=1)
+            try:
+                os.rename(final, folder)
+            except OSError:  # another job finished first: keep its checkpoint
+                pass
+        dist.barrier()
         return meta
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -231,20 +231,15 @@ def pretrain(wrapper: nn.Module, hf: nn.Module, train_ds, collate, evaluate_fn, 
     from transformers import TrainingArguments
 
     from ..common import dist
+    from .parallel import data_parallel_args
 
     partial = folder.with_name(f".partial-{folder.name}")
     trainer_dir = partial / "trainer"
     with dist.main_first():   # the main process moves a half-written checkpoint aside; the others then agree
         resume = last_checkpoint(trainer_dir)
     precision = str(tr.get("precision", "fp32"))
-    multi = {}
-    if dist.distributed():
-        # issue 30: the same global batches in the same order as one process -- each batch of the single-process
-        # sampler is split across the ranks (Accelerate's split_batches), DDP averages the gradients of the halves
-        if int(tr.batch_size) % dist.world_size():
-            raise ValueError(f"task.train.batch_size={int(tr.batch_size)} must be a multiple of the {dist.world_size()} "
-                             f"processes (each takes an equal share of every global batch)")
-        multi = {"accelerator_config": {"split_batches": True}, "ddp_backend": "gloo" if device == "cpu" else "nccl"}
+    # issue 30: the same global batches in the same order as one process (full blocks only: drop_last below)
+    multi = data_parallel_args(int(tr.batch_size), device, "task.train.batch_size")
     args = TrainingArguments(
         output_dir=str(trainer_dir), max_steps=int(tr.max_steps), per_device_train_batch_size=int(tr.batch_size),
         gradient_accumulation_steps=int(tr.grad_accum), learning_rate=float(tr.learning_rate),

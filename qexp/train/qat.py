@@ -22,10 +22,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
+from transformers import DataCollatorWithPadding, TrainerCallback, TrainingArguments
 
+from ..common import dist
 from ..common.tmpdirs import make_tmp, replace_dir
 from ..quant.sites import quantizers
+from .parallel import SplitBatchTrainer, data_parallel_args
 
 RANGES_FILE = "qexp_ranges.safetensors"
 META_FILE = "qexp_qat.json"
@@ -122,8 +124,10 @@ class _LossLog(TrainerCallback):
 
 
 def train_qat(qmodel: nn.Module, train_ds, tokenizer, hp: dict, seed: int, device: str, progress: bool,
-              workdir: Path) -> dict:
-    """Fine-tune ``qmodel`` (calibrated) with learned ranges; leaves its ranges fixed.  Returns training metadata."""
+              workdir: Path, regression: bool = False) -> dict:
+    """Fine-tune ``qmodel`` (calibrated) with learned ranges; leaves its ranges fixed.  Returns training metadata.
+    Under a multi-process launch the ranks split the single process's global batches (:mod:`qexp.train.parallel`);
+    the learned ranges are parameters, so DDP keeps them equal on every rank."""
     qmodel.set_attention_dropout(float(hp["attn_dropout"]))
     learned = learn_ranges(qmodel)
     before = range_snapshot(qmodel)
@@ -136,16 +140,19 @@ def train_qat(qmodel: nn.Module, train_ds, tokenizer, hp: dict, seed: int, devic
         max_steps=int(hp["max_steps"]), lr_scheduler_type="linear", warmup_ratio=float(hp["warmup_ratio"]),
         weight_decay=float(hp["weight_decay"]), optim="adamw_torch", seed=int(seed), data_seed=int(seed),
         save_strategy="no", report_to=[], logging_steps=max(1, min(50, total // 20)), disable_tqdm=not progress,
-        use_cpu=(device == "cpu"), dataloader_num_workers=0, remove_unused_columns=True)
+        use_cpu=(device == "cpu"), dataloader_num_workers=0, remove_unused_columns=True,
+        **data_parallel_args(int(hp["batch_size"]), device, "recipe.qat.batch_size"))
     optimizer = torch.optim.AdamW(param_groups(qmodel, hp), lr=float(hp["learning_rate"]))
-    trainer = Trainer(model=qmodel, args=args, train_dataset=train_ds, data_collator=DataCollatorWithPadding(tokenizer),
-                      callbacks=[log_cb], optimizers=(optimizer, None))  # the Trainer adds its warm-up/decay schedule
+    trainer = SplitBatchTrainer(model=qmodel, args=args, train_dataset=train_ds,
+                                data_collator=DataCollatorWithPadding(tokenizer), callbacks=[log_cb],
+                                optimizers=(optimizer, None),   # the Trainer adds its warm-up/decay schedule
+                                regression=regression)
     t0 = time.time()
     out = trainer.train()
     fix_ranges(qmodel)
     qmodel.eval()
     losses = log_cb.losses
-    return {"train_loss": out.training_loss, "steps": out.global_step, "seconds": round(time.time() - t0, 1),
+    return {"train_loss": dist.mean_over_ranks(out.training_loss), "steps": out.global_step, "seconds": round(time.time() - t0, 1),
             "learned_sites": len(learned), "loss_curve": losses,
             "ranges": range_change(before, range_snapshot(qmodel)), "hyperparameters": dict(hp)}
 
