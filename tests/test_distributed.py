@@ -145,6 +145,35 @@ def test_glue_fine_tuning_and_qat_on_two_processes_equal_one(tmp_path, rte_like)
     assert not [p for p in cache.rglob("*") if ".tmp-" in p.name]
 
 
+def test_lkd_on_a_decoder_on_two_processes_equals_one(tmp_path, wikitext_like):
+    """ZeroQuant W4/8A8 + LKD on tiny_gpt2: each rank distils on half of every batch through DDP; per block the
+    losses before/after and of the first/last steps, and the perplexity, equal one process's."""
+    def go(name, nproc):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        args = ["run", "model=tiny_gpt2", "task=wikitext2", f"task.data_dir={wikitext_like}", "+recipe=zq_lkd_w48a8",
+                "recipe.lkd.steps=4", "recipe.lkd.batch_size=4", "recipe.lkd.eval_batches=1", "recipe.lkd.lr=1e-3",
+                "task.limit.windows=2", "task.context_length=64", "calibration.batch_size=2",
+                "calibration.num_batches=1", "calibration.seq_length=32", "recipe.lkd.seq_length=32",
+                "progress=false", f"results_dir={tmp_path / name / 'runs'}", f"cache_dir={tmp_path / name / 'cache'}"]
+        head = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+                if nproc > 1 else [sys.executable])
+        out = subprocess.run([*head, "-m", "qexp.cli", *args], capture_output=True, text=True, cwd=REPO, timeout=600,
+                             env=env)
+        assert out.returncode == 0, "\n".join(l for l in out.stderr.splitlines() if "rror" in l)[-3000:]
+        return record(tmp_path, name)
+
+    a, b = go("one", 1), go("two", 2)
+    assert a["run_id"] == b["run_id"] and b["launch"]["world_size"] == 2
+    ba, bb = a["lkd"]["blocks"], b["lkd"]["blocks"]
+    assert len(ba) == len(bb) == 2
+    for x, y in zip(ba, bb):
+        assert x["eval_loss_after"] != x["eval_loss_before"]   # the block was trained
+        for key in ("eval_loss_before", "eval_loss_after", "train_loss_first", "train_loss_last"):
+            assert np.isclose(x[key], y[key], rtol=1e-5), (key, x, y)
+    assert np.isclose(a["score"], b["score"], rtol=1e-5)
+
+
 def test_the_last_batch_shares():
     from qexp.train.parallel import last_batch_rows
 
@@ -181,14 +210,19 @@ def test_what_does_not_scale_is_refused_before_loading(monkeypatch):
     from qexp.experiment.pipeline import DistributedError, check_distributed
 
     monkeypatch.setenv("WORLD_SIZE", "2")
-    ppl = SimpleNamespace(name="perplexity", distributed=False)
-    cfg = SimpleNamespace(task=SimpleNamespace(name="wikitext2"))
-    with pytest.raises(DistributedError, match=r"task 'wikitext2' \(perplexity\) does not run under torchrun .*\(world "
-                                               r"size 2\).*and the GLUE tasks"):
-        check_distributed(ppl, SimpleNamespace(adaround=None, lkd=None, bcq=None), cfg)
+    zs = SimpleNamespace(name="lm_eval", distributed=False)
+    cfg = SimpleNamespace(task=SimpleNamespace(name="zeroshot"))
+    with pytest.raises(DistributedError, match=r"task 'zeroshot' \(lm_eval\) does not run under torchrun .*\(world "
+                                               r"size 2\).*the GLUE tasks .* and perplexity \(LKD\) run distributed"):
+        check_distributed(zs, SimpleNamespace(adaround=None, lkd=None, bcq=None), cfg)
     pre = SimpleNamespace(name="pretrain_clm", distributed=True)
-    with pytest.raises(DistributedError, match="recipe's lkd step does not run under"):
-        check_distributed(pre, SimpleNamespace(adaround=None, lkd=object(), bcq=None), cfg)
+    with pytest.raises(DistributedError, match="recipe's adaround step does not run under"):
+        check_distributed(pre, SimpleNamespace(adaround=object(), lkd=None, bcq=None), cfg)
+    from qexp.train.lkd import LKDConfig, LKDError
+
+    with pytest.raises(LKDError, match=r"recipe.lkd.batch_size=3 must be a multiple of the 2 processes"):
+        check_distributed(pre, SimpleNamespace(adaround=None, lkd=LKDConfig(batch_size=3), bcq=None), cfg)
+    check_distributed(pre, SimpleNamespace(adaround=None, lkd=LKDConfig(batch_size=4), bcq=None), cfg)
     check_distributed(pre, SimpleNamespace(adaround=None, lkd=None, bcq=None), cfg)   # pre-training runs
 
 

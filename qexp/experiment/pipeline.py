@@ -166,7 +166,7 @@ class DistributedError(ValueError):
 
 def check_distributed(task, steps, cfg) -> None:
     """Under torchrun / accelerate launch / a multi-task SLURM job, only what runs identically there may start (issue
-    30 #3): pre-training (FP and quantized), GLUE fine-tuning and QAT train data-parallel; calibration and evaluation then run on every rank
+    30 #3): pre-training (FP and quantized), GLUE fine-tuning, QAT and LKD train data-parallel; calibration and evaluation then run on every rank
     with the same data (same numbers) and only the main process writes.  The rest is refused before loading."""
     from ..common import dist
 
@@ -176,9 +176,13 @@ def check_distributed(task, steps, cfg) -> None:
     if not getattr(task, "distributed", False):
         raise DistributedError(f"task {cfg.task.name!r} ({task.name}) does not run under {launcher} yet (world size "
                                f"{dist.world_size()}): launch it as one process; the pre-training tasks "
-                               f"(pretrain_mlm, pretrain_clm, qpt_clm and their paper presets) and the GLUE tasks "
-                               f"(fine-tuning, QAT) run distributed")
-    for name in ("adaround", "lkd", "bcq"):
+                               f"(pretrain_mlm, pretrain_clm, qpt_clm and their paper presets), the GLUE tasks "
+                               f"(fine-tuning, QAT, LKD) and perplexity (LKD) run distributed")
+    if getattr(steps, "lkd", None) is not None:
+        from ..train.lkd import check_batch
+
+        check_batch(steps.lkd.batch_size)   # LKD runs data-parallel on equal shares of each batch
+    for name in ("adaround", "bcq"):
         if getattr(steps, name, None) is not None:
             raise DistributedError(f"the recipe's {name} step does not run under {launcher} yet; launch it as one "
                                    f"process (the pre-trained model is cached: a later one-process run reuses it)")

@@ -39,8 +39,11 @@ class LanguageModelKind(TaskKind):
     def load(self) -> Loaded:
         from transformers import set_seed
 
+        from ..common import dist
+
         set_seed(self.ctx.seed)
-        hf = load_model(self.cfg.model, num_labels=None, seed=self.ctx.seed)
+        with dist.main_first():   # a hub download once; the other ranks read the hub cache
+            hf = load_model(self.cfg.model, num_labels=None, seed=self.ctx.seed)
         model = family_of(self.cfg.model).wrap(hf.model)
         configure(model, self.ctx.quant)
         model = model.to(self.ctx.device).eval()

@@ -9,6 +9,7 @@ from .lm import LanguageModelKind, max_positions
 @register
 class Perplexity(LanguageModelKind):
     name = "perplexity"
+    distributed = True   # LKD data-parallel; calibration and evaluation identical on every rank; the main one records
 
     def calibration_text(self) -> str:
         return perplexity.load_text(self.task, "calibration")

@@ -10,6 +10,10 @@ example (``run_glue_lkd.py``, ../shared/research/zeroquant-lkd-and-int8-gemm.md 
 of the block's parameters (weight decay 0.01 except biases and norm gains), constant learning rate 5e-6, no clipping,
 plain STE through the quantizers, and weight ranges recomputed from the updated weights before every step.
 
+Under torchrun / accelerate launch every rank draws the same global batch from the same stream and trains on its
+equal share of the rows; the block is wrapped in DDP (its gradient all-reduce), so each step is the single
+process's step (the MSE/L1 means of equal shares average to the batch's mean).
+
 The block boundary is found with forward hooks, so one implementation serves the BERT wrapper and every HF decoder:
 the teacher runs until block ``k`` has produced its output (then stops), and the student block is called with exactly
 the positional and keyword arguments the teacher block received (masks, rotary embeddings, ...).
@@ -127,6 +131,36 @@ def refresh_weight_ranges(block: nn.Module) -> None:
             q.compute_encodings()
 
 
+def share(batch: dict) -> dict:
+    """This rank's rows of a global batch (the whole batch under one process); the batch divides evenly (checked
+    before loading: :func:`check_batch`)."""
+    from ..common import dist
+
+    if not dist.distributed():
+        return batch
+    world, rank = dist.world_size(), dist.rank()
+    per = len(next(iter(batch.values()))) // world
+    return {k: v[rank * per:(rank + 1) * per] for k, v in batch.items()}
+
+
+def check_batch(batch_size: int) -> None:
+    from ..common import dist
+
+    if dist.distributed() and int(batch_size) % dist.world_size():
+        raise LKDError(f"recipe.lkd.batch_size={int(batch_size)} must be a multiple of the {dist.world_size()} "
+                       f"processes (each distils on an equal share of every batch)")
+
+
+def _data_parallel(block: nn.Module) -> nn.Module:
+    from ..common import dist
+
+    if not dist.distributed():
+        return block
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(block)   # its gradient all-reduce; the block itself stays the one refreshed
+
+
 def _loss_on(teacher, t_block, s_block, batches, loss_fn) -> float:
     total = 0.0
     with torch.no_grad():
@@ -144,6 +178,9 @@ def apply_lkd(student: nn.Module, student_blocks, batches: Callable[[], Iterator
     the first and last steps."""
     from tqdm.auto import tqdm
 
+    from ..common import dist
+
+    check_batch(cfg.batch_size)
     teacher = teacher if teacher is not None else make_teacher(student)
     s_index = {id(m): n for n, m in student.named_modules()}
     t_modules = dict(teacher.named_modules())
@@ -164,12 +201,13 @@ def apply_lkd(student: nn.Module, student_blocks, batches: Callable[[], Iterator
             s_block.train(False)  # dropout off (the authors run both models in eval mode)
             before = _loss_on(teacher, t_block, s_block, eval_batches, loss_fn)
             opt = torch.optim.AdamW(_param_groups(s_block, cfg.weight_decay), lr=cfg.lr, eps=1e-6)
+            trained = _data_parallel(s_block)
             losses = []
             for _ in tqdm(range(cfg.steps), desc=f"LKD block {k}", disable=not progress, leave=False):
-                args, kwargs, target = block_io(teacher, t_block, next(stream))
+                args, kwargs, target = block_io(teacher, t_block, share(next(stream)))
                 refresh_weight_ranges(s_block)
                 with torch.enable_grad():
-                    loss = loss_fn(_first(s_block(*args, **kwargs)).float(), target.float())
+                    loss = loss_fn(_first(trained(*args, **kwargs)).float(), target.float())
                     if not torch.isfinite(loss):
                         raise FloatingPointError(f"LKD block {k}: non-finite loss {loss.item()}")
                     opt.zero_grad(set_to_none=True)
@@ -179,8 +217,9 @@ def apply_lkd(student: nn.Module, student_blocks, batches: Callable[[], Iterator
             refresh_weight_ranges(s_block)
             after = _loss_on(teacher, t_block, s_block, eval_batches, loss_fn)
             n = max(1, min(5, len(losses) // 2))
-            report.append({"block": k, "eval_loss_before": before, "eval_loss_after": after,
-                           "train_loss_first": sum(losses[:n]) / n, "train_loss_last": sum(losses[-n:]) / n})
+            report.append({"block": k, "eval_loss_before": before, "eval_loss_after": after,   # every rank: all rows
+                           "train_loss_first": dist.mean_over_ranks(sum(losses[:n]) / n),     # shares: averaged
+                           "train_loss_last": dist.mean_over_ranks(sum(losses[-n:]) / n)})
     finally:
         for q, state in saved:
             q.set_state(state)
