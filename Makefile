@@ -13,7 +13,7 @@ JOBS      ?= 2
 # Bondarenko et al. 2023 Table 9: the corpus and the held-out text of continued pre-training (offline copies)
 T9        ?= task.data_dir=../shared/data/brown_austen task.heldout.wikitext2.data_dir=../shared/data/wikitext-2-raw
 
-.PHONY: help install install-gpu demo test test-slow test-gpu check-kernels bench tables table1-rte bondarenko2021-mini table9-rte bondarenko2023-cpu table9-bondarenko2023 figure2 clean-cache reproduce-bondarenko2021 reproduce-zeroquant reproduce-bondarenko2023 reproduce-kwon2021 reproduce-chitsaz2024
+.PHONY: help install install-gpu demo test test-slow test-gpu check-kernels bench tables table1-rte bondarenko2021-cpu table9-rte bondarenko2023-cpu table9-bondarenko2023 figure2 clean-cache reproduce-bondarenko2021 reproduce-zeroquant reproduce-bondarenko2023 reproduce-kwon2021 reproduce-chitsaz2024
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -50,23 +50,24 @@ bench: install-gpu  ## ZeroQuant Table G.8 on this GPU: GEMM speed and the BERT-
 tables:  ## rebuild every paper table (CSV + Markdown) from the run records
 	qexp tables --runs $(RUNS) --out $(TABLES)
 
+# Each campaign is an experiment config (conf/experiment/<paper>/<name>.yaml: the sweep in hydra.sweeper.params);
+# `qexp run -m +experiment=NAME` runs it, skipping every run whose record exists (resumable), and any of its swept
+# values can be replaced on the command line (task=rte seed=0).  EXP runs a list of them.
+EXP = for e in $(1); do qexp run -m +experiment=$$e results_dir=$(RUNS) || exit $$?; done
+
 table1-rte:  ## Bondarenko et al. 2021 Table 1, RTE column, on the real MiniLM-L6 and the real RTE files (CPU: ~2 h)
-	qexp run -m +recipe=fp32,w8a8_ptq,w32a8_ptq,w8a32_ptq task=rte model=minilm_l6 task.data_dir=$(GLUE)/RTE seed=$(SEEDS) results_dir=$(RUNS)
+	qexp run -m +experiment=bondarenko2021/table1 task=rte seed=$(SEEDS) results_dir=$(RUNS)
 	qexp tables --runs $(RUNS) --out $(TABLES) --show bondarenko2021_table1
 
-bondarenko2021-mini:  ## the measured mini-reproduction: FP32, W8A8, MP-PTQ, PEG-PTQ on real RTE and MRPC with MiniLM-L6 (CPU: hours)
-	qexp run -m +recipe=fp32,w8a8_ptq,mp_ptq_r16,mp_ptq_r16_io16,mp_ptq_r16_io16_out16,peg_k6_ffn,peg_embd_ffn,peg_ptq task=rte model=minilm_l6 task.data_dir=$(GLUE)/RTE seed=$(SEEDS) results_dir=$(RUNS)
-	qexp run -m +recipe=fp32,w8a8_ptq,mp_ptq_r16_io16_out16,peg_ptq task=mrpc model=minilm_l6 task.data_dir=$(GLUE)/MRPC seed=$(SEEDS) results_dir=$(RUNS)
-	qexp tables --runs $(RUNS) --out $(TABLES) --show bondarenko2021_table6
+bondarenko2021-cpu:  ## Bondarenko et al. 2021 Tables 1, 2, 4-7, 12 on MiniLM-L6 and the local GLUE files (CPU: days; each fine-tune is cached)
+	$(call EXP,bondarenko2021/table1 bondarenko2021/loo bondarenko2021/mp_peg bondarenko2021/table6 bondarenko2021/low_bit bondarenko2021/qat)
 
 table9-rte:  ## Table 9's range-estimator search on real RTE with MiniLM-L6 (42 calibrations x seeds; reuses the fine-tunes)
 	qexp search-space --run +recipe=estimator_search task=rte model=minilm_l6 task.data_dir=$(GLUE)/RTE seed=$(SEEDS) results_dir=$(RUNS) progress=false
 	qexp tables --runs $(RUNS) --out $(TABLES) --show bondarenko2021_table9
 
-bondarenko2023-cpu:  ## Bondarenko et al. 2023 Table 2 at CPU scale: BERT and OPT x vanilla / clipped / gated, 2 training x 3 calibration seeds (~2 h)
-	scripts/bondarenko2023_cpu.sh 0 $(RUNS)
-	scripts/bondarenko2023_cpu.sh 1 $(RUNS)
-	qexp run -m task=pretrain_mlm model=bert_cpu model/attention=vanilla,clipped,gated_mlp +recipe=bq23_w6a8,bq23_w6a8_mse,bq23_w4a8_mse,bq23_w6a6_mse seed=0,1 task.data_dir=../shared/data/brown_austen results_dir=$(RUNS) progress=false
+bondarenko2023-cpu:  ## Bondarenko et al. 2023 Tables 2 and 10 at CPU scale: BERT and OPT x vanilla / clipped / gated, 2 training x 3 calibration seeds (~3 h)
+	$(call EXP,bondarenko2023/table2_mlm bondarenko2023/table2_clm bondarenko2023/table2_mlm_w8a8 bondarenko2023/table2_clm_w8a8 bondarenko2023/table10_mlm)
 	qexp tables --runs $(RUNS) --out $(TABLES) --show bondarenko2023_table2
 
 table9-bondarenko2023:  ## Bondarenko et al. 2023 Table 9 at CPU scale: SmolLM2-135M before / after vanilla / after gated continued pre-training, FP + W8A8 x 3 calibration seeds (~2.5 h on one core)
@@ -85,19 +86,20 @@ clean-cache:  ## delete the fine-tuned checkpoints
 	rm -rf cache/finetune
 
 # One command per paper: its CPU campaign (resumable: a rerun skips finished runs), then the tables.
-reproduce-bondarenko2021: table1-rte bondarenko2021-mini table9-rte figure2  ## Bondarenko et al. 2021 on MiniLM-L6 (RTE, MRPC; CPU: hours)
+reproduce-bondarenko2021: bondarenko2021-cpu table9-rte figure2  ## Bondarenko et al. 2021 on MiniLM-L6 (CoLA, MRPC, STS-B, RTE; CPU: days)
+	qexp tables --runs $(RUNS) --out $(TABLES)
 
-reproduce-zeroquant:  ## ZeroQuant on SmolLM2-135M / WikiText-2, offline (CPU: ~1 h)
-	scripts/reproduce_zeroquant_smollm2.sh
+reproduce-zeroquant:  ## ZeroQuant on SmolLM2-135M / WikiText-2 (~1 h) and MiniLM-L6 GLUE (CPU: a day), offline
+	$(call EXP,zeroquant/smollm2_ptq zeroquant/smollm2 zeroquant/smollm2_lkd zeroquant/smollm2_backends zeroquant/smollm2_backends_asym zeroquant/rte_backends zeroquant/glue)
 	qexp tables --runs $(RUNS) --out $(TABLES)
 
 reproduce-bondarenko2023: bondarenko2023-cpu table9-bondarenko2023  ## Bondarenko et al. 2023 Tables 2 and 9 at CPU scale
 
-reproduce-kwon2021:  ## Kwon et al. 2021 on MiniLM-L6 MRPC/RTE (every stage; CPU: hours)
-	scripts/kwon2021_cpu.sh
+reproduce-kwon2021:  ## Kwon et al. 2021 on MiniLM-L6 MRPC/RTE, SmolLM2-135M and gpt2_cpu (every stage; CPU: a day)
+	$(call EXP,$(patsubst conf/experiment/%.yaml,%,$(sort $(wildcard conf/experiment/kwon2021/*.yaml))))
 	qexp tables --runs $(RUNS) --out $(TABLES)
 
 reproduce-chitsaz2024:  ## Chitsaz et al. 2024 at CPU scale: gpt2_cpu on brown_austen, every variant (CPU: ~8 h)
-	scripts/qpt_cpu.sh 0 $(RUNS)
+	$(call EXP,chitsaz2024/cpu)
 	qexp tables --runs $(RUNS) --out $(TABLES)
 
