@@ -16,6 +16,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the Trainer's TensorBoard curves of test runs go to a temporary folder, not the checkout's results/tb
+os.environ.setdefault("QEXP_TB_DIR", __import__("tempfile").mkdtemp(prefix="qexp-test-tb-"))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()

@@ -144,6 +144,9 @@ def validated(cfg: DictConfig, resolved: dict, cwd: Path | None = None):
     check_backend(backend, device)
     calibration = effective_calibration(cfg)
     rid, timer = records.run_id(resolved), Timer()
+    from ..train.reporting import check as check_reporting
+
+    check_reporting(cfg.get("report_to"))
     ctx = RunContext(cfg, quant_config(resolved["recipe"], calibration), calibration, device, timer, rid)
     check_recipe_enables_something(cfg.recipe, ctx.quant)
     steps = PostWeightSteps.from_recipe(cfg.recipe)   # the steps' own values first, then what the task allows

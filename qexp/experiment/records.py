@@ -14,7 +14,7 @@ from pathlib import Path
 from ..common.provenance import device_info, git_state, now, portable, versions, write_atomic  # noqa: F401  (the record's parts)
 
 SCHEMA = 1
-OPERATIONAL_KEYS = ("force", "results_dir", "cache_dir", "progress", "device")
+OPERATIONAL_KEYS = ("force", "results_dir", "cache_dir", "progress", "device", "report_to", "tb_dir")
 
 
 # the config keys that name data a run reads: the run id hashes their content, not their path (issue 14 #1)

@@ -43,6 +43,12 @@ class RunContext:
     def progress(self) -> bool:
         return bool(self.cfg.progress)
 
+    def report(self, name: str) -> dict:
+        """The Trainer's reporting arguments of the training called ``name`` (:mod:`qexp.train.reporting`)."""
+        from ..train.reporting import trainer_args
+
+        return trainer_args(self.cfg.get("report_to"), self.cfg.get("tb_dir", "results/tb"), name)
+
 
 @dataclass
 class Evaluation:

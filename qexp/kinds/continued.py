@@ -179,7 +179,8 @@ class ContinueCLM(Pretrain):
         training.pretrain(wrapper, hf, self.blocks["train"], pretraining.collator(self.tokenizer, "clm"),
                           evaluate_fn, tr, ctx.seed, folder, ctx.device, ctx.progress,
                           save_fn=lambda path: continued.save(hf, path, self.variant), extra_meta=extra,
-                          penalty=penalty if penalty.lam > 0 else None, make_optimizer=make_optimizer)
+                          penalty=penalty if penalty.lam > 0 else None, make_optimizer=make_optimizer,
+                          report=ctx.report(folder.name))
 
     # -- evaluation: perplexity and the outlier metrics (no delimiter statistics: those need the scratch attention) --
     def evaluate(self, model) -> Evaluation:

@@ -140,8 +140,8 @@ class Glue(TaskKind):
         else:
             with ctx.timer.stage("finetune"):
                 train = self._encode(self.train_raw)
-                meta = {**finetune(hf.model, hf.tokenizer, train, task, ctx.seed, folder, ctx.device, ctx.progress),
-                        "cached": False}
+                meta = {**finetune(hf.model, hf.tokenizer, train, task, ctx.seed, folder, ctx.device, ctx.progress,
+                                   report=ctx.report(folder.name)), "cached": False}
         self.loaded.record["finetune"] = {**meta, "checkpoint": str(folder)}
         model.to(ctx.device).eval()
         return self.loaded
@@ -193,7 +193,7 @@ class Glue(TaskKind):
                   f"{cfg.model.name}__{self.task.name}__{cfg.recipe.name}__seed{ctx.seed}__{ctx.run_id}")
         with tempfile.TemporaryDirectory(prefix="qexp-qat-") as work:
             meta = qat.train_qat(model, train, self.loaded.tokenizer, hp, ctx.seed, ctx.device, ctx.progress,
-                                 Path(work), regression=bool(self.task.regression))
+                                 Path(work), regression=bool(self.task.regression), report=ctx.report(ctx.run_id))
         if dist.is_main():   # DDP kept weights and ranges equal on every rank; one writes them
             qat.save_qat(model, self.loaded.tokenizer, folder, {**meta, "run_id": ctx.run_id, "quant": ctx.quant})
         dist.barrier()

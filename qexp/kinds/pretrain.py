@@ -205,7 +205,8 @@ class Pretrain(TaskKind):
         training.pretrain(wrapper, hf, self.blocks["train"], pretraining.collator(self.tokenizer, self.lm_objective,
                                                                                     float(task.mlm_probability)),
                           evaluate_fn, tr, ctx.seed, folder, ctx.device, ctx.progress,
-                          save_fn=lambda path: self._save(hf, path), make_optimizer=make_optimizer, extra_meta=extra)
+                          save_fn=lambda path: self._save(hf, path), make_optimizer=make_optimizer, extra_meta=extra,
+                          report=ctx.report(folder.name))
 
     # -- quantized training (recipe.qpt) --------------------------------------------------------------------------
     def _eval_spec(self) -> LinearQuant | None:

@@ -45,8 +45,10 @@ def load_cached(folder: Path):
         return model, json.load(f)
 
 
-def finetune(model, tokenizer, train_ds, task, seed: int, folder: Path, device: str, progress: bool):
-    """Fine-tune ``model`` in place and save it (atomically) to ``folder``; returns the metadata written."""
+def finetune(model, tokenizer, train_ds, task, seed: int, folder: Path, device: str, progress: bool,
+             report: dict | None = None):
+    """Fine-tune ``model`` in place and save it (atomically) to ``folder``; returns the metadata written.  ``report``:
+    the Trainer's reporting arguments (:mod:`qexp.train.reporting`; none by default)."""
     ft = task.finetune
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = make_tmp(folder.parent, folder.name)   # removes the .tmp folders of killed runs first
@@ -56,8 +58,9 @@ def finetune(model, tokenizer, train_ds, task, seed: int, folder: Path, device: 
             per_device_train_batch_size=int(ft.batch_size), num_train_epochs=float(ft.epochs),
             max_steps=int(ft.max_steps), lr_scheduler_type="linear", warmup_ratio=float(ft.warmup_ratio),
             weight_decay=float(ft.weight_decay), seed=int(seed), data_seed=int(seed), save_strategy="no",
-            report_to=[], logging_steps=50, disable_tqdm=not progress, use_cpu=(device == "cpu"),
-            dataloader_num_workers=0, **data_parallel_args(int(ft.batch_size), device, "task.finetune.batch_size"))
+            logging_steps=50, disable_tqdm=not progress, use_cpu=(device == "cpu"), dataloader_num_workers=0,
+            **(report or {"report_to": []}),
+            **data_parallel_args(int(ft.batch_size), device, "task.finetune.batch_size"))
         trainer = SplitBatchTrainer(model=model, args=args, train_dataset=train_ds,
                                     data_collator=DataCollatorWithPadding(tokenizer), regression=bool(task.regression))
         t0 = time.time()

@@ -222,7 +222,7 @@ def mean_train_loss(history: list[dict], out, resume: str | None) -> tuple[float
 
 def pretrain(wrapper: nn.Module, hf: nn.Module, train_ds, collate, evaluate_fn, tr, seed: int, folder: Path,
              device: str, progress: bool, save_fn, make_optimizer=None, extra_meta: dict | None = None,
-             penalty=None) -> dict:
+             penalty=None, report: dict | None = None) -> dict:
     """Train ``wrapper`` (whose parameters are ``hf``'s, plus the gates) and save it with ``save_fn(folder)``;
     resumes from ``.partial-<name>`` when an earlier run of the same key was interrupted.  ``penalty`` (an object
     whose ``take()`` returns a loss term or None after each forward: the FFN activation regularization) is added to
@@ -249,7 +249,7 @@ def pretrain(wrapper: nn.Module, hf: nn.Module, train_ds, collate, evaluate_fn, 
         save_strategy="steps", save_steps=int(tr.save_steps), save_total_limit=int(tr.get("save_total_limit", 2)),
         save_safetensors=False,  # the wrapper shares tensors with the HF model (safetensors refuses shared storage)
         eval_strategy="steps", eval_steps=int(tr.eval_steps), eval_on_start=resume is None,
-        logging_steps=int(tr.get("logging_steps", 50)), report_to=[], disable_tqdm=not progress,
+        logging_steps=int(tr.get("logging_steps", 50)), **(report or {"report_to": []}), disable_tqdm=not progress,
         use_cpu=(device == "cpu"), dataloader_num_workers=0, dataloader_drop_last=True,
         remove_unused_columns=False, fp16=precision == "fp16", bf16=precision == "bf16", **multi)
     trainer = _trainer_class()(model=wrapper, args=args, train_dataset=train_ds, eval_dataset=train_ds,

@@ -124,7 +124,7 @@ class _LossLog(TrainerCallback):
 
 
 def train_qat(qmodel: nn.Module, train_ds, tokenizer, hp: dict, seed: int, device: str, progress: bool,
-              workdir: Path, regression: bool = False) -> dict:
+              workdir: Path, regression: bool = False, report: dict | None = None) -> dict:
     """Fine-tune ``qmodel`` (calibrated) with learned ranges; leaves its ranges fixed.  Returns training metadata.
     Under a multi-process launch the ranks split the single process's global batches (:mod:`qexp.train.parallel`);
     the learned ranges are parameters, so DDP keeps them equal on every rank."""
@@ -139,7 +139,8 @@ def train_qat(qmodel: nn.Module, train_ds, tokenizer, hp: dict, seed: int, devic
         per_device_train_batch_size=int(hp["batch_size"]), num_train_epochs=float(hp["epochs"]),
         max_steps=int(hp["max_steps"]), lr_scheduler_type="linear", warmup_ratio=float(hp["warmup_ratio"]),
         weight_decay=float(hp["weight_decay"]), optim="adamw_torch", seed=int(seed), data_seed=int(seed),
-        save_strategy="no", report_to=[], logging_steps=max(1, min(50, total // 20)), disable_tqdm=not progress,
+        save_strategy="no", **(report or {"report_to": []}), logging_steps=max(1, min(50, total // 20)),
+        disable_tqdm=not progress,
         use_cpu=(device == "cpu"), dataloader_num_workers=0, remove_unused_columns=True,
         **data_parallel_args(int(hp["batch_size"]), device, "recipe.qat.batch_size"))
     optimizer = torch.optim.AdamW(param_groups(qmodel, hp), lr=float(hp["learning_rate"]))
