@@ -299,6 +299,9 @@ def _build_into(records: list[dict], out_dir: Path, bench: Path) -> dict[str, Pa
     from . import bondarenko2023_table9
 
     written.update(bondarenko2023_table9.build(records, out_dir))
+    from . import cross_paper
+
+    written.update(cross_paper.build(records, out_dir))
     written.update(chitsaz2024.build(records, out_dir))
     written.update(kwon2021.build(records, out_dir))
     from . import kwon2021_summary
