@@ -33,6 +33,8 @@ commands:
                          BERT-base encoder-layer latency, float vs ZeroQuant W8A8 on an integer backend
   bench pretrain [--model bert_cpu|opt_cpu] [--batch 16] [--seq 128] [--threads N]
                          training-step time of clipped softmax / gated attention vs vanilla, side by side
+  bench ddp [--procs 2] [--model opt_cpu] [--batch 16] [--rounds 3]
+                         training-step time of 1 process x 1 thread, 1 x N threads, N processes x 1 (torchrun), side by side
   bench qpt [--recipe qpt_w8a8 ...] [--model gpt2_cpu] [--threads N]
                          training-step time of quantized pre-training recipes vs the FP step, side by side
   bench fakequant [--model minilm_l6] [--recipe w8a8_ptq] [--threads N]

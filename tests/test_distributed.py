@@ -246,3 +246,16 @@ def test_glue_batches_that_do_not_split_are_refused_in_the_check(monkeypatch, fi
         return
     with pytest.raises(KindError, match=message):
         Glue._check_parallel_batches(kind)
+
+
+@pytest.mark.slow
+def test_the_ddp_step_benchmark_runs_every_launch(tmp_path, capsys):
+    """``qexp bench ddp`` (three launches, one round of one step on a tiny batch): a row per launch, one record."""
+    from .helpers import cli
+
+    code, out, err = cli(capsys, "bench", "ddp", "--steps", "1", "--warmup", "1", "--rounds", "1", "--batch", "4",
+                         "--seq", "16", "--out", str(tmp_path))
+    assert code == 0, err
+    rec = json.loads(next(tmp_path.glob("ddp_step__cpu__*.json")).read_text())["bench"]
+    assert [(r["processes"], r["threads_per_process"]) for r in rec["rows"]] == [(1, 1), (1, 2), (2, 1)]
+    assert rec["rows"][0]["vs_1x1"] == 1.0 and all(r["median_step_s"] > 0 for r in rec["rows"])

@@ -145,6 +145,9 @@ def test_a_header_only_train_file_is_named(tmp_path, rte_like, monkeypatch):
     (["fakequant", "--model", "nope"], "unknown model 'nope'"),
     (["fakequant", "--recipe", "nope"], "unknown recipe 'nope'"),
     (["eval", "seeed=1"], "unknown config key 'seeed'; did you mean 'seed'?"),
+    (["ddp", "--procs", "0"], "argument --procs: 0 must be a positive integer"),
+    (["ddp", "--batch", "5"], "--batch 5 must be a multiple of --procs 2"),
+    (["ddp", "--model", "nope"], "argument --model: invalid choice: 'nope'"),
 ])
 def test_bad_bench_input_is_one_line_and_exit_2(capsys, args, message):
     """#11/#15: accepted and recorded, or a traceback after the benchmark ran."""

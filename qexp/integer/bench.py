@@ -373,6 +373,16 @@ def main(argv: list[str]) -> None:
     pt.add_argument("--repeats", type=positive, default=12)
     pt.add_argument("--threads", type=positive, default=None)
     pt.add_argument("--out", default="results/bench")
+    dd = sub.add_parser("ddp", help="training-step time of 1 process x 1 thread, 1 x N threads, N processes x 1 "
+                                    "thread (torchrun, gloo), side by side (CPU)")
+    dd.add_argument("--model", default="opt_cpu", choices=("opt_cpu", "bert_cpu", "gpt2_cpu"))
+    dd.add_argument("--procs", type=positive, default=2, help="N: processes, and threads of the one-process launch")
+    dd.add_argument("--batch", type=positive, default=16, help="the global batch (split across the processes)")
+    dd.add_argument("--seq", type=positive, default=128)
+    dd.add_argument("--steps", type=positive, default=10, help="timed steps per launch and round")
+    dd.add_argument("--warmup", type=positive, default=2)
+    dd.add_argument("--rounds", type=positive, default=3)
+    dd.add_argument("--out", default="results/bench")
     qp = sub.add_parser("qpt", help="training-step cost of quantized pre-training recipes vs the FP step (CPU)")
     qp.add_argument("--model", default="gpt2_cpu")
     qp.add_argument("--recipe", action="append", help="repeatable; default: qpt_w8a8, qpt_w8a8g8, qpt_m1_8_channel")
@@ -455,6 +465,18 @@ def main(argv: list[str]) -> None:
         for r in res["rows"]:
             print(f"{r['model']:10s} {r['recipe']:18s} {r['ms_per_step']:8.1f} ms/step "
                   f"{r['tokens_per_s']:8.0f} tok/s  x{r['vs_fp32']:.3f} vs fp32")
+        print(f"wrote {write_record(res, Path(a.out), 'cpu')}")
+        return
+    if a.what == "ddp":
+        from ..train.bench_ddp import bench_ddp
+
+        if a.batch % a.procs:
+            raise BenchError(f"--batch {a.batch} must be a multiple of --procs {a.procs} (each process takes an equal "
+                             f"share of the global batch)")
+        res = bench_ddp(a)
+        for r in res["rows"]:
+            print(f"{r['processes']} process(es) x {r['threads_per_process']} thread(s): {r['median_step_s'] * 1e3:8.1f}"
+                  f" ms/step {r['tokens_per_s']:8.0f} tok/s  x{r['vs_1x1']:.3f} vs 1 x 1")
         print(f"wrote {write_record(res, Path(a.out), 'cpu')}")
         return
     if a.what == "pretrain":
