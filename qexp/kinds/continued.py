@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ..models import continued
-from ..models.loading import ModelLoadError, load_model
+from ..models.loading import ModelLoadError, load_model, load_tokenizer
 from ..tasks import corpus, pretraining
 from ..train import pretrain as training
 from .base import Evaluation, KindError, Loaded, TaskKind, register
@@ -91,15 +91,19 @@ class ContinueCLM(Pretrain):
         task, cfg, ctx = self.task, self.cfg, self.ctx
         cache = Path(cfg.cache_dir)
         seq = int(task.seq_length)
-        try:
-            base = load_model(cfg.model, seed=ctx.seed)
+        def weights():
+            try:
+                hf = (base.model if base.model is not None else load_model(cfg.model, seed=ctx.seed).model).float()
+                continued.check_type(getattr(hf.config, "model_type", None), self.variant)   # before any training
+            except (ModelLoadError, continued.ContinuedModelError) as e:
+                raise KindError(str(e)) from None
+            return hf
+
+        try:   # the tokenizer and identity first: a cached continued model needs no base weights
+            base = load_tokenizer(cfg.model)
         except ModelLoadError as e:
             raise KindError(str(e)) from None
-        hf, self.tokenizer = base.model.float(), base.tokenizer
-        try:
-            continued.check_type(getattr(hf.config, "model_type", None), self.variant)   # before any training
-        except continued.ContinuedModelError as e:
-            raise KindError(str(e)) from None
+        self.tokenizer = base.tokenizer
         if self.tokenizer.eos_token_id is None:
             raise KindError(f"model {cfg.model.name!r}: its tokenizer has no end-of-text token to separate lines")
         if self.tokenizer.pad_token_id is None:
@@ -115,7 +119,7 @@ class ContinueCLM(Pretrain):
         record = {"tokenizer": tok_desc, "attention": self.variant, "base": base.identity,
                   "blocks": {s: len(b) for s, b in self.blocks.items()}}
         if int(task.train.max_steps) == 0:
-            wrapper = continued.attach(hf, cfg.model, self.variant, ctx.seed)
+            wrapper = continued.attach(weights(), cfg.model, self.variant, ctx.seed)
             record["pretrain"] = {"steps": 0, "continued": False, "diverged": None}
             identity = f"pretrained:{base.identity}"
         else:
@@ -124,8 +128,7 @@ class ContinueCLM(Pretrain):
             trained_now = training.read_meta(folder) is None
             if trained_now:
                 with ctx.timer.stage("pretrain"):
-                    self._continue(hf, folder)
-            del hf
+                    self._continue(weights(), folder)
             hf, wrapper = continued.load(folder, cfg.model, self.variant, ctx.seed)
             meta = training.read_meta(folder)
             record["pretrain"] = {"folder": str(folder), "trained_by_this_run": trained_now, **meta}

