@@ -259,3 +259,34 @@ def test_the_ddp_step_benchmark_runs_every_launch(tmp_path, capsys):
     rec = json.loads(next(tmp_path.glob("ddp_step__cpu__*.json")).read_text())["bench"]
     assert [(r["processes"], r["threads_per_process"]) for r in rec["rows"]] == [(1, 1), (1, 2), (2, 1)]
     assert rec["rows"][0]["vs_1x1"] == 1.0 and all(r["median_step_s"] > 0 for r in rec["rows"])
+
+
+def test_continued_pretraining_with_gates_on_two_processes_equals_one(tmp_path):
+    """Bondarenko et al. 2023 Table 9's continued pre-training (a tiny Llama, gated attention + the FFN term): the
+    gates are parameters of the model DDP wraps; step losses, the gate factors and the perplexity equal one process's."""
+    from .test_continued import SHORT, tiny_llama
+
+    llama = tiny_llama(tmp_path / "llama")
+    corpus = write_corpus(tmp_path / "corpus", 120, 30)
+
+    def go(name, nproc):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        args = ["run", "task=continue_clm", "model=smollm2_135m", f"model.path={llama}", f"task.data_dir={corpus}",
+                f"task.heldout.wikitext2.data_dir={corpus}", "task.heldout.wikitext2.files.eval=valid.txt",
+                "task.heldout_limit.windows=4", "+model/attention=gated_finetune", "task.train.ffn_l2=0.01",
+                f"results_dir={tmp_path / name / 'runs'}", f"cache_dir={tmp_path / name / 'cache'}", *SHORT]
+        head = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+                if nproc > 1 else [sys.executable])
+        out = subprocess.run([*head, "-m", "qexp.cli", *args], capture_output=True, text=True, cwd=REPO, timeout=600,
+                             env=env)
+        assert out.returncode == 0, "\n".join(l for l in out.stderr.splitlines() if "rror" in l)[-3000:]
+        return record(tmp_path, name)
+
+    a, b = go("one", 1), go("two", 2)
+    assert a["run_id"] == b["run_id"] and b["launch"]["world_size"] == 2
+    la = [x["loss"] for x in a["pretrain"]["train_loss"]]
+    assert len(la) == 6 and np.allclose(la, [x["loss"] for x in b["pretrain"]["train_loss"]], rtol=1e-5, atol=0)
+    ga, gb = a["metrics"]["valid"]["gate_factor"], b["metrics"]["valid"]["gate_factor"]
+    assert np.allclose(ga, gb, rtol=1e-5) and not np.allclose(ga, 1.0)   # the gates moved, alike
+    assert np.isclose(a["score"], b["score"], rtol=1e-5)

@@ -32,7 +32,7 @@ class ContinueCLM(Pretrain):
     causal = True
     lm_objective, arch = "clm", "decoder"
     quantized_training = False
-    distributed = False       # not tried under torchrun yet (the gates are hooks; DDP sees their parameters)
+    distributed = True        # data-parallel continued pre-training (the gates are parameters of the model DDP wraps)
 
     def check(self) -> None:
         TaskKind.check(self)
@@ -88,9 +88,12 @@ class ContinueCLM(Pretrain):
 
     # -- load: the pretrained model, its tokenizer, the corpus in its tokens, the continued model --------------------
     def load(self) -> Loaded:
+        from ..common import dist
+
         task, cfg, ctx = self.task, self.cfg, self.ctx
         cache = Path(cfg.cache_dir)
         seq = int(task.seq_length)
+
         def weights():
             try:
                 hf = (base.model if base.model is not None else load_model(cfg.model, seed=ctx.seed).model).float()
@@ -100,7 +103,8 @@ class ContinueCLM(Pretrain):
             return hf
 
         try:   # the tokenizer and identity first: a cached continued model needs no base weights
-            base = load_tokenizer(cfg.model)
+            with dist.main_first():   # a hub download once; the other ranks read the hub cache
+                base = load_tokenizer(cfg.model)
         except ModelLoadError as e:
             raise KindError(str(e)) from None
         self.tokenizer = base.tokenizer
@@ -108,8 +112,9 @@ class ContinueCLM(Pretrain):
             raise KindError(f"model {cfg.model.name!r}: its tokenizer has no end-of-text token to separate lines")
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token   # the causal collator pads (every block is full)
-        raw = corpus.raw_dataset(task, cache)
-        self.blocks = {s: corpus.blocks(raw[s], self.tokenizer, seq, "clm") for s in ("train", "valid")}
+        with dist.main_first():   # tokenization and blocks once; the other ranks read the caches
+            raw = corpus.raw_dataset(task, cache)
+            self.blocks = {s: corpus.blocks(raw[s], self.tokenizer, seq, "clm") for s in ("train", "valid")}
         if len(self.blocks["train"]) == 0 or len(self.blocks["valid"]) == 0:
             raise KindError(f"the corpus yields no blocks of {seq} tokens; lower task.seq_length or add text")
         self.blocks = {s: b.with_format("torch") for s, b in self.blocks.items()}
@@ -125,7 +130,7 @@ class ContinueCLM(Pretrain):
         else:
             key = self._cache_key(base.identity, source, tok_desc, seq)
             folder = training.folder_for(cache, cfg.model.name, task.name, key)
-            trained_now = training.read_meta(folder) is None
+            trained_now = dist.from_main(training.read_meta(folder) is None)   # every rank takes the main one's view
             if trained_now:
                 with ctx.timer.stage("pretrain"):
                     self._continue(weights(), folder)
