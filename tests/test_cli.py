@@ -113,19 +113,23 @@ def test_missing_assets_name_the_override(tmp_path, monkeypatch, overrides, mess
     assert e.value.code == 2 and message in e.value.message
 
 
-def test_multirun_over_seeds_and_recipes_writes_one_record_each(tmp_path):
-    r = qexp("run", "-m", *SMOKE, "+recipe=fp32,w8a8_ptq", "seed=0,1", f"results_dir={tmp_path / 'runs'}",
-             f"hydra.sweep.dir={tmp_path / 'sweep'}")
-    assert r.returncode == 0, r.stderr[-2000:]
+def test_multirun_over_seeds_and_recipes_writes_one_record_each(tmp_path, capsys, caplog):
+    from .helpers import cli
+
+    code, out, err = cli(capsys, "run", "-m", *SMOKE, "+recipe=fp32,w8a8_ptq", "seed=0,1",
+                         f"results_dir={tmp_path / 'runs'}", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert code == 0, err[-2000:]
     recs = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")]
     assert sorted((x["recipe"], x["seed"]) for x in recs) == [("fp32", 0), ("fp32", 1), ("w8a8_ptq", 0),
                                                                ("w8a8_ptq", 1)]
     assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()) == \
         ["0_seed0", "1_seed1", "2_seed0", "3_seed1"]
     # an interrupted sweep resumes: a second identical sweep skips every finished job
-    r = qexp("run", "-m", *SMOKE, "+recipe=fp32,w8a8_ptq", "seed=0,1", f"results_dir={tmp_path / 'runs'}",
-             f"hydra.sweep.dir={tmp_path / 'sweep2'}")
-    assert r.returncode == 0 and (r.stdout + r.stderr).count("skip: a record for this config and seed exists") == 4
+    caplog.clear()
+    code, out, err = cli(capsys, "run", "-m", *SMOKE, "+recipe=fp32,w8a8_ptq", "seed=0,1",
+                         f"results_dir={tmp_path / 'runs'}", f"hydra.sweep.dir={tmp_path / 'sweep2'}")
+    said = out + err + caplog.text
+    assert code == 0 and said.count("skip: a record for this config and seed exists") == 4, said[-2000:]
 
 
 def test_parallel_launcher_writes_separate_records(tmp_path):
