@@ -133,11 +133,11 @@ def test_multirun_over_seeds_and_recipes_writes_one_record_each(tmp_path, capsys
 
 
 def test_parallel_launcher_writes_separate_records(tmp_path):
-    r = qexp("run", "-m", "hydra/launcher=local_parallel", *SMOKE, "+recipe=w8a8_ptq", "seed=0,1,2",
+    r = qexp("run", "-m", "hydra/launcher=local_parallel", *SMOKE, "+recipe=w8a8_ptq", "seed=0,1",
              f"results_dir={tmp_path / 'runs'}", f"hydra.sweep.dir={tmp_path / 'sweep'}", timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     recs = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")]
-    assert sorted(x["seed"] for x in recs) == [0, 1, 2]
+    assert sorted(x["seed"] for x in recs) == [0, 1]
 
 
 def test_slurm_launcher_config_composes():

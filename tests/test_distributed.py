@@ -70,6 +70,25 @@ def record(tmp_path, name) -> dict:
     return json.loads(recs[0].read_text())
 
 
+def one_and_two(tmp_path, overrides: list[str]) -> tuple[dict, dict]:
+    """The same command as one process (in this test process: no interpreter start-up) and under torchrun with two
+    processes; their records."""
+    from qexp.cli import compose
+    from qexp.experiment.pipeline import run
+
+    one = [*overrides, f"results_dir={tmp_path / 'one' / 'runs'}", f"cache_dir={tmp_path / 'one' / 'cache'}"]
+    run(compose(one), one)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    two = [*overrides, f"results_dir={tmp_path / 'two' / 'runs'}", f"cache_dir={tmp_path / 'two' / 'cache'}"]
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                          "qexp.cli", "run", *two], capture_output=True, text=True, cwd=REPO, timeout=600, env=env)
+    assert out.returncode == 0, "\n".join(l for l in out.stderr.splitlines() if "rror" in l)[-3000:]
+    return record(tmp_path, "one"), record(tmp_path, "two")
+
+
 @pytest.mark.parametrize("recipe", [[], ["+recipe=qpt_w8a8g8"], ["+recipe=qpt_m1_8_channel"]])
 def test_two_processes_train_exactly_what_one_process_trains(tmp_path, corpus, recipe):
     """FP, W8A8G8 and an Adam-state recipe: the max-scaled quantizers have no state, and the quantized Adam moments
@@ -116,19 +135,7 @@ def test_glue_fine_tuning_and_qat_on_two_processes_equal_one(tmp_path, rte_like)
     """RTE-like, 19 examples, global batch 8: each epoch ends with a batch of 3, which Accelerate completes with the
     epoch's first examples (and rank 1's share holds none of the 3): weighted out, the fine-tuning loss, the QAT loss
     curve, its learned ranges and the score equal one process's; one record, one cached checkpoint."""
-    def go(name, nproc):
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-        args = ["run", f"task.data_dir={rte_like}", f"results_dir={tmp_path / name / 'runs'}",
-                f"cache_dir={tmp_path / name / 'cache'}", *GLUE]
-        head = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-                if nproc > 1 else [sys.executable])
-        out = subprocess.run([*head, "-m", "qexp.cli", *args], capture_output=True, text=True, cwd=REPO, timeout=600,
-                             env=env)
-        assert out.returncode == 0, "\n".join(l for l in out.stderr.splitlines() if "rror" in l)[-3000:]
-        return record(tmp_path, name)
-
-    a, b = go("one", 1), go("two", 2)
+    a, b = one_and_two(tmp_path, [f"task.data_dir={rte_like}", *GLUE])
     assert a["run_id"] == b["run_id"] and b["launch"]["world_size"] == 2 and b["finetune"]["world_size"] == 2
     assert a["finetune"]["steps"] == b["finetune"]["steps"] == 6
     assert np.isclose(a["finetune"]["train_loss"], b["finetune"]["train_loss"], rtol=1e-5)
@@ -148,22 +155,11 @@ def test_glue_fine_tuning_and_qat_on_two_processes_equal_one(tmp_path, rte_like)
 def test_lkd_on_a_decoder_on_two_processes_equals_one(tmp_path, wikitext_like):
     """ZeroQuant W4/8A8 + LKD on tiny_gpt2: each rank distils on half of every batch through DDP; per block the
     losses before/after and of the first/last steps, and the perplexity, equal one process's."""
-    def go(name, nproc):
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-        args = ["run", "model=tiny_gpt2", "task=wikitext2", f"task.data_dir={wikitext_like}", "+recipe=zq_lkd_w48a8",
-                "recipe.lkd.steps=4", "recipe.lkd.batch_size=4", "recipe.lkd.eval_batches=1", "recipe.lkd.lr=1e-3",
-                "task.limit.windows=2", "task.context_length=64", "calibration.batch_size=2",
-                "calibration.num_batches=1", "calibration.seq_length=32", "recipe.lkd.seq_length=32",
-                "progress=false", f"results_dir={tmp_path / name / 'runs'}", f"cache_dir={tmp_path / name / 'cache'}"]
-        head = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-                if nproc > 1 else [sys.executable])
-        out = subprocess.run([*head, "-m", "qexp.cli", *args], capture_output=True, text=True, cwd=REPO, timeout=600,
-                             env=env)
-        assert out.returncode == 0, "\n".join(l for l in out.stderr.splitlines() if "rror" in l)[-3000:]
-        return record(tmp_path, name)
-
-    a, b = go("one", 1), go("two", 2)
+    a, b = one_and_two(tmp_path, [
+        "model=tiny_gpt2", "task=wikitext2", f"task.data_dir={wikitext_like}", "+recipe=zq_lkd_w48a8",
+        "recipe.lkd.steps=4", "recipe.lkd.batch_size=4", "recipe.lkd.eval_batches=1", "recipe.lkd.lr=1e-3",
+        "task.limit.windows=2", "task.context_length=64", "calibration.batch_size=2", "calibration.num_batches=1",
+        "calibration.seq_length=32", "recipe.lkd.seq_length=32", "progress=false"])
     assert a["run_id"] == b["run_id"] and b["launch"]["world_size"] == 2
     ba, bb = a["lkd"]["blocks"], b["lkd"]["blocks"]
     assert len(ba) == len(bb) == 2
@@ -263,27 +259,17 @@ def test_the_ddp_step_benchmark_runs_every_launch(tmp_path, capsys):
 
 def test_continued_pretraining_with_gates_on_two_processes_equals_one(tmp_path):
     """Bondarenko et al. 2023 Table 9's continued pre-training (a tiny Llama, gated attention + the FFN term): the
-    gates are parameters of the model DDP wraps; step losses, the gate factors and the perplexity equal one process's."""
+    gates are parameters of the model DDP wraps; step losses, the gate factors and the perplexity equal one
+    process's."""
     from .test_continued import SHORT, tiny_llama
 
     llama = tiny_llama(tmp_path / "llama")
     corpus = write_corpus(tmp_path / "corpus", 120, 30)
 
-    def go(name, nproc):
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-        args = ["run", "task=continue_clm", "model=smollm2_135m", f"model.path={llama}", f"task.data_dir={corpus}",
-                f"task.heldout.wikitext2.data_dir={corpus}", "task.heldout.wikitext2.files.eval=valid.txt",
-                "task.heldout_limit.windows=4", "+model/attention=gated_finetune", "task.train.ffn_l2=0.01",
-                f"results_dir={tmp_path / name / 'runs'}", f"cache_dir={tmp_path / name / 'cache'}", *SHORT]
-        head = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-                if nproc > 1 else [sys.executable])
-        out = subprocess.run([*head, "-m", "qexp.cli", *args], capture_output=True, text=True, cwd=REPO, timeout=600,
-                             env=env)
-        assert out.returncode == 0, "\n".join(l for l in out.stderr.splitlines() if "rror" in l)[-3000:]
-        return record(tmp_path, name)
-
-    a, b = go("one", 1), go("two", 2)
+    a, b = one_and_two(tmp_path, [
+        "task=continue_clm", "model=smollm2_135m", f"model.path={llama}", f"task.data_dir={corpus}",
+        f"task.heldout.wikitext2.data_dir={corpus}", "task.heldout.wikitext2.files.eval=valid.txt",
+        "task.heldout_limit.windows=4", "+model/attention=gated_finetune", "task.train.ffn_l2=0.01", *SHORT])
     assert a["run_id"] == b["run_id"] and b["launch"]["world_size"] == 2
     la = [x["loss"] for x in a["pretrain"]["train_loss"]]
     assert len(la) == 6 and np.allclose(la, [x["loss"] for x in b["pretrain"]["train_loss"]], rtol=1e-5, atol=0)
