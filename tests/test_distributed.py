@@ -57,6 +57,12 @@ def launch(tmp_path, corpus, name, nproc, *extra, script=None):
         env.pop(k, None)
     args = ["run", "task=pretrain_clm", f"task.data_dir={corpus}", f"results_dir={tmp_path / name / 'runs'}",
             f"cache_dir={tmp_path / name / 'cache'}", *TINY, *extra]
+    if nproc == 1 and script is None:   # the one-process reference runs in this test process (no start-up)
+        from qexp.cli import compose
+        from qexp.experiment.pipeline import run
+
+        run(compose(args[1:]), args[1:])
+        return subprocess.CompletedProcess(args, 0, "", "")
     target = [str(script)] if script else ["-m", "qexp.cli"]
     # --standalone: torchrun's own rendezvous on a free port (a port picked here could be taken by a parallel test)
     cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *target]
