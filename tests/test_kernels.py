@@ -33,6 +33,7 @@ def _nvcc(source: str, arch: str, what: str, out: Path, keep: Path | None = None
     return r.stderr
 
 
+@pytest.mark.slow   # ~12 s of nvcc per run; `make check-kernels` and `make test-slow` run it
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
 @pytest.mark.parametrize("arch", ARCH_PARAMS)
 def test_gemm_compiles_to_tensor_core_code(arch, tmp_path):

@@ -69,10 +69,12 @@ def test_analyze_outliers_command_writes_pngs_and_csv(tmp_path):
     assert not list(out.glob(".tmp-*"))
 
 
-def test_analyze_outliers_bad_input(tmp_path):
-    r = qexp("analyze", "outliers", "model=tiny_bert", "--layers", "7", "--out", str(tmp_path))
-    assert r.returncode != 0 and "layer(s) [7] do not exist; tiny_bert has layers 0..1" in r.stderr
-    r = qexp("analyze", "outliers", "model=tiny_bert", "--layers", "a", "--out", str(tmp_path))
-    assert r.returncode != 0 and "--layers='a' must be comma-separated integers" in r.stderr
-    r = qexp("analyze", "figures")
-    assert r.returncode != 0 and "invalid choice: 'figures'" in r.stderr
+def test_analyze_outliers_bad_input(tmp_path, capsys):
+    from .helpers import cli
+
+    code, _, err = cli(capsys, "analyze", "outliers", "model=tiny_bert", "--layers", "7", "--out", str(tmp_path))
+    assert code != 0 and "layer(s) [7] do not exist; tiny_bert has layers 0..1" in err
+    code, _, err = cli(capsys, "analyze", "outliers", "model=tiny_bert", "--layers", "a", "--out", str(tmp_path))
+    assert code != 0 and "--layers='a' must be comma-separated integers" in err
+    code, _, err = cli(capsys, "analyze", "figures")
+    assert code != 0 and "invalid choice: 'figures'" in err
