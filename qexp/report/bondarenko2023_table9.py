@@ -153,10 +153,7 @@ def markdown(t: pd.DataFrame, notes: list[str]) -> str:
             "W8A8 over training x calibration seeds (the 2023 PTQ protocol, bq23_w8a8). max inf-norm: the "
             "decoder-layer outputs (residual stream), averaged per sample; kurtosis: non-excess, averaged over the "
             "authors' tensors.\n\n")
-    cols = list(t.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in t.itertuples(index=False)]
-    return head + "\n".join(lines) + "\n\nNotes:\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+    return cells.markdown_table(t, head, notes)
 
 
 def figures(df: pd.DataFrame, out_dir: Path) -> list[Path]:

@@ -143,3 +143,11 @@ def dash_empty_markdown(text: str) -> str:
         out = out.rstrip("\n") + (f"\n\nEmpty cells ({DASH}): no record of that configuration yet (not run here, or "
                                   f"the model or dataset is not offline), or the paper prints none.\n")
     return out
+
+
+def markdown_table(t: pd.DataFrame, head: str, notes: list[str]) -> str:
+    """``head``, the frame as a Markdown table (cells as they are), then the notes as a list."""
+    cols = list(t.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in t.itertuples(index=False)]
+    return head + "\n".join(lines) + "\n\nNotes:\n" + "\n".join(f"- {n}" for n in notes) + "\n"

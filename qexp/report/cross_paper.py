@@ -81,10 +81,7 @@ def markdown(t: pd.DataFrame, notes: list[str]) -> str:
             "the pretrained model and after continued pre-training with vanilla or gated attention (Bondarenko et "
             "al. 2023 Table 9's setting at CPU scale, `task=continue_clm`). Cells: mean ± std [runs] over calibration "
             "seeds. No paper could print this table: each evaluated its own method on its own models.\n\n")
-    cols = list(t.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in t.itertuples(index=False)]
-    return head + "\n".join(lines) + "\n\nNotes:\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+    return cells.markdown_table(t, head, notes)
 
 
 def build(records: list[dict], out_dir: Path) -> dict[str, Path]:
