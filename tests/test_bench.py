@@ -8,7 +8,7 @@ import torch
 
 from qexp.integer.bench import BenchError, bench_gemm, shapes, time_cpu
 from qexp.report.gemm import device_label, table_g8
-from tests.helpers import qexp
+from tests.helpers import cli
 
 
 def test_g8_shapes_are_the_papers_rows():
@@ -40,11 +40,11 @@ def test_cpu_timer_interleaves_the_implementations():
                      ("b", 3)] and set(ms) == {"a", "b"}
 
 
-def test_bench_gemm_cli_writes_a_record_and_make_tables_renders_it(tmp_path):
+def test_bench_gemm_cli_writes_a_record_and_make_tables_renders_it(tmp_path, capsys):
     out = tmp_path / "bench"
-    r = qexp("bench", "gemm", "--shapes", "small", "--device", "cpu", "--repeats", "2", "--inner", "1",
-             "--out", str(out))
-    assert r.returncode == 0, r.stderr
+    code, _, err = cli(capsys, "bench", "gemm", "--shapes", "small", "--device", "cpu", "--repeats", "2", "--inner",
+                       "1", "--out", str(out))
+    assert code == 0, err
     (rec_file,) = out.glob("gemm__cpu__*.json")
     rec = json.loads(rec_file.read_text())
     assert rec["git"]["commit"] and rec["versions"]["torch"] and rec["device"]["type"] == "cpu"
@@ -116,7 +116,7 @@ def test_bench_layer_on_cpu_int8():
     assert res["integer_linears"] == 6 and res["time_ms"]["cpu_int8"] > 0
 
 
-def test_bench_errors_are_clear(tmp_path):
+def test_bench_errors_are_clear(tmp_path, capsys):
     import re
 
     from qexp.integer.cpu_int8 import available
@@ -127,8 +127,8 @@ def test_bench_errors_are_clear(tmp_path):
                                                    f"machine: {valid}")):
         bench_gemm("small", ["ours"], device="cpu", progress=False)
     if not torch.cuda.is_available():
-        r = qexp("bench", "layer", "--out", str(tmp_path))
-        assert r.returncode != 0 and "the CuPy INT8 kernels cannot run here" in r.stderr
+        code, _, err = cli(capsys, "bench", "layer", "--out", str(tmp_path))
+        assert code != 0 and "the CuPy INT8 kernels cannot run here" in err
 
 
 def test_bench_pretrain_plumbing(tmp_path, capsys):

@@ -8,7 +8,7 @@ import torch
 
 from qexp.report.outliers import LayerActivations, outlier_dims, outlier_mask
 
-from .helpers import qexp
+from .helpers import cli
 
 
 def test_outlier_mask_is_six_population_stds_from_the_tensor_mean():
@@ -53,12 +53,12 @@ def test_analyze_finds_a_planted_outlier_dimension(tmp_path):
     assert d[(d.layer == 0) & (d.tensor == "ffn.output")].outliers.max() < 48
 
 
-def test_analyze_outliers_command_writes_pngs_and_csv(tmp_path):
+def test_analyze_outliers_command_writes_pngs_and_csv(tmp_path, capsys):
     out = tmp_path / "fig2"
-    r = qexp("analyze", "outliers", "model=tiny_bert", "--layers", "0,1", "--sequences", "3", "--top", "4",
-             "--out", str(out))
-    assert r.returncode == 0, r.stderr
-    assert "top outlier dimensions" in r.stdout and "layer  1 FFN output" in r.stdout
+    code, stdout, err = cli(capsys, "analyze", "outliers", "model=tiny_bert", "--layers", "0,1", "--sequences", "3",
+                            "--top", "4", "--out", str(out))
+    assert code == 0, err
+    assert "top outlier dimensions" in stdout and "layer  1 FFN output" in stdout
     for i in (0, 1):
         for kind in ("ranges", "outliers"):
             assert (out / f"ffn_{kind}_layer{i}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -8,6 +8,7 @@ qexp/tasks/lm_eval_tasks/ (``qexp_*``), which read local files: qexp copies them
 """
 from __future__ import annotations
 
+import functools
 import logging
 import tempfile
 from pathlib import Path
@@ -48,6 +49,13 @@ def flatten(results: dict) -> dict[str, dict[str, float]]:
     return out
 
 
+@functools.lru_cache(maxsize=1)
+def _builtin_manager():
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager()
+
+
 def evaluate(hf_model, tokenizer, task, device: str, progress: bool = False) -> dict[str, dict[str, float]]:
     """Run ``task.tasks`` (zero-shot) on ``hf_model``; ``task.limit.docs`` caps the documents per task (smoke runs)."""
     import lm_eval
@@ -62,7 +70,10 @@ def evaluate(hf_model, tokenizer, task, device: str, progress: bool = False) -> 
     logging.getLogger("lm_eval").setLevel(logging.WARNING if not progress else logging.INFO)
     with tempfile.TemporaryDirectory(prefix="qexp-lm-eval-") as tmp:
         _write_local_tasks(Path(tmp), task.get("data_dir"), local)
-        manager = TaskManager(include_path=tmp if local else None)
+        # lm-eval's own index (14k task files, ~10 s to scan) only when a task is not one of qexp's local tasks;
+        # the built-in-only manager is kept for the process (a sweep evaluates many jobs in one process)
+        builtin = any(n not in local for n in names)
+        manager = (TaskManager(include_path=tmp, include_defaults=builtin) if local else _builtin_manager())
         missing = [n for n in names if n not in manager.all_tasks]
         if missing:
             raise ZeroShotError(f"lm-eval does not know task(s) {missing}; see `lm_eval --tasks list`, or the local "

