@@ -145,9 +145,14 @@ def dash_empty_markdown(text: str) -> str:
     return out
 
 
+def markdown_rows(t: pd.DataFrame) -> str:
+    """The frame as a Markdown table, cells as they are (``|`` inside a cell escaped)."""
+    cols = list(t.columns)
+    lines = ["| " + " | ".join(str(c) for c in cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |" for row in t.itertuples(index=False)]
+    return "\n".join(lines)
+
+
 def markdown_table(t: pd.DataFrame, head: str, notes: list[str]) -> str:
     """``head``, the frame as a Markdown table (cells as they are), then the notes as a list."""
-    cols = list(t.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in t.itertuples(index=False)]
-    return head + "\n".join(lines) + "\n\nNotes:\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+    return head + markdown_rows(t) + "\n\nNotes:\n" + "\n".join(f"- {n}" for n in notes) + "\n"

@@ -273,10 +273,12 @@ def build_all(runs_dir: Path, out_dir: Path, bench_dir: Path | None = None) -> d
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-building-"))
     try:
         built = _build_into(records, tmp, Path(bench_dir) if bench_dir else runs_dir.parent / "bench")
-        for path in sorted(p for p in tmp.rglob("*") if p.is_file()):   # every file a builder wrote, figures too
+        fresh = sorted(p for p in tmp.rglob("*") if p.is_file())   # every file a builder wrote, figures too
+        for path in fresh:
             target = out_dir / path.relative_to(tmp)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, target)
+        _remove_stale(out_dir, {p.relative_to(tmp) for p in fresh})
         from .site import build as build_site
 
         page_dir = out_dir.parent if out_dir.name == "tables" else out_dir   # results/index.html by default
@@ -286,6 +288,25 @@ def build_all(runs_dir: Path, out_dir: Path, bench_dir: Path | None = None) -> d
         return written
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+GENERATED = ("bondarenko2021", "bondarenko2023", "zeroquant", "kwon2021", "chitsaz2024", "claims", "cross_paper",
+             "text_outliers")
+
+
+def _remove_stale(out_dir: Path, fresh: set[Path]) -> None:
+    """A file of an earlier build that this build did not write (a figure of a setting whose records were migrated, a
+    table that was renamed) would sit beside the fresh ones as if current: removed.  Only the names ``qexp tables``
+    writes are touched; anything else in the folder stays."""
+    import warnings
+
+    stale = sorted(p for p in out_dir.iterdir() if p.is_file() and p.name.startswith(GENERATED)
+                   and p.relative_to(out_dir) not in fresh)
+    for p in stale:
+        p.unlink()
+    if stale:
+        warnings.warn(f"qexp tables: removed {len(stale)} file(s) of an earlier build that this build did not write: "
+                      f"{', '.join(p.name for p in stale[:5])}{' ...' if len(stale) > 5 else ''}", stacklevel=2)
 
 
 def _build_into(records: list[dict], out_dir: Path, bench: Path) -> dict[str, Path]:
@@ -352,4 +373,7 @@ def _build_into(records: list[dict], out_dir: Path, bench: Path) -> dict[str, Pa
     from .latex import write_latex_for
 
     written.update(write_latex_for(written))
+    from . import paper_pages
+
+    written.update(paper_pages.build(out_dir))   # last: it quotes the finished tables
     return written

@@ -388,3 +388,42 @@ def test_the_results_page_has_every_table_and_figure_and_its_links_resolve(tmp_p
     first = page.read_text()
     build_all(runs, out)
     assert page.read_text() == first   # issue 29: the same records give the same page (no random element ids)
+
+
+def test_one_measured_here_page_per_paper_quotes_its_generated_tables(tmp_path):
+    """Issue 32 #2: results/tables/<paper>.md holds every table of that paper as this build wrote it (the docs link
+    there instead of copying numbers), its claims, and its figures; every link on the page resolves."""
+    import re
+
+    from qexp.report.paper_pages import PAPERS
+
+    runs, out = tmp_path / "runs", tmp_path / "tables"
+    runs.mkdir()
+    for seed, (fp, q) in enumerate([(60.0, 50.0), (62.0, 51.0)]):
+        write(runs, "minilm_l6", "rte", "fp32", seed, fp)
+        write(runs, "minilm_l6", "rte", "w8a8_ptq", seed, q)
+    written = build_all(runs, out)
+    for key in PAPERS:
+        assert written[f"{key}.md"] == out / f"{key}.md"
+    page = (out / "bondarenko2021.md").read_text()
+    t1 = (out / "bondarenko2021_table1.md").read_text()
+    assert "| W8A8 |" in t1 and t1.splitlines()[4] in page        # the generated table, verbatim
+    assert "61.00 [2]" in page and "## claims" in page
+    for link in re.findall(r"\]\(([^)#]+)\)", page):
+        assert (out / link).exists() or link.startswith("../../docs/"), link
+    assert (tmp_path / "tables" / "zeroquant2022.md").read_text().startswith("# Measured here: ZeroQuant 2022")
+    assert "bondarenko2021_table1" not in (out / "kwon2021.md").read_text()   # a page quotes its own paper only
+
+
+def test_a_file_of_an_earlier_build_that_this_build_does_not_write_is_removed(tmp_path):
+    """A figure of a setting whose records were migrated sat in results/tables as if current; other files stay."""
+    runs, out = tmp_path / "runs", tmp_path / "tables"
+    runs.mkdir()
+    write(runs, "minilm_l6", "rte", "fp32", 0, 60.0)
+    out.mkdir()
+    (out / "chitsaz2024_figure4_oldsetting_seed0.png").write_bytes(b"old")
+    (out / "my_notes.txt").write_text("mine")
+    with pytest.warns(UserWarning, match="removed 1 file"):
+        build_all(runs, out)
+    assert not (out / "chitsaz2024_figure4_oldsetting_seed0.png").exists() and (out / "my_notes.txt").exists()
+    assert (out / "bondarenko2021_table1.md").exists()
