@@ -88,9 +88,49 @@ def test_unknown_group_options_list_the_choices():
         compose(["model=gpt5"])
 
 
+def _prepared(overrides):
+    from qexp.experiment.pipeline import prepare
+
+    return prepare(compose(overrides), Path.cwd(), overrides)
+
+
 def test_smoke_debug_and_seed_override():
-    cfg = compose(["debug=smoke", "seed=3", "task=rte"])
+    cfg = _prepared(["debug=smoke", "seed=3", "task=rte"])
     assert cfg.seed == 3 and cfg.task.limit.train == 16 and cfg.calibration.num_batches == 1
+
+
+@pytest.mark.parametrize("task, key, smoke_value, full_value", [
+    ("rte", "finetune.max_steps", 2, -1),
+    ("pretrain_clm", "train.max_steps", 4, 800),          # was 800 under the old debug=smoke
+    ("pretrain_mlm_paper", "train.max_steps", 4, None),
+    ("qpt_clm", "heldout_limit.windows", 2, None),
+    ("continue_clm", "train.max_steps", 4, 240),
+    ("wikitext2", "limit.windows", 2, None),
+    ("zeroshot_local", "limit.docs", 4, None),
+    ("text_outliers", "eval_windows", 4, 64),
+])
+def test_debug_smoke_is_each_kinds_own_and_leaves_no_trace_otherwise(task, key, smoke_value, full_value):
+    """Issue 26 #3: debug=smoke takes the task's own smoke values (pre-training: a few steps, not 800) and writes no
+    other kind's keys; without it the block leaves the config (so no run id or record carries it)."""
+    from omegaconf import OmegaConf
+
+    smoke = _prepared(["debug=smoke", f"task={task}"])
+    assert OmegaConf.select(smoke, f"task.{key}") == smoke_value and "smoke" not in smoke.task
+    plain = _prepared([f"task={task}"])
+    assert "smoke" not in plain.task and "debug" not in plain
+    if full_value is not None:
+        assert OmegaConf.select(plain, f"task.{key}") == full_value
+    if task != "rte":
+        assert "finetune" not in smoke.task          # no GLUE key written into another kind's task
+    if not task.startswith(("wikitext", "zeroshot", "rte")):
+        assert "limit" not in smoke.task or task == "qpt_clm" and "windows" not in smoke.task.limit
+
+
+def test_a_key_set_on_the_command_line_wins_over_the_smoke_value():
+    cfg = _prepared(["debug=smoke", "task=pretrain_clm", "task.train.max_steps=6"])
+    assert cfg.task.train.max_steps == 6 and cfg.task.train.eval_steps == 2   # the rest of the block still applies
+    cfg = _prepared(["debug=smoke", "task=rte", "task.limit.train=19"])
+    assert cfg.task.limit.train == 19 and cfg.task.limit.eval == 16
 
 
 def test_launcher_configs_exist():

@@ -55,7 +55,7 @@ def bench_eval(overrides: list[str], backends: list[str], repeats: int = 2, thre
     order = _passes(backends)
     if threads:
         torch.set_num_threads(int(threads))
-    cfg = pipeline.prepare(compose(list(overrides)), Path(cwd or Path.cwd()))
+    cfg = pipeline.prepare(compose(list(overrides)), Path(cwd or Path.cwd()), list(overrides))
     if cfg.recipe.name == "fp32":
         raise BenchEvalError("qexp bench eval times a quantized recipe's backends against FP32; name one, e.g. "
                              "+recipe=zq_w8a8")

@@ -33,12 +33,14 @@ class SeedError(ValueError):
     pass
 
 
-def prepare(cfg: DictConfig, cwd: Path) -> DictConfig:
+def prepare(cfg: DictConfig, cwd: Path, overrides: list[str] | None = None) -> DictConfig:
     """No recipe means FP32; relative paths become absolute (they enter run ids and cache keys); an unknown top-level
-    key (a ``+`` typo) is refused."""
+    key (a ``+`` typo) is refused; ``debug=smoke`` takes the task's own smoke values (keys in ``overrides`` win)."""
+    from ..config import smoke
     from ..config.compose import check_top_level
 
     check_top_level(cfg)
+    smoke.apply(cfg, overrides)
     if not isinstance(cfg.get("seed"), int) or isinstance(cfg.get("seed"), bool):
         raise SeedError(f"seed={cfg.get('seed')!r} must be an integer (seeds name fine-tuning and calibration "
                         f"streams: seed=0, seed=0,1,2 in a sweep)")
@@ -210,7 +212,7 @@ def load_and_calibrate(ctx: RunContext, task, steps: PostWeightSteps, report: di
 
 
 def run(cfg: DictConfig, overrides: list[str] | None = None, cwd: Path | None = None) -> dict:
-    cfg = prepare(cfg, Path(cwd or Path.cwd()))
+    cfg = prepare(cfg, Path(cwd or Path.cwd()), overrides)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     path = records.record_path(Path(cfg.results_dir), resolved)
     if path.exists() and not cfg.force:
