@@ -410,20 +410,13 @@ def _main(argv: list[str] | None = None) -> None:
         _search_space(rest)
     elif cmd == "tables":
         _tables(rest)
-    elif cmd == "bench" and rest[:1] == ["eval"]:
-        from .experiment.bench_eval import main as bench_eval_main
-
-        try:
-            bench_eval_main(rest[1:])
-        except _user_errors() as e:  # IntegerBackendError and BenchEvalError are ValueErrors
-            fail(str(e))
     elif cmd == "bench":
-        from .integer.bench import BenchError, main as bench_main
+        from .bench.cli import BenchError, main as bench_main
         from .integer.kernels import KernelError
 
         try:
             bench_main(rest)
-        except (BenchError, KernelError, *_user_errors()) as e:
+        except (BenchError, KernelError, *_user_errors()) as e:   # IntegerBackendError and BenchEvalError: ValueErrors
             fail(str(e))
     else:
         sys.exit(f"qexp: error: unknown command {cmd!r}; valid: run, ls, search-space, analyze, tables, bench "

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
-from qexp.integer.bench import BenchError, bench_gemm, shapes, time_cpu
+from qexp.bench.gemm import BenchError, bench_gemm, shapes
+from qexp.common.timing import time_cpu
 from qexp.report.gemm import device_label, table_g8
 from tests.helpers import cli
 
@@ -32,7 +33,7 @@ def test_cpu_timer_rotates_buffer_sets():
 
 
 def test_cpu_timer_interleaves_the_implementations():
-    from qexp.integer.bench import time_cpu_interleaved
+    from qexp.common.timing import time_cpu_interleaved
 
     calls = []
     ms = time_cpu_interleaved({"a": lambda i: calls.append(("a", i)), "b": lambda i: calls.append(("b", i))}, 2, 2)
@@ -99,7 +100,7 @@ def test_table_g8_layout_with_a_gpu_record(tmp_path):
 
 def test_bench_layer_plumbing_on_the_cpu():
     """The layer benchmark's model, recipe and hooks on the CPU with the torch integer backend (no speed claim)."""
-    from qexp.integer.bench import bench_layer
+    from qexp.bench.gemm import bench_layer
 
     res = bench_layer(2, 16, repeats=1, progress=False, device="cpu", backend="torch_int")
     assert res["integer_linears"] == 6  # Q, K, V, attention output, FFN in, FFN out
@@ -107,7 +108,7 @@ def test_bench_layer_plumbing_on_the_cpu():
 
 
 def test_bench_layer_on_cpu_int8():
-    from qexp.integer.bench import bench_layer
+    from qexp.bench.gemm import bench_layer
     from qexp.integer.cpu_int8 import available
 
     if not available():
@@ -148,7 +149,7 @@ def test_bench_pretrain_plumbing(tmp_path, capsys):
 
 @pytest.mark.gpu
 def test_bench_gemm_and_layer_on_a_gpu(tmp_path):
-    from qexp.integer.bench import bench_layer
+    from qexp.bench.gemm import bench_layer
 
     res = bench_gemm("g8", None, repeats=5, inner=2, progress=False)
     impls = {r["impl"] for r in res["rows"]}
@@ -160,7 +161,7 @@ def test_bench_gemm_and_layer_on_a_gpu(tmp_path):
 
 def test_bench_fakequant_reports_ratios_side_by_side(tmp_path):
     """The benchmark's shape (ratios in one run; the numbers themselves come from `qexp bench fakequant`)."""
-    from qexp.integer.bench_fakequant import bench_fakequant
+    from qexp.bench.fakequant import bench_fakequant
 
     res = bench_fakequant("tiny_bert", "w8a8_ptq", batch=2, seq=8, repeats=1, inner=1, site_elements=4096)
     rows = {r["forward"]: r for r in res["rows"]}

@@ -156,7 +156,7 @@ def test_bad_bench_input_is_one_line_and_exit_2(capsys, args, message):
 
 
 def test_a_bench_out_folder_under_a_file_is_refused_before_the_benchmark(capsys, tmp_path, monkeypatch):
-    import qexp.integer.bench as bench
+    import qexp.bench.gemm as bench
 
     monkeypatch.setattr(bench, "bench_gemm", lambda *a, **k: pytest.fail("the benchmark ran"))
     (tmp_path / "f").write_text("")

@@ -49,7 +49,9 @@ def test_savings_by_hand():
 def test_bench_record_renders_the_memory_figures(tmp_path):
     from qexp.report import chitsaz2024
 
-    res = memory.bench_memory(batch=2, seq=16, vocab=300)
+    from qexp.bench.memory import bench_memory
+
+    res = bench_memory(batch=2, seq=16, vocab=300)
     assert res["measured"] == res["analytic"]
     (tmp_path / "bench").mkdir()
     (tmp_path / "bench" / "memory__cpu__x.json").write_text(json.dumps({"bench": res, "finished": "t"}))

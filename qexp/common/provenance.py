@@ -1,6 +1,6 @@
 """Where a result came from, and how it is written: atomic JSON files, the git commit, package versions, the device.
 
-Shared by run records (:mod:`qexp.experiment.records`) and benchmark records (:mod:`qexp.integer.bench`).
+Shared by run records (:mod:`qexp.experiment.records`) and benchmark records (:mod:`qexp.bench.record`).
 """
 from __future__ import annotations
 

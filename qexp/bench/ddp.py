@@ -63,7 +63,7 @@ def _launch(procs: int, threads: int, args, out: Path) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
-    worker = ["-m", "qexp.train.bench_ddp", "--worker", args.model, str(args.batch), str(args.seq), str(args.steps),
+    worker = ["-m", "qexp.bench.ddp", "--worker", args.model, str(args.batch), str(args.seq), str(args.steps),
               str(args.warmup), str(out)]
     cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}", *worker]
            if procs > 1 else [sys.executable, *worker])

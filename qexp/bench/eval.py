@@ -48,7 +48,7 @@ def bench_eval(overrides: list[str], backends: list[str], repeats: int = 2, thre
     from ..config.compose import compose
     from ..integer.backends import attach, check_backend
     from ..quant.analysis import full_precision
-    from . import pipeline
+    from ..experiment import pipeline
 
     if repeats < 1:
         raise BenchEvalError(f"--repeats {repeats}: must be at least 1")
@@ -98,7 +98,7 @@ def bench_eval(overrides: list[str], backends: list[str], repeats: int = 2, thre
 
 
 def main(argv: list[str]) -> None:
-    from ..integer.bench import write_record
+    from .record import write_record
 
     ap = argparse.ArgumentParser(prog="qexp bench eval", description=__doc__.split("\n\n")[0])
     ap.add_argument("--backend", action="append", help="repeatable: fake, torch_int, cpu_int8, cupy_int8 "
