@@ -98,6 +98,8 @@ def main(argv: list[str]) -> None:
     fq.add_argument("--batch", type=positive, default=16)
     fq.add_argument("--seq", type=positive, default=128)
     fq.add_argument("--repeats", type=positive, default=15)
+    fq.add_argument("--no-compiled", action="store_true", help="leave out the compiled-chain row (its first call "
+                                                                   "compiles for ~20-40 s)")
     fq.add_argument("--threads", type=positive, default=None)
     fq.add_argument("--out", default="results/bench")
     a = ap.parse_args(argv)
@@ -110,7 +112,8 @@ def main(argv: list[str]) -> None:
     if a.what == "fakequant":
         from .fakequant import bench_fakequant
 
-        res = bench_fakequant(a.model, a.recipe, a.batch, a.seq, a.repeats, threads=a.threads)
+        res = bench_fakequant(a.model, a.recipe, a.batch, a.seq, a.repeats, threads=a.threads,
+                              compiled=not a.no_compiled)
         for r in res["rows"]:
             print(f"{r['forward']:24s} {r['ms']:8.2f} ms  x{r['vs_qexp_fp32']:.3f} vs qexp fp32  "
                   f"x{r['vs_hf_fp32']:.3f} vs HF fp32")

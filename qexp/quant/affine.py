@@ -10,6 +10,7 @@ Rounding is round-half-to-even (torch.round), as in the authors' code.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -160,10 +161,50 @@ def fake_quantize(x: torch.Tensor, p: QParams) -> torch.Tensor:
 
 
 @torch.no_grad()
+def _chain(x, scale, zero_point, q_min: float, q_max: float):
+    return torch.clamp(torch.round(x / scale) + zero_point, q_min, q_max).sub(zero_point).mul(scale)
+
+
+def _chain_zero(x, scale, q_min: float, q_max: float):
+    return torch.clamp(torch.round(x / scale), q_min, q_max).mul(scale)
+
+
+def _chain_offset_first(x, scale, zp, q_min: float, q_max: float):
+    return torch.clamp(torch.round((x - zp) / scale), q_min, q_max).mul(scale).add(zp)
+
+
+# Issue 31 #5: the inference chain compiled into one loop (torch.compile, Inductor): one pass over x instead of six.
+# Every step is exactly rounded in both (IEEE division, round-half-to-even, clamp, subtract, multiply), so the values
+# are the eager chain's bit for bit (tests/quant/test_affine.py checks ties and every grid).  Off by default: the first
+# call in a process compiles (~20-40 s on a CPU; Inductor then caches on disk), which a one-minute PTQ run does not
+# earn back.  On: QEXP_COMPILED_FAKEQUANT=1 in the environment, or ``set_compiled(True)``.
+COMPILED = os.environ.get("QEXP_COMPILED_FAKEQUANT") == "1"
+_compiled: dict = {}
+
+
+def set_compiled(on: bool) -> None:
+    global COMPILED
+    COMPILED = bool(on)
+
+
+def _compiled_fn(fn):
+    if fn not in _compiled:
+        _compiled[fn] = torch.compile(fn, dynamic=True, fullgraph=True)
+    return _compiled[fn]
+
+
 def fake_quantize_inplace(x: torch.Tensor, p: QParams, zero_point_is_zero: bool = False) -> torch.Tensor:
     """:func:`fake_quantize` for inference (no gradient): the same operations in the same order, so the same values
     bit for bit (``x + (round(x) - x)`` is exactly ``round(x)`` in floating point), but one new tensor instead of
-    eight and no straight-through bookkeeping.  ``zero_point_is_zero`` skips the two zero-point passes."""
+    eight and no straight-through bookkeeping.  ``zero_point_is_zero`` skips the two zero-point passes.  With
+    :data:`COMPILED` the chain runs as one compiled loop (same values)."""
+    if COMPILED and x.device.type == "cpu":
+        lo, hi = float(p.q_min), float(p.q_max)
+        if p.offset_first:
+            return _compiled_fn(_chain_offset_first)(x, p.scale, _zp_value(p), lo, hi)
+        if zero_point_is_zero:
+            return _compiled_fn(_chain_zero)(x, p.scale, lo, hi)
+        return _compiled_fn(_chain)(x, p.scale, p.zero_point, lo, hi)
     if p.offset_first:
         zp = _zp_value(p)
         return torch.sub(x, zp).div_(p.scale).round_().clamp_(p.q_min, p.q_max).mul_(p.scale).add_(zp)

@@ -118,3 +118,30 @@ def test_a_learned_range_keeps_its_gradient():
     x = torch.linspace(-3, 3, 25, requires_grad=True)
     fake_quantize(x, qparams(lo, hi, 4, False)).sum().backward()
     assert hi.grad is not None and x.grad is not None
+
+
+@pytest.mark.slow   # Inductor compiles three loops on first use (~20-40 s on a CPU without its disk cache)
+@pytest.mark.parametrize("symmetric, grid, per_channel", [(True, "qexp", False), (False, "qexp", False),
+                                                          (False, "deepspeed", False), (True, "qexp", True),
+                                                          (False, "deepspeed", True), (False, "qexp", True)])
+def test_the_compiled_inference_chain_equals_the_eager_one_bit_for_bit(symmetric, grid, per_channel, monkeypatch):
+    """Issue 31 #5 (QEXP_COMPILED_FAKEQUANT=1): the same bits as the eager in-place chain, on exact .5 ties of the
+    grid (round half to even), the clipping edges, signed zeros and values far outside the range, in two shapes."""
+    from qexp.quant import affine
+
+    g = torch.Generator().manual_seed(0)
+    for shape in ((6, 40), (3, 6, 40)):
+        x = torch.randn(*shape, generator=g) * 3
+        lo = x.amin(-1, keepdim=True) * 0.7 if per_channel else x.min() * 0.7
+        hi = x.amax(-1, keepdim=True) * 0.6 if per_channel else x.max() * 0.6
+        p = affine.qparams(lo, hi, 4, symmetric, grid)
+        s = p.scale.expand_as(x) if per_channel else p.scale.expand(x.shape)
+        flat = x.reshape(-1, x.shape[-1])
+        flat[0, :6] = (torch.tensor([0.5, 1.5, -2.5, 2.5, 3.5, -0.5]) * s.reshape(-1, x.shape[-1])[0, :6])   # ties
+        flat[1, :4] = torch.tensor([-0.0, 0.0, 1e9, -1e9])
+        zero = symmetric and p.q_min < 0
+        monkeypatch.setattr(affine, "COMPILED", False)
+        eager = affine.fake_quantize_inplace(x.clone(), p, zero_point_is_zero=zero)
+        monkeypatch.setattr(affine, "COMPILED", True)
+        compiled = affine.fake_quantize_inplace(x.clone(), p, zero_point_is_zero=zero)
+        assert torch.equal(eager.view(torch.int32), compiled.view(torch.int32))   # bits, signed zeros included
