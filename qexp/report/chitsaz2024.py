@@ -277,6 +277,8 @@ def build(records: list[dict], out_dir: Path) -> dict[str, Path]:
     written["chitsaz2024_downstream"] = out_dir / "chitsaz2024_downstream_vs_paper.csv"
     downstream_tables(df).to_csv(written["chitsaz2024_downstream"], index=False, float_format="%.4g")
     written["chitsaz2024_tables.md"].write_text(markdown(t))
+    written["chitsaz2024_summary.md"] = out_dir / "chitsaz2024_summary.md"
+    written["chitsaz2024_summary.md"].write_text(summary_markdown(df))
     written.update(figures(df, out_dir))
     return written
 
@@ -336,3 +338,41 @@ def build_memory(bench_dir: Path, out_dir: Path) -> dict[str, Path]:
         path = _save(fig, out_dir / f"chitsaz2024_figure{figure}_memory.png")
         written[path.stem] = path
     return written
+
+
+# -- the one-row-per-recipe summary (was scripts/qpt_summary.py, pasted into the docs by hand) -----------------------
+SUMMARY_DOWNSTREAM = ("mrpc", "qnli", "rte", "sst2", "wnli")   # the GLUE tasks with dev files here
+
+
+def _num(x, fmt: str) -> str:
+    import math
+
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return "inf" if math.isinf(x) else format(x, fmt)
+
+
+def summary_markdown(df: pd.DataFrame) -> str:
+    """One row per (setting, recipe): final validation loss, held-out perplexities, the ratio to the setting's FP32
+    WikiText-2 perplexity, the status (ok / diverged at step N / exploded) and the 5-shot downstream accuracies; the
+    baseline first, then the training variants, then the post-training rows, each in the order they finished."""
+    lines = ["Chitsaz et al. 2024 at CPU scale: one row per recipe (seed 0 unless noted), from the qpt_clm records",
+             ""]
+    if df.empty:
+        return "\n".join(lines + ["(no qpt_clm records yet)"]) + "\n"
+    for setting, g in df.groupby("setting"):
+        base = g[g.recipe == "fp32"].wikitext2.mean()
+        g = g.assign(k=[(0 if r == "fp32" else 2 if r.startswith("qpt_ptq_") else 1, f)
+                        for r, f in zip(g.recipe, g.finished)])
+        lines += [f"setting {setting}: {g.model.iloc[0]}, {g.scale.iloc[0]}", "",
+                  "| recipe | seed | final val loss | WikiText-2 ppl | PTB ppl | × baseline (WT-2) | status | downstream "
+                  "MRPC / QNLI / RTE / SST-2 / WNLI |", "|---|---|---|---|---|---|---|---|"]
+        for _, r in g.sort_values("k").iterrows():
+            ds = r.downstream if isinstance(r.downstream, dict) else {}
+            down = " / ".join(_num(ds.get(t), ".1f") for t in SUMMARY_DOWNSTREAM) if ds else "–"
+            w = r.wikitext2
+            ratio = w / base if w is not None and base and not pd.isna(w) and not pd.isna(base) else None
+            lines.append(f"| `{r.recipe}` | {r.seed} | {_num(r.val_loss, '.4f')} | {_num(w, '.2f')} | "
+                         f"{_num(r.ptb, '.2f')} | {_num(ratio, '.3f')} | {r.status} | {down} |")
+        lines.append("")
+    return "\n".join(lines)

@@ -427,3 +427,18 @@ def test_a_file_of_an_earlier_build_that_this_build_does_not_write_is_removed(tm
         build_all(runs, out)
     assert not (out / "chitsaz2024_figure4_oldsetting_seed0.png").exists() and (out / "my_notes.txt").exists()
     assert (out / "bondarenko2021_table1.md").exists()
+
+
+def test_the_quantized_pretraining_summary_is_a_generated_table(tmp_path):
+    """Issue 32: the docs pasted the output of scripts/qpt_summary.py; qexp tables now writes it
+    (chitsaz2024_summary.md), one row per recipe, the FP32 baseline first, empty cells '–'."""
+    from qexp.report import chitsaz2024
+
+    rec = {"model": "gpt2_cpu", "seed": 0, "finished": "2026-12-01", "git": {"commit": "abc", "dirty": False}}
+    df = pd.DataFrame([{**rec, "setting": "s1", "scale": "tiny", "recipe": r, "val_loss": v, "wikitext2": w,
+                        "ptb": 2 * w, "status": "ok", "downstream": None}
+                       for r, v, w in (("qpt_w8a8", 5.1, 110.0), ("fp32", 5.0, 100.0))])
+    text = chitsaz2024.summary_markdown(df)
+    rows = [l for l in text.splitlines() if l.startswith("| `")]
+    assert rows[0].startswith("| `fp32` |") and "| 1.100 |" in rows[1] and rows[1].endswith("| ok | – |")
+    assert "nan" not in text and "None" not in text
