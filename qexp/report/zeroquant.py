@@ -184,14 +184,18 @@ def table_g10(df: pd.DataFrame) -> pd.DataFrame:
     if len(sub):
         sub, _ = cells.select(sub[sub.relative_error.map(bool)], ["model", "task", "setting", "recipe"])
     for (model, task, setting), g in sub.groupby(["model", "task", "setting"], sort=True):
+        group = []
         for label, kind, bits, standard, zq in G10:
             zqs = (zq, "zq_w48a8") if bits == "4" else (zq,)
-            rows.append({"model": model, "task": task, "setting": setting, "configuration": label,
-                         "Standard Quantization": _median_error(g, standard, kind, bits),
-                         "GQ or TQ": next((v for v in (_median_error(g, r, kind, bits) for r in zqs)
-                                           if v is not None), None),
-                         "paper Standard Quantization": paper.loc[label, "Standard Quantization"],
-                         "paper GQ or TQ": paper.loc[label, "GQ or TQ"]})
+            group.append({"model": model, "task": task, "setting": setting, "configuration": label,
+                          "Standard Quantization": _median_error(g, standard, kind, bits),
+                          "GQ or TQ": next((v for v in (_median_error(g, r, kind, bits) for r in zqs)
+                                            if v is not None), None),
+                          "paper Standard Quantization": paper.loc[label, "Standard Quantization"],
+                          "paper GQ or TQ": paper.loc[label, "GQ or TQ"]})
+        # a setting none of whose records is a G.10 recipe (its records feed other tables) prints no row of dashes
+        if any(r["Standard Quantization"] is not None or r["GQ or TQ"] is not None for r in group):
+            rows += group
     return pd.DataFrame(rows, columns=["model", "task", "setting", "configuration", "Standard Quantization",
                                        "GQ or TQ", "paper Standard Quantization", "paper GQ or TQ"])
 

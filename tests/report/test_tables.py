@@ -442,3 +442,24 @@ def test_the_quantized_pretraining_summary_is_a_generated_table(tmp_path):
     rows = [l for l in text.splitlines() if l.startswith("| `")]
     assert rows[0].startswith("| `fp32` |") and "| 1.100 |" in rows[1] and rows[1].endswith("| ok | – |")
     assert "nan" not in text and "None" not in text
+
+
+def test_table_g10_prints_a_setting_only_when_it_has_a_g10_cell():
+    """Issue 29: G.10 printed three rows of dashes for every (model, task, setting) whose records carry relative
+    errors of other recipes only; a setting with a G.10 recipe keeps all three rows (an empty one says not run)."""
+    from qexp.report.zeroquant import _records, table_g10
+
+    def rec(recipe, grid, err):
+        return {"model": "minilm_l6", "task": "rte", "recipe": recipe, "seed": 0, "score": 50.0,
+                "relative_error": err, "finished": "2026-12-01", "git": {"commit": "abc", "dirty": False},
+                "config": {"task": {"kind": "glue"}, "recipe": {"name": recipe, "quant": {"grid": grid}}},
+                "overrides": [f"+recipe={recipe}"]}
+
+    recs = [rec("zq_ptq_w8a8", "deepspeed", {"weight": {"8": 0.12}, "activation": {"8": 0.2}}),
+            rec("zq_w8a8", "deepspeed", {"weight": {"8": 0.05}, "activation": {"8": 0.1}}),
+            rec("zq_w8a8_gq", "qexp", {"weight": {"8": 0.07}})]          # another setting, not a G.10 recipe
+    t = table_g10(_records(recs))
+    assert set(t.setting) == {""} and len(t) == 3
+    row = t.set_index("configuration").loc["Weight, INT8"]
+    assert row["Standard Quantization"] == 0.12 and row["GQ or TQ"] == 0.05
+    assert pd.isna(t.set_index("configuration").loc["Weight, INT4", "GQ or TQ"])
