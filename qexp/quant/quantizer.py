@@ -92,8 +92,10 @@ class Quantizer(nn.Module):
         self.register_buffer("values", None)    # a non-uniform quantizer's dequantized weight (BCQ), weights only
         self._dim_min = self._dim_max = None
 
-    # what a cached quantized weight depends on: any assignment to these bumps ``generation`` (modules.QLinear's cache)
-    _CACHE_INPUTS = frozenset({"values", "x_min", "x_max", "rounding", "perm", "state", "spec"})
+    # what a cached quantized weight depends on: any assignment to these bumps ``generation`` (modules.QLinear's cache).
+    # Not ``state``: the cache is read only in the "fixed" state, and every way into it that changes the ranges assigns
+    # them (calibration, QAT's learned ranges back to buffers); toggling a site off and on again keeps its weight.
+    _CACHE_INPUTS = frozenset({"values", "x_min", "x_max", "rounding", "perm", "spec"})
 
     def __setattr__(self, name: str, value) -> None:
         super().__setattr__(name, value)

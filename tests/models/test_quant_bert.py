@@ -89,3 +89,31 @@ def test_cached_quantized_weights_follow_weight_changes():
         hf.classifier.weight.mul_(2.0)
         b = q(ids, mask).logits
     assert not torch.allclose(a, b)
+
+
+def test_a_cached_quantized_weight_survives_a_state_toggle_but_not_new_ranges():
+    """qexp bench fakequant toggles every site off and on between timed forwards: that bumped the cache key and
+    re-quantized every weight inside the timing, which no evaluation does.  New ranges still invalidate it."""
+    from qexp.quant.sites import quantizers
+
+    torch.manual_seed(0)
+    hf = BertForSequenceClassification(BertConfig(num_labels=2, **SMALL)).eval()
+    q = QuantEncoder(hf).eval()
+    configure(q, {"weights": {"bits": 8, "symmetric": True}, "activations": {"enabled": False}})
+    ids, mask = _inputs()
+    calibrate(q, lambda: [{"input_ids": ids}], 1, progress=False)
+    layer = q.layers[0].intermediate
+    with torch.no_grad():
+        a = q(ids, mask).logits
+        cached = layer._wq_cache
+        for s in quantizers(q):
+            s.set_state("off")
+        fp = q(ids, mask).logits
+        for s in quantizers(q):
+            s.set_state("fixed")
+        assert torch.equal(q(ids, mask).logits, a) and not torch.equal(fp, a)
+        assert layer._wq_cache is cached                     # not recomputed
+        wq = layer.weight_quantizer
+        wq.x_min, wq.x_max = wq.x_min * 0.5, wq.x_max * 0.5   # new ranges: recomputed, different
+        q(ids, mask)
+        assert layer._wq_cache is not cached and not torch.equal(layer._wq_cache, cached)
