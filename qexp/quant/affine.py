@@ -160,7 +160,6 @@ def fake_quantize(x: torch.Tensor, p: QParams) -> torch.Tensor:
     return (x_int - p.zero_point) * p.scale
 
 
-@torch.no_grad()
 def _chain(x, scale, zero_point, q_min: float, q_max: float):
     return torch.clamp(torch.round(x / scale) + zero_point, q_min, q_max).sub(zero_point).mul(scale)
 
@@ -193,6 +192,7 @@ def _compiled_fn(fn):
     return _compiled[fn]
 
 
+@torch.no_grad()
 def fake_quantize_inplace(x: torch.Tensor, p: QParams, zero_point_is_zero: bool = False) -> torch.Tensor:
     """:func:`fake_quantize` for inference (no gradient): the same operations in the same order, so the same values
     bit for bit (``x + (round(x) - x)`` is exactly ``round(x)`` in floating point), but one new tensor instead of
