@@ -17,10 +17,13 @@ ROOT = REPO / "conf" / "experiment"
 EXPERIMENTS = sorted(str(p.relative_to(ROOT).with_suffix("")) for p in ROOT.rglob("*.yaml"))
 
 
-def values(spec) -> list[str]:
-    spec = str(spec)
-    m = re.fullmatch(r"range\((\d+),\s*(\d+)\)", spec)
-    return [str(i) for i in range(int(m[1]), int(m[2]))] if m else spec.split(",")
+def values(spec, key: str = "x") -> list[str]:
+    """The values a sweep spec expands to, by Hydra's own override parser (ranges, and dict values such as
+    ``{gamma:0.0,zeta:1.003},{...}`` whose commas are not separators)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    o = OverridesParser.create().parse_overrides([f"{key}={spec}"])[0]
+    return list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.value()]
 
 
 def params(name: str) -> dict:
@@ -28,7 +31,7 @@ def params(name: str) -> dict:
 
 
 def first_job(name: str) -> list[str]:
-    return [f"{k}={values(spec)[0]}" for k, spec in params(name).items()]
+    return [f"{k}={values(spec, k)[0]}" for k, spec in params(name).items()]
 
 
 def run_path(overrides: list[str]) -> Path:
@@ -53,7 +56,7 @@ def test_every_experiment_composes_and_sweeps_only_existing_choices(name):
     for key, spec in params(name).items():
         if key.lstrip("+") in ("recipe", "task", "model", "model/attention"):
             group = REPO / "conf" / key.lstrip("+")
-            missing = [v for v in values(spec) if not (group / f"{v}.yaml").is_file()]
+            missing = [v for v in values(spec, key) if not (group / f"{v}.yaml").is_file()]
             assert not missing, f"{name}: {key} sweeps {missing}, which {group.relative_to(REPO)} lacks"
 
 
@@ -105,3 +108,21 @@ def test_the_makefile_and_docs_name_only_existing_experiments_and_no_shell_drive
     assert named and named <= set(EXPERIMENTS), sorted(named - set(EXPERIMENTS))
     assert all(any(e.startswith(g) for e in EXPERIMENTS) for g in globs), globs
     assert not list((REPO / "scripts").glob("*.sh"))
+
+
+@pytest.mark.parametrize("name", ["bondarenko2023/table1_mlm", "bondarenko2023/table1_mlm_w8a8"])
+def test_table1_experiment_runs_the_papers_gamma_zeta_rows(name):
+    """The (gamma, zeta) values are swept as pairs (dict values merged into model/attention=clipped), not as a product:
+    the jobs are exactly the paper's Table 1 rows but (0, 1), which is vanilla softmax (bondarenko2023/table2_mlm)."""
+    import pandas as pd
+
+    from qexp.report.bondarenko2023 import REFERENCE
+
+    paper = {(round(g, 6), round(z, 6)) for g, z in
+             pd.read_csv(REFERENCE / "bondarenko2023_table1.csv")[["gamma", "zeta"]].itertuples(index=False)}
+    got = set()
+    for pair in values(params(name)["model.attention"], "model.attention"):
+        att = compose([f"+experiment={name}", "seed=0", f"model.attention={pair}"]).model.attention
+        assert att.softmax == "clipped" and att.gate == "none"
+        got.add((round(float(att.gamma), 6), round(float(att.zeta), 6)))
+    assert got == paper - {(0.0, 1.0)}
