@@ -192,8 +192,10 @@ def test_the_penalty_enters_the_training_loss_and_the_record(tmp_path, corpus, l
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["+model/attention=clipped"], r"model/attention=clipped cannot be put into a pretrained model; valid .*vanilla, "
-                                   r"gated_finetune"),
+    (["+model/attention=clipped"], r"model/attention=clipped puts clipped softmax into bert attention; this model is "
+                                   r"'decoder' \(use model/attention=vanilla, or a BERT encoder"),
+    (["+model/attention=gated_linear"], r"model/attention=gated_linear cannot be put into a pretrained model; valid .*"
+                                        r"vanilla, gated_finetune, clipped"),
     (["task.train.ffn_l2=-0.1"], r"task.train.ffn_l2=-0.1 must be a number >= 0"),
     (["+recipe=qpt_w8a8"], r"recipe 'qpt_w8a8' quantizes training from scratch \(qpt\), but task 'continue_clm'"),
     (["task.train.learning_rate=0"], r"task.train.learning_rate=0 must be > 0"),
@@ -222,7 +224,7 @@ def test_a_scratch_model_or_another_architecture_is_refused(tmp_path, corpus, ll
     from transformers import GPT2Config, GPT2LMHeadModel
 
     GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=16, n_layer=1, n_head=2)).save_pretrained(str(gpt2))
-    with pytest.raises(KindError, match=r"adds gates to llama attention; this model is 'gpt2'"):
+    with pytest.raises(KindError, match=r"adds gates to llama and bert attention; this model is 'gpt2'"):
         _run(tmp_path, corpus, gpt2, "+model/attention=gated_finetune")
     cached = json.dumps(sorted(p.name for p in (tmp_path / "cache").rglob("*"))) if (tmp_path / "cache").exists() else ""
     assert "pretrain" not in cached   # nothing trained

@@ -8,13 +8,16 @@ Two families of pretrained attention take it, by forward hooks (the HF modules s
 and save as usual):
 
 - BERT encoders (``BertSelfAttention``, MiniLM-L6): the hook scales the context layer (B, T, H * d_head) that the
-  self-attention returns, before ``BertSelfOutput``'s dense projection;
+  self-attention returns, before ``BertSelfOutput``'s dense projection; qexp's encoder wrapper, which computes the
+  attention itself, takes the same gate from ``BertSelfAttention.qexp_gate`` (:class:`HeadFactor`: the factor per
+  head in its (B, H, T, 1) layout, applied to P V before the context site), so the wrapper needs the gates before it
+  is built;
 - Llama-style decoders (``LlamaAttention``, SmolLM2: grouped-query attention, rotary embeddings): a pre-hook on
   ``o_proj`` scales its input, the per-query-head attention output (B, T, H * d_head), with x the attention block's
   input (after ``input_layernorm``), captured by a pre-hook on the attention module.
 
-Continued pre-training of a decoder with the gates: ``task=continue_clm`` (:mod:`qexp.kinds.continued`); the BERT
-path is not yet wired into a task (the MLM head warm-up of issue 28 is open).
+Continued pre-training with the gates: ``task=continue_clm`` (decoders) and ``task=continue_mlm`` (BERT encoders),
+:mod:`qexp.kinds.continued`.
 """
 from __future__ import annotations
 
@@ -62,6 +65,17 @@ class FineTuneGate(nn.Module):
         b, t, _ = heads_out.shape
         out = heads_out.view(b, t, self.n_heads, self.d_head) * self.factor(x).to(heads_out.dtype)
         return out.reshape(b, t, self.n_heads * self.d_head)
+
+
+class HeadFactor:
+    """A BERT layer's gate as the encoder wrapper's attention calls it: ``factor(x)`` in (B, H, T, 1).  A plain callable
+    (not a module), so the gate's parameters stay registered once, under ``model.qexp_gates``."""
+
+    def __init__(self, gate: FineTuneGate):
+        self.gate = gate
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gate.factor(x).transpose(1, 2)
 
 
 @contextlib.contextmanager
@@ -113,6 +127,7 @@ def add_gates(model: nn.Module, pi_init: float = 0.5, std: float = 1e-3, seed: i
             return (ctx, *output[1:]) if isinstance(output, tuple) else ctx
 
         att.register_forward_hook(hook, with_kwargs=True)
+        att.qexp_gate = HeadFactor(gate)
         gates.append(gate)
     for att in llama:
         cfg = att.config

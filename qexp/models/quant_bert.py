@@ -166,6 +166,11 @@ class QuantEncoder(nn.Module):
         self.mlm_head = getattr(hf, "cls", None) if classifier is None else None
 
     @property
+    def hf_model(self) -> nn.Module:
+        """The HF model whose parameters the wrapper borrows (as :class:`QuantDecoder` names it)."""
+        return self.hf[0]
+
+    @property
     def blocks(self) -> nn.ModuleList:
         """The transformer blocks in order (LKD distils them one by one)."""
         return self.layers
