@@ -44,12 +44,6 @@ class Continued(Pretrain):
             raise KindError(f"task {task.name!r} continues training a pretrained model, but model {model.name!r} is "
                             f"built from scratch (source: scratch); use task=pretrain_{self.lm_objective} for it, or a "
                             f"pretrained {self.arch} ({self.example}, model.path=/dir)")
-        from ..models.families import family_of
-
-        if family_of(model).causal != self.causal and not model.get("path"):
-            raise KindError(f"task {task.name!r} continues training a {self.arch}, but model {model.name!r} is of "
-                            f"family {model.get('family', 'bert')!r}; use task=continue_"
-                            f"{'mlm' if self.causal else 'clm'} for it, or a {self.arch} ({self.example})")
         try:
             self.variant = continued.variant_of(model, int(task.seq_length))
             if self.causal and self.variant["name"] == "clipped":   # known before the model's type: the family
@@ -305,13 +299,18 @@ class ContinueMLM(Continued):
         from ..common import dist
 
         hw = OmegaConf.to_container(self.task.head_warmup, resolve=True)
+        tr = self._warmup_train(hw)
+        trained = OmegaConf.to_container(tr, resolve=True)
+        for k in training.LOOK_KEYS:   # how often to look or save changes no weight
+            trained.pop(k, None)
+        # every setting the warm-up's training reads (task.train with the head_warmup values in), not only head_warmup
         key = {"base": identity, "data": source, "tokenizer": tok_desc, "seq_length": int(seq),
-               "mlm_probability": self.mlm_probability(), "head_warmup": hw, "seed": int(hw["seed"])}
+               "mlm_probability": self.mlm_probability(), "train": trained, "seed": int(hw["seed"])}
         folder = training.folder_for(Path(self.cfg.cache_dir), self.cfg.model.name, "mlm_head", key)
         trained_now = dist.from_main(training.read_meta(folder) is None)
         if trained_now:
             with self.ctx.timer.stage("head_warmup"):
-                self._warm_head(weights(), folder, hw)
+                self._warm_head(weights(), folder, tr, int(hw["seed"]))
         meta = training.read_meta(folder)
         vanilla = {"name": "vanilla"}
 
@@ -324,31 +323,35 @@ class ContinueMLM(Continued):
         return start, f"{identity}+mlm_head:{folder.name}", {"folder": str(folder), "trained_by_this_run": trained_now,
                                                              **meta}
 
-    def _warm_head(self, encoder, folder: Path, hw: dict) -> None:
+    def _warmup_train(self, hw: dict):
+        """The warm-up's training settings: the task's (betas, weight decay, schedule, ...) with head_warmup's steps,
+        batch size, learning rate and warm-up steps; no FFN term, no gates."""
         from omegaconf import OmegaConf
 
+        return OmegaConf.merge(self.task.train, {"max_steps": int(hw["steps"]), "batch_size": int(hw["batch_size"]),
+                                                 "learning_rate": float(hw["learning_rate"]),
+                                                 "warmup_steps": int(hw["warmup_steps"]), "ffn_l2": 0.0,
+                                                 "gate_lr": None, "grad_accum": 1})
+
+    def _warm_head(self, encoder, folder: Path, tr, seed: int) -> None:
         from ..models.families import family_of
 
         ctx = self.ctx
         try:
-            hf = continued.with_mlm_head(encoder, int(hw["seed"]))
+            hf = continued.with_mlm_head(encoder, seed)
         except continued.ContinuedModelError as e:
             raise KindError(str(e)) from None
         head = set(continued.head_parameters(hf))
         for n, p in hf.named_parameters():
             p.requires_grad_(n in head)
         wrapper = family_of(self.cfg.model).wrap(hf).to(ctx.device)
-        tr = OmegaConf.merge(self.task.train, {"max_steps": int(hw["steps"]), "batch_size": int(hw["batch_size"]),
-                                               "learning_rate": float(hw["learning_rate"]),
-                                               "warmup_steps": int(hw["warmup_steps"]), "ffn_l2": 0.0,
-                                               "gate_lr": None, "grad_accum": 1})
         eval_batches = self._eval_batches(limit=int(tr.eval_batches) * int(self.task.eval.batch_size))
 
         def evaluate_fn(model):
             return pretraining.evaluate(model, eval_batches, ctx.device)
 
         vanilla = {"name": "vanilla"}
-        training.pretrain(wrapper, hf, self.blocks["train"], self._collator(), evaluate_fn, tr, int(hw["seed"]),
+        training.pretrain(wrapper, hf, self.blocks["train"], self._collator(), evaluate_fn, tr, seed,
                           folder, ctx.device, ctx.progress, save_fn=lambda path: continued.save(hf, path, vanilla),
                           extra_meta={"stage": "head_warmup", "trained": sorted(head), "frozen": "the encoder"},
                           report=ctx.report(folder.name))
