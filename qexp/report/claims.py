@@ -122,18 +122,18 @@ def check_table9(records: list[dict]) -> pd.DataFrame:
         pairs = []
         for model, g in (df.groupby("model") if len(df) else []):
             v, gt = g[g.attention == "vanilla"], g[g.attention == "gated_finetune"]
-            pairs.append((model, v, gt))
+            pairs.append((model, v, gt, str(g.task.iloc[0])))
         if not pairs:
             rows.append({"paper": "Bondarenko et al. 2023", "claim": text, "rests on": "Table 9", "model": cells.DASH,
                          "task": cells.DASH, "better row": "gated_finetune", "worse row": "vanilla",
                          "verdict": "untested (neither row has run)"})
-        for model, v, gt in pairs:
+        for model, v, gt, task in pairs:
             b = (float(gt[col].mean()), int(gt.seed.nunique()), float(gt[col].max() - gt[col].min())) if len(gt) \
                 else (None, 0, None)
             w = (float(v[col].mean()), int(v.seed.nunique()), float(v[col].max() - v[col].min())) if len(v) \
                 else (None, 0, None)
             row = {"paper": "Bondarenko et al. 2023", "claim": text, "rests on": "Table 9", "model": model,
-                   "task": "continue_clm", "better row": "gated_finetune", "worse row": "vanilla",
+                   "task": task, "better row": "gated_finetune", "worse row": "vanilla",
                    "better [seeds] (spread)": _fmt(b), "worse [seeds] (spread)": _fmt(w)}
             if b[0] is None or w[0] is None:
                 row["verdict"] = f"untested ({'gated_finetune' if b[0] is None else 'vanilla'} not run)"

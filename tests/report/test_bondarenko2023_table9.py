@@ -7,22 +7,33 @@ from qexp.experiment.records import run_id
 from qexp.report import bondarenko2023_table9 as t9
 
 
-def _rec(att, recipe, seed, ppl, steps=240, cal=0, inf=100.0, kurt=50.0, wt2=30.0, lam=0.0, dirty=False):
-    model = {"name": "smollm2_135m", "family": "decoder"}
-    if att != "vanilla":
+def _rec(att, recipe, seed, ppl, steps=240, cal=0, inf=100.0, kurt=50.0, wt2=30.0, lam=0.0, dirty=False,
+         name="smollm2_135m"):
+    mlm = name == "minilm_l6"
+    model = {"name": name, "family": "bert" if mlm else "decoder"}
+    variant = {"name": att}
+    if att == "clipped":
+        model["attention"] = {"name": "clipped_alpha", "softmax": "clipped", "alpha": 12, "zeta": 1.0}
+        variant = {"name": "clipped", "gamma": -0.09375, "zeta": 1.0}
+    elif att != "vanilla":
         model["attention"] = {"name": att, "pi_init": 0.5, "std": 0.001}
+    kind = "continue_mlm" if mlm else "continue_clm"
     cfg = {"model": model, "seed": seed, "recipe": {"name": recipe},
-           "task": {"kind": "continue_clm", "name": "continue_clm", "seq_length": 128,
+           "task": {"kind": kind, "name": kind, "seq_length": 128,
                     "train": {"max_steps": steps, "batch_size": 4, "grad_accum": 1, "learning_rate": 1e-4,
                               "ffn_l2": lam}},
            "calibration": {"seed": cal}}
-    return {"model": "smollm2_135m", "recipe": recipe, "seed": seed, "config": cfg, "run_id": run_id(cfg),
-            "attention": {"name": att}, "git": {"dirty": dirty},
+    rec = {"model": name, "recipe": recipe, "seed": seed, "config": cfg, "run_id": run_id(cfg),
+            "attention": variant, "git": {"dirty": dirty},
             "metrics": {"valid": {"perplexity": ppl, "max_inf_norm": inf, "avg_kurtosis": kurt,
                                   "calibration_seed": cal},
                         "wikitext2": {"perplexity": wt2}},
             "pretrain": {"curves": [{"step": 0, "max_inf_norm": inf * 2, "avg_kurtosis": kurt, "perplexity": 60.0},
                                     {"step": steps, "max_inf_norm": inf, "avg_kurtosis": kurt, "perplexity": ppl}]}}
+    if mlm:
+        del rec["metrics"]["wikitext2"]
+        rec["head_warmup"] = {"steps": 500, "curves": [{"step": 0, "perplexity": 9e4}, {"step": 500, "perplexity": 600.0}]}
+    return rec
 
 
 @pytest.fixture
@@ -111,3 +122,25 @@ def test_extra_runs_follow_the_default_row_without_the_paper_numbers(records):
     assert list(gated["gate lr"]) == ["= lr", "= lr", 0.01] and list(gated.ffn_l2) == [0.0, 0.01, 0.0]
     assert list(gated["paper: max inf-norm"]) == [50.9, "–", "–"]
     assert sum("targeted extra run" in n for n in notes) == 2
+
+
+def test_masked_lm_rows_follow_the_decoder_rows_with_their_own_notes(records):
+    """MiniLM-L6 (continue_mlm) rows come after SmolLM2's, before / vanilla / gated / clipped; no WikiText-2 cell
+    (a masked LM), the clipped row without paper numbers, the head warm-up said once per model."""
+    recs = records + [_rec("vanilla", "fp32", 0, 30.0, steps=0, name="minilm_l6"),
+                      _rec("clipped", "fp32", 0, 25.0, steps=1200, inf=80.0, name="minilm_l6"),
+                      _rec("gated_finetune", "fp32", 0, 21.0, steps=1200, inf=150.0, name="minilm_l6"),
+                      _rec("vanilla", "fp32", 0, 20.0, steps=1200, inf=200.0, name="minilm_l6")]
+    t, notes = t9.table(t9.frame(recs))
+    mine = t[t["ours: model"] == "minilm_l6"]
+    assert list(mine.method) == ["before fine-tuning (the pretrained model)", "vanilla fine-tuning",
+                                 "fine-tuning with gated attention", "fine-tuning with clipped softmax (γ -0.09375, ζ 1)"]
+    assert t.index[t["ours: model"] == "smollm2_135m"].max() < mine.index.min()
+    assert (mine["FP ppl (WikiText-2)"] == "–").all() and list(mine["FP ppl (valid)"]) == \
+        ["30.00 [1]", "20.00 [1]", "21.00 [1]", "25.00 [1]"]
+    clipped = mine.iloc[3]
+    assert clipped["paper (OPT-1.3B): FP16 ppl"] == "–" and clipped["max inf-norm"] == "80.0 [1]"
+    assert mine.iloc[1]["paper (OPT-1.3B): FP16 ppl"] == 29.46
+    assert any("a masked LM has no running-text perplexity" in n for n in notes)
+    assert any(n.startswith("minilm_l6: a new MLM head warmed up 500 steps") and "600.0" in n for n in notes)
+    assert any("clipped softmax (γ -0.09375, ζ 1): not in the paper's Table 9" in n for n in notes)

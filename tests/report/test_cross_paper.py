@@ -17,7 +17,10 @@ def _records():
     other = _rec("gated_finetune", "zq_w8a8", 0, 999.0, cal=2)
     other["overrides"] = ["recipe.groups=32"]                                            # another configuration
     lam = _rec("gated_finetune", "w8a8_ptq", 0, 777.0, lam=1e-4)                         # an extra setting: Table 9's
-    return recs + zq + [other, lam]
+    mini = [_rec("vanilla", "fp32", 0, 30.0, steps=0, name="minilm_l6"),
+            _rec("gated_finetune", "peg_ptq", 0, 22.0, steps=1200, name="minilm_l6"),
+            _rec("clipped", "peg_ptq", 0, 99.0, steps=1200, name="minilm_l6")]             # not a column here
+    return recs + zq + [other, lam] + mini
 
 
 def test_rows_columns_cells_and_reasons(tmp_path):
@@ -28,10 +31,12 @@ def test_rows_columns_cells_and_reasons(tmp_path):
     assert fp["SmolLM2-135M: pretrained"] == "60.00 [1]" and fp["SmolLM2-135M: gated FT"] == "41.00 [1]"
     assert w8a8["SmolLM2-135M: vanilla FT"] == "102.00 ± 2.00 [3]" and w8a8["SmolLM2-135M: gated FT"] == "–"
     assert zq["SmolLM2-135M: gated FT"] == "45.50 ± 0.71 [2]"
-    assert (t[[c for c in t.columns if c.startswith("MiniLM-L6")]] == "–").all().all()
+    peg = t.loc["2021: PEG-PTQ (Table 5)"]
+    assert fp["MiniLM-L6: pretrained"] == "30.00 [1]" and peg["MiniLM-L6: gated FT"] == "22.00 [1]"
+    assert "99.00" not in t.to_string() and peg["SmolLM2-135M: gated FT"] == "–"
     assert not t.isna().any().any() and not t.astype(str).apply(lambda c: c.str.contains("nan")).any().any()
-    assert any("MiniLM-L6 columns –" in n for n in notes)
     assert any("PEG-PTQ (Table 5) –: its site rules name BERT-encoder sites" in n for n in notes)
+    assert any("PEG-PTQ (Table 5), MiniLM-L6: vanilla FT –: not run yet" in n for n in notes)
     assert any("W8A8 per-tensor PTQ (Table 1), SmolLM2-135M: gated FT –: not run yet" in n for n in notes)
 
 
