@@ -13,7 +13,7 @@ JOBS      ?= 2
 # Bondarenko et al. 2023 Table 9: the corpus and the held-out text of continued pre-training (offline copies)
 T9        ?= task.data_dir=../shared/data/brown_austen task.heldout.wikitext2.data_dir=../shared/data/wikitext-2-raw
 
-.PHONY: help install install-gpu demo test test-slow test-gpu check-kernels bench tables table1-rte bondarenko2021-cpu table9-rte bondarenko2023-cpu table9-bondarenko2023 figure2 clean-cache reproduce-bondarenko2021 reproduce-zeroquant reproduce-bondarenko2023 reproduce-kwon2021 reproduce-chitsaz2024
+.PHONY: help install install-gpu demo test test-slow test-gpu check-kernels bench tables table1-rte bondarenko2021-cpu table9-rte bondarenko2023-cpu table9-bondarenko2023 table9-bondarenko2023-mlm figure2 clean-cache reproduce-bondarenko2021 reproduce-zeroquant reproduce-bondarenko2023 reproduce-kwon2021 reproduce-chitsaz2024
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -66,8 +66,8 @@ table9-rte:  ## Table 9's range-estimator search on real RTE with MiniLM-L6 (42 
 	qexp search-space --run +recipe=estimator_search task=rte model=minilm_l6 task.data_dir=$(GLUE)/RTE seed=$(SEEDS) results_dir=$(RUNS) progress=false
 	qexp tables --runs $(RUNS) --out $(TABLES) --show bondarenko2021_table9
 
-bondarenko2023-cpu:  ## Bondarenko et al. 2023 Tables 2 and 10 at CPU scale: BERT and OPT x vanilla / clipped / gated, 2 training x 3 calibration seeds (~3 h)
-	$(call EXP,bondarenko2023/table2_mlm bondarenko2023/table2_clm bondarenko2023/table2_mlm_w8a8 bondarenko2023/table2_clm_w8a8 bondarenko2023/table10_mlm)
+bondarenko2023-cpu:  ## Bondarenko et al. 2023 Tables 1, 2 and 10 at CPU scale: BERT and OPT x vanilla / clipped / gated, the (gamma, zeta) grid, 2 training x 3 calibration seeds (~4 h)
+	$(call EXP,bondarenko2023/table2_mlm bondarenko2023/table2_clm bondarenko2023/table2_mlm_w8a8 bondarenko2023/table2_clm_w8a8 bondarenko2023/table10_mlm bondarenko2023/table1_mlm bondarenko2023/table1_mlm_w8a8)
 	qexp tables --runs $(RUNS) --out $(TABLES) --show bondarenko2023_table2
 
 table9-bondarenko2023:  ## Bondarenko et al. 2023 Table 9 at CPU scale: SmolLM2-135M before / after vanilla / after gated continued pre-training, FP + W8A8 x 3 calibration seeds (~2.5 h on one core)
@@ -77,6 +77,20 @@ table9-bondarenko2023:  ## Bondarenko et al. 2023 Table 9 at CPU scale: SmolLM2-
 	qexp run -m task=continue_clm model=smollm2_135m +recipe=bq23_w8a8 calibration.seed=0,1,2 $(T9) results_dir=$(RUNS) progress=false
 	qexp run -m task=continue_clm model=smollm2_135m +model/attention=gated_finetune $(T9) results_dir=$(RUNS) progress=false
 	qexp run -m task=continue_clm model=smollm2_135m +model/attention=gated_finetune +recipe=bq23_w8a8 calibration.seed=0,1,2 $(T9) results_dir=$(RUNS) progress=false
+	qexp tables --runs $(RUNS) --out $(TABLES) --show bondarenko2023_table9
+
+T9M       = task=continue_mlm model=minilm_l6 task.data_dir=../shared/data/brown_austen results_dir=$(RUNS) progress=false
+ZQ64      = +recipe=zq_w8a8 recipe.groups=64
+XPAPER    = +recipe=w8a8_ptq,mp_ptq_r16_io16_out16,peg_ptq,zq_ptq_w8a8
+table9-bondarenko2023-mlm:  ## Table 9's setting on MiniLM-L6 (masked LM): before / vanilla / gated / clipped continued pre-training x 2 seeds, W8A8 x 3 calibration seeds, the cross-paper PTQ methods (~3 h on one core)
+	$(call EXP,bondarenko2023/table9_mlm)
+	qexp run -m $(T9M) task.train.max_steps=0
+	qexp run -m $(T9M) task.train.max_steps=0 +recipe=bq23_w8a8 calibration.seed=0,1,2
+	qexp run -m $(T9M) +model/attention=vanilla,gated_finetune,clipped_alpha seed=0,1 +recipe=bq23_w8a8 calibration.seed=0,1,2
+	qexp run -m $(T9M) task.train.max_steps=0 $(XPAPER)
+	qexp run -m $(T9M) task.train.max_steps=0 $(ZQ64)
+	qexp run -m $(T9M) +model/attention=vanilla,gated_finetune $(XPAPER)
+	qexp run -m $(T9M) +model/attention=vanilla,gated_finetune $(ZQ64)
 	qexp tables --runs $(RUNS) --out $(TABLES) --show bondarenko2023_table9
 
 figure2:  ## Figure 2 (outlier diagnostics) for MiniLM-L6 on real RTE dev: PNGs + CSV in results/analysis/outliers/
@@ -93,7 +107,7 @@ reproduce-zeroquant:  ## ZeroQuant on SmolLM2-135M / WikiText-2 (~1 h) and MiniL
 	$(call EXP,zeroquant/smollm2_ptq zeroquant/smollm2 zeroquant/smollm2_lkd zeroquant/smollm2_backends zeroquant/smollm2_backends_asym zeroquant/rte_backends zeroquant/glue)
 	qexp tables --runs $(RUNS) --out $(TABLES)
 
-reproduce-bondarenko2023: bondarenko2023-cpu table9-bondarenko2023  ## Bondarenko et al. 2023 Tables 2 and 9 at CPU scale
+reproduce-bondarenko2023: bondarenko2023-cpu table9-bondarenko2023 table9-bondarenko2023-mlm  ## Bondarenko et al. 2023 Tables 1, 2, 9 and 10 at CPU scale
 
 reproduce-kwon2021:  ## Kwon et al. 2021 on MiniLM-L6 MRPC/RTE, SmolLM2-135M and gpt2_cpu (every stage; CPU: a day)
 	$(call EXP,$(patsubst conf/experiment/%.yaml,%,$(sort $(wildcard conf/experiment/kwon2021/*.yaml))))

@@ -107,6 +107,10 @@ def test_bert_gates_at_their_initial_value_leave_the_encoder_unchanged(bert_dir)
         wrapper = continued.attach(hf, CFG, {"name": "gated_finetune", "pi_init": 0.5, "std": std}, seed=0).eval()
         assert len(hf.qexp_gates) == 2
         assert not any(n.startswith("bert.") and "qexp_gate" in n for n, _ in hf.named_parameters())   # once only
+        # the wrapper holds them: its parameters (what DDP syncs) and state dict (what a checkpoint resumes)
+        gate_ids = {id(p) for p in hf.qexp_gates.parameters()}
+        assert gate_ids <= {id(p) for p in wrapper.parameters()}
+        assert any(k.startswith("qexp_gates.") for k in wrapper.state_dict())
         out = wrapper(ids, attention_mask=mask).logits
         with torch.no_grad():
             out_hf = hf(ids, attention_mask=mask).logits   # the HF path: the hook on BertSelfAttention

@@ -100,6 +100,10 @@ def attach(hf: nn.Module, model_cfg, variant: dict, seed: int) -> nn.Module:
     if gated and encoder:
         gates()
     wrapper = family_of(model_cfg).wrap(hf)
+    if gated and encoder:
+        # the encoder wrapper does not register the HF model (the decoder's does): the gates become its submodule
+        # too, so its parameters (what DDP syncs) and state dict (what a Trainer checkpoint resumes) hold them
+        wrapper.qexp_gates = hf.qexp_gates
     if gated and not encoder:
         gates()
     return wrapper
