@@ -181,8 +181,9 @@ def check_distributed(task, steps, cfg) -> None:
     if not getattr(task, "distributed", False):
         raise DistributedError(f"task {cfg.task.name!r} ({task.name}) does not run under {launcher} yet (world size "
                                f"{dist.world_size()}): launch it as one process; the pre-training tasks "
-                               f"(pretrain_mlm, pretrain_clm, qpt_clm and their paper presets), continue_clm, the GLUE "
-                               f"tasks (fine-tuning, QAT, LKD) and perplexity (LKD) run distributed")
+                               f"(pretrain_mlm, pretrain_clm, qpt_clm and their paper presets), continue_clm, "
+                               f"continue_mlm, the GLUE tasks (fine-tuning, QAT, LKD) and perplexity (LKD) run "
+                               f"distributed")
     if getattr(steps, "lkd", None) is not None:
         from ..train.lkd import check_batch
 
