@@ -291,7 +291,7 @@ def build_all(runs_dir: Path, out_dir: Path, bench_dir: Path | None = None) -> d
 
 
 GENERATED = ("bondarenko2021", "bondarenko2023", "zeroquant", "kwon2021", "chitsaz2024", "claims", "cross_paper",
-             "text_outliers")
+             "text_outliers", "coverage")
 
 
 def _remove_stale(out_dir: Path, fresh: set[Path]) -> None:
@@ -373,7 +373,8 @@ def _build_into(records: list[dict], out_dir: Path, bench: Path) -> dict[str, Pa
     from .latex import write_latex_for
 
     written.update(write_latex_for(written))
-    from . import paper_pages
+    from . import coverage, paper_pages
 
+    written.update(coverage.build(out_dir))      # counts the finished tables' cells
     written.update(paper_pages.build(out_dir))   # last: it quotes the finished tables
     return written
