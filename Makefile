@@ -81,16 +81,16 @@ table9-bondarenko2023:  ## Bondarenko et al. 2023 Table 9 at CPU scale: SmolLM2-
 
 T9M       = task=continue_mlm model=minilm_l6 task.data_dir=../shared/data/brown_austen results_dir=$(RUNS) progress=false
 ZQ64      = +recipe=zq_w8a8 recipe.groups=64
-XPAPER    = +recipe=w8a8_ptq,mp_ptq_r16_io16_out16,peg_ptq,zq_ptq_w8a8
+XPAPER    = +recipe=w8a8_ptq,mp_ptq_r16_io16,peg_ptq,zq_ptq_w8a8
 table9-bondarenko2023-mlm:  ## Table 9's setting on MiniLM-L6 (masked LM): before / vanilla / gated / clipped continued pre-training x 2 seeds, W8A8 x 3 calibration seeds, the cross-paper PTQ methods (~2.5 h on one core)
 	$(call EXP,bondarenko2023/table9_mlm)
-	qexp run -m $(T9M) task.train.max_steps=0
-	qexp run -m $(T9M) task.train.max_steps=0 +recipe=bq23_w8a8 calibration.seed=0,1,2
 	qexp run -m $(T9M) +model/attention=vanilla,gated_finetune,clipped_alpha seed=0,1 +recipe=bq23_w8a8 calibration.seed=0,1,2
-	qexp run -m $(T9M) task.train.max_steps=0 $(XPAPER)
-	qexp run -m $(T9M) task.train.max_steps=0 $(ZQ64)
 	qexp run -m $(T9M) +model/attention=vanilla,gated_finetune $(XPAPER)
 	qexp run -m $(T9M) +model/attention=vanilla,gated_finetune $(ZQ64)
+	qexp run -m $(T9M) task.train.max_steps=0
+	qexp run -m $(T9M) task.train.max_steps=0 +recipe=bq23_w8a8 calibration.seed=0,1,2
+	qexp run -m $(T9M) task.train.max_steps=0 $(XPAPER)
+	qexp run -m $(T9M) task.train.max_steps=0 $(ZQ64)
 	qexp tables --runs $(RUNS) --out $(TABLES) --show bondarenko2023_table9
 
 figure2:  ## Figure 2 (outlier diagnostics) for MiniLM-L6 on real RTE dev: PNGs + CSV in results/analysis/outliers/

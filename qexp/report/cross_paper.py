@@ -22,7 +22,7 @@ NAME = "cross_paper_outliers"
 METHODS = [
     ("FP32 (no quantization)", "fp32", ()),
     ("2021: W8A8 per-tensor PTQ (Table 1)", "w8a8_ptq", ()),
-    ("2021: MP-PTQ, 16-bit residual sums and FFN input/output (Table 4)", "mp_ptq_r16_io16_out16", ()),
+    ("2021: MP-PTQ, 16-bit residual sums and FFN input/output (Table 4)", "mp_ptq_r16_io16", ()),
     ("2021: PEG-PTQ (Table 5)", "peg_ptq", ()),
     ("2022: ZeroQuant static W8A8 PTQ baseline", "zq_ptq_w8a8", ()),
     ("2022: ZeroQuant W8A8 (group-wise weights, token-wise activations; 64 groups)", "zq_w8a8", ("recipe.groups=64",)),
@@ -31,7 +31,7 @@ METHODS = [
 VARIANTS = [("pretrained", t9.BEFORE), ("vanilla FT", t9.METHOD["vanilla"]),
             ("gated FT", t9.METHOD["gated_finetune"])]
 MODELS = [("smollm2_135m", "SmolLM2-135M"), ("minilm_l6", "MiniLM-L6")]
-ENCODER_ONLY = {"mp_ptq_r16_io16_out16", "peg_ptq"}   # their site rules name BERT-encoder sites
+ENCODER_ONLY = {"mp_ptq_r16_io16", "peg_ptq"}   # their site rules name BERT-encoder sites
 DECODERS = {"smollm2_135m"}
 
 
