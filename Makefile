@@ -91,6 +91,8 @@ table9-bondarenko2023-mlm:  ## Table 9's setting on MiniLM-L6 (masked LM): befor
 	qexp run -m $(T9M) task.train.max_steps=0 +recipe=bq23_w8a8 calibration.seed=0,1,2
 	qexp run -m $(T9M) task.train.max_steps=0 $(XPAPER)
 	qexp run -m $(T9M) task.train.max_steps=0 $(ZQ64)
+	qexp run -m $(T9M) +model/attention=gated_finetune task.train.gate_lr=0.01          # a targeted extra run
+	qexp run -m $(T9M) +model/attention=gated_finetune task.train.gate_lr=0.01 +recipe=bq23_w8a8 calibration.seed=0,1,2
 	qexp tables --runs $(RUNS) --out $(TABLES) --show bondarenko2023_table9
 
 figure2:  ## Figure 2 (outlier diagnostics) for MiniLM-L6 on real RTE dev: PNGs + CSV in results/analysis/outliers/
