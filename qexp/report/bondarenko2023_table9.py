@@ -117,7 +117,8 @@ def table(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
         df = df[~df.stale & ~df.overrides.map(bool)]
     rows, notes_extra = [], set()
     order = {BEFORE: 0, METHOD["vanilla"]: 1, METHOD["gated_finetune"]: 2}
-    models = list(dict.fromkeys(df.model)) if len(df) else []
+    # the decoder first (the paper's Table 9 is OPT's), then the encoders; models in name order within a kind
+    models = [m for _, m in sorted({(KINDS.index(t), m) for t, m in zip(df.task, df.model)})] if len(df) else []
     for _, g in (df.groupby("setting", sort=False) if len(df) else []):
         first = g.iloc[0]
         fp, q = g[g.recipe == "fp32"], g[g.recipe == W8A8]
@@ -129,7 +130,7 @@ def table(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
             "lr": first.lr if first.lr is not None else cells.DASH,
             "ffn_l2": first.ffn_l2 if first.ffn_l2 is not None else cells.DASH,
             "gate lr": (first.gate_lr if first.gate_lr is not None and first.gate_lr == first.gate_lr
-                        else ("= lr" if first.attention != "vanilla" and first.steps else cells.DASH)),
+                        else ("= lr" if first.attention == "gated_finetune" and first.steps else cells.DASH)),
             "FP ppl (valid)": _cell(fp.perplexity, bool(fp.dirty.any())),
             "FP ppl (WikiText-2)": _cell(fp.wikitext2, bool(fp.dirty.any())) if first.task != "continue_mlm"
             else cells.DASH,

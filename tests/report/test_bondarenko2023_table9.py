@@ -127,10 +127,11 @@ def test_extra_runs_follow_the_default_row_without_the_paper_numbers(records):
 def test_masked_lm_rows_follow_the_decoder_rows_with_their_own_notes(records):
     """MiniLM-L6 (continue_mlm) rows come after SmolLM2's, before / vanilla / gated / clipped; no WikiText-2 cell
     (a masked LM), the clipped row without paper numbers, the head warm-up said once per model."""
-    recs = records + [_rec("vanilla", "fp32", 0, 30.0, steps=0, name="minilm_l6"),
-                      _rec("clipped", "fp32", 0, 25.0, steps=1200, inf=80.0, name="minilm_l6"),
-                      _rec("gated_finetune", "fp32", 0, 21.0, steps=1200, inf=150.0, name="minilm_l6"),
-                      _rec("vanilla", "fp32", 0, 20.0, steps=1200, inf=200.0, name="minilm_l6")]
+    # a MiniLM record first (file names sort minilm_l6 before smollm2_135m): the order is the kinds', not the files'
+    recs = [_rec("vanilla", "fp32", 0, 30.0, steps=0, name="minilm_l6")] + records + [
+        _rec("clipped", "fp32", 0, 25.0, steps=1200, inf=80.0, name="minilm_l6"),
+        _rec("gated_finetune", "fp32", 0, 21.0, steps=1200, inf=150.0, name="minilm_l6"),
+        _rec("vanilla", "fp32", 0, 20.0, steps=1200, inf=200.0, name="minilm_l6")]
     t, notes = t9.table(t9.frame(recs))
     mine = t[t["ours: model"] == "minilm_l6"]
     assert list(mine.method) == ["before fine-tuning (the pretrained model)", "vanilla fine-tuning",
@@ -140,6 +141,7 @@ def test_masked_lm_rows_follow_the_decoder_rows_with_their_own_notes(records):
         ["30.00 [1]", "20.00 [1]", "21.00 [1]", "25.00 [1]"]
     clipped = mine.iloc[3]
     assert clipped["paper (OPT-1.3B): FP16 ppl"] == "–" and clipped["max inf-norm"] == "80.0 [1]"
+    assert clipped["gate lr"] == "–" and mine.iloc[2]["gate lr"] == "= lr"   # no gates in clipped softmax
     assert mine.iloc[1]["paper (OPT-1.3B): FP16 ppl"] == 29.46
     assert any("a masked LM has no running-text perplexity" in n for n in notes)
     assert any(n.startswith("minilm_l6: a new MLM head warmed up 500 steps") and "600.0" in n for n in notes)
