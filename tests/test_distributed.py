@@ -109,7 +109,10 @@ def test_two_processes_train_exactly_what_one_process_trains(tmp_path, corpus, r
     assert a["run_id"] == b["run_id"] and b["launch"] == {"world_size": 2, "rank": 0}
     la = [x["loss"] for x in a["pretrain"]["train_loss"]]
     lb = [x["loss"] for x in b["pretrain"]["train_loss"]]
-    assert len(la) == 6 and np.allclose(la, lb, rtol=1e-5, atol=0)
+    # the Trainer logs losses rounded to 4 decimals: two losses equal to 1e-5 relative can print one unit apart when
+    # they straddle a rounding boundary (5.4243 vs 5.4244, qpt_w8a8g8 on a Xeon); the unrounded curves and score
+    # below keep the 1e-5 check
+    assert len(la) == 6 and np.allclose(la, lb, rtol=1e-5, atol=1.0001e-4)
     for ca, cb in zip(a["pretrain"]["curves"], b["pretrain"]["curves"]):
         assert ca["step"] == cb["step"] and np.isclose(ca["loss"], cb["loss"], rtol=1e-5)
     assert np.isclose(a["score"], b["score"], rtol=1e-5)

@@ -16,13 +16,13 @@ def test_every_task_config_names_a_registered_kind():
 
     kinds = {compose([f"task={t}"]).task.kind for t in group_options("task")}
     assert kinds == set(load_kinds().names()) == {"glue", "label_free", "perplexity", "lm_eval", "pretrain_mlm",
-                                                   "pretrain_clm", "continue_clm"}
+                                                   "pretrain_clm", "continue_clm", "continue_mlm"}
 
 
 def test_an_unknown_kind_lists_the_valid_ones(tmp_path):
     from qexp.common.registry import UnknownChoiceError
 
-    with pytest.raises(UnknownChoiceError, match="unknown task kind 'pretrain'; valid choices: continue_clm, glue, label_free"):
+    with pytest.raises(UnknownChoiceError, match="unknown task kind 'pretrain'; valid choices: continue_clm, continue_mlm, glue, label_free"):
         run_cfg(tmp_path, "task.kind=pretrain")
 
 

@@ -90,7 +90,12 @@ def test_matches_the_float64_reference(bits, rounds, imp, solver, group):
     got, alpha, codes = q.quantize(w)
     want, want_alpha = ref_bcq(w.numpy(), bits, rounds, group=group, solver=solver, **imp)
     np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-10)
-    np.testing.assert_allclose(alpha.numpy(), want_alpha, rtol=0, atol=1e-10)
+    if (group or 16) > bits:
+        np.testing.assert_allclose(alpha.numpy(), want_alpha, rtol=0, atol=1e-10)
+    # else: as many scales as weights in a group -- the fit is exact after the first round, several codes reproduce
+    # the group's weights exactly, and which one the nearest-level step picks is an ulp-level tie between levels
+    # summed in another order (NumPy vs torch): on an Intel Xeon the 4-bit, 4-weight case takes another code in round
+    # 2 and ends with other scales (0.0037 apart) that give the same reconstruction (checked above, 1e-10)
     assert codes.shape == (6 * 16 // (group or 16), group or 16, bits)
 
 
