@@ -267,6 +267,8 @@ def test_the_ffn_term_of_a_bert_encoder_is_lambda_times_the_mean_squared_ffn_out
 @pytest.mark.parametrize("overrides, message", [
     (["+model/attention=gated_linear"], r"model/attention=gated_linear cannot be put into a pretrained model"),
     (["task.train.ffn_l2=-0.1"], r"task.train.ffn_l2=-0.1 must be a number >= 0"),
+    (["+model/attention=clipped_alpha", "task.train.gate_lr=0.01"], r"task.train.gate_lr=0.01 applies to gates, but "
+                                                                      r"the attention is clipped"),
     (["task.head_warmup.steps=-1"], r"task.head_warmup.steps=-1 must be a non-negative integer"),
     (["task.head_warmup.learning_rate=0"], r"task.head_warmup.learning_rate=0 must be a positive number"),
     (["task.mlm_probability=1.5"], r"task.mlm_probability=1.5 must lie in \(0, 1\)"),

@@ -60,9 +60,9 @@ class Continued(Pretrain):
         if gate_lr is not None and (isinstance(gate_lr, bool) or not isinstance(gate_lr, (int, float)) or gate_lr <= 0):
             raise KindError(f"task.train.gate_lr={gate_lr!r} must be a number > 0, or null (the gates learn at "
                             f"task.train.learning_rate: the paper)")
-        if gate_lr is not None and self.variant["name"] == "vanilla":
-            raise KindError(f"task.train.gate_lr={gate_lr} applies to gates, but the attention is vanilla (add "
-                            f"+model/attention=gated_finetune)")
+        if gate_lr is not None and self.variant["name"] != "gated_finetune":
+            raise KindError(f"task.train.gate_lr={gate_lr} applies to gates, but the attention is "
+                            f"{self.variant['name']} (use +model/attention=gated_finetune)")
         steps = tr.get("max_steps")
         if steps != 0:
             try:
