@@ -68,22 +68,11 @@ def bench_gate(batch: int = 16, seq: int = 128, repeats: int = 10, inner: int = 
     gated_hf = copy.deepcopy(base)
     vanilla = continued.attach(base, cfg, {"name": "vanilla"}, 0)
     gated = continued.attach(gated_hf, cfg, {"name": "gated_finetune", "pi_init": 0.5, "std": 1e-3}, 0)
-    ms = time_cpu_interleaved({"vanilla": step_fn(_Trainable(vanilla, base)),
-                               "gated (fine-tuning form)": step_fn(_Trainable(gated, gated_hf))}, repeats, inner,
+    # each wrapper holds every trained tensor (the HF model's, and the gates) among its parameters
+    ms = time_cpu_interleaved({"vanilla": step_fn(vanilla), "gated (fine-tuning form)": step_fn(gated)}, repeats, inner,
                               warmup=2)
     rows = [{"model": model, "attention": k, "ms_per_step": t, "tokens_per_s": batch * seq / t * 1e3,
              "vs_vanilla": t / ms["vanilla"]} for k, t in ms.items()]
     return {"kind": "gate_step", "model": model, "batch": batch, "seq": seq, "repeats": repeats, "inner": inner,
             "threads": torch.get_num_threads(), "rows": rows}
 
-
-class _Trainable(torch.nn.Module):
-    """A wrapper and its HF model as one module: ``parameters()`` holds every trained tensor once (the wrapper borrows
-    the HF model's; the gates hang on the HF model), ``forward`` is the wrapper's (what the kinds train)."""
-
-    def __init__(self, wrapper, hf):
-        super().__init__()
-        self.wrapper, self.hf = wrapper, hf
-
-    def forward(self, **kw):
-        return self.wrapper(**kw)

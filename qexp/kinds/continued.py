@@ -13,7 +13,8 @@ peak learning rate (null: the model's, as in the paper; the same schedule);
 The masked LM: an encoder shipped without its MLM head (MiniLM-L6) gets a new one (:func:`qexp.models.continued.
 with_mlm_head`), trained first with the encoder frozen (``task.head_warmup``: a stage of its own, cached and shared by
 every variant and training seed, reported under ``record.head_warmup``); its evaluation scores fixed masks
-(``task.eval_mask_seed``), as pre-training from scratch does.  The continued model is cached by everything that changes its weights (the base model's identity included), so the FP row
+(``task.eval_mask_seed``), as pre-training from scratch does.  The continued model is cached by everything that
+changes its weights (the base model's identity included), so the FP row
 and every PTQ recipe and calibration seed of one training seed share it; an interrupted run resumes from its last
 complete checkpoint.
 """

@@ -88,24 +88,20 @@ def attach(hf: nn.Module, model_cfg, variant: dict, seed: int) -> nn.Module:
     check_type(model_type, variant)
     if variant["name"] == "clipped":   # read by the encoder wrapper's attention when it is built
         hf.config.qexp_attention = {"softmax": "clipped", "gamma": variant["gamma"], "zeta": variant["zeta"]}
-    gated = variant["name"] == "gated_finetune"
-    encoder = model_type == "bert"
-
-    def gates():
-        try:
+    if variant["name"] != "gated_finetune":
+        return family_of(model_cfg).wrap(hf)
+    try:
+        if model_type == "bert":   # the encoder wrapper's attention takes BertSelfAttention.qexp_gate when built
             add_gates(hf, variant["pi_init"], variant["std"], seed)
-        except GateConfigError as e:
-            raise ContinuedModelError(str(e)) from None
-
-    if gated and encoder:
-        gates()
-    wrapper = family_of(model_cfg).wrap(hf)
-    if gated and encoder:
-        # the encoder wrapper does not register the HF model (the decoder's does): the gates become its submodule
-        # too, so its parameters (what DDP syncs) and state dict (what a Trainer checkpoint resumes) hold them
-        wrapper.qexp_gates = hf.qexp_gates
-    if gated and not encoder:
-        gates()
+            wrapper = family_of(model_cfg).wrap(hf)
+            # it does not register the HF model (the decoder wrapper does): the gates become its submodule too, so
+            # its parameters (what DDP syncs) and state dict (what a Trainer checkpoint resumes) hold them
+            wrapper.qexp_gates = hf.qexp_gates
+        else:   # the o_proj pre-hook must sit on the linear the decoder wrapper put in place
+            wrapper = family_of(model_cfg).wrap(hf)
+            add_gates(hf, variant["pi_init"], variant["std"], seed)
+    except GateConfigError as e:
+        raise ContinuedModelError(str(e)) from None
     return wrapper
 
 

@@ -5,7 +5,8 @@ from the run records.
 One row per *setting* (the model config with its attention variant and the task config: corpus, budget, learning
 rate, ``ffn_l2``); the "before fine-tuning" row is the pretrained model as it is (``task.train.max_steps=0``).  Per row:
 FP perplexity on the corpus' validation blocks and on WikiText-2 (the first ``heldout_limit`` windows), max inf-norm
-(the residual stream: decoder-layer outputs; BERT: the FFN residual sum before the output LayerNorm) and average kurtosis of the FP model, and -- not in the paper -- W8A8
+(the residual stream: decoder-layer outputs; BERT: the FFN residual sum before the output LayerNorm)
+and average kurtosis of the FP model, and -- not in the paper -- W8A8
 perplexity under the 2023 PTQ protocol (``bq23_w8a8``: mean +- std over every training x calibration seed).  Cells
 say how many runs they hold; a dirty-tree record marks its cell with †; empty cells are ``–`` with the reason in the
 notes.  The paper's OPT-1.3B numbers stand beside ours under the paper's model name; ours under our model's.
@@ -154,7 +155,8 @@ def table(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
             if warm:
                 notes_extra.add(f"{first.model}: {warm[0]}")
         if extra:
-            notes_extra.add(f"{first.model}, {first.method}, gate lr {first.gate_lr if not default else '= lr'}, ffn_l2 "
+            glr = first.gate_lr if not default else "= lr"
+            notes_extra.add(f"{first.model}, {first.method}, gate lr {glr}, ffn_l2 "
                             f"{first.ffn_l2}: a targeted extra run (the paper has no such row; its numbers are on "
                             f"the default row)")
     out = pd.DataFrame(rows, columns=COLUMNS + ["_order"])

@@ -48,7 +48,8 @@ def table_coverage(name: str, df: pd.DataFrame) -> dict | None:
         return str(int(sum(int(float(n)) >= k for s in seeds.values() for n in s if _measured(n))))
 
     return {"table": name, "rows (ours)": len(ours), "task columns": len(tasks),
-            "measured / cells": f"{measured} / {n_cells}", "measured / offline-task cells": f"{off_measured} / {off_cells}",
+            "measured / cells": f"{measured} / {n_cells}",
+            "measured / offline-task cells": f"{off_measured} / {off_cells}",
             "cells with >= 5 seeds": at_least(FIVE_SEEDS), "cells with >= 3 seeds": at_least(3)}
 
 
