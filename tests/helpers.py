@@ -77,3 +77,24 @@ def write_corpus(folder: Path, train: int, valid: int, blank_every: int | None =
                 lines.append("")
         (folder / f"{split}.txt").write_text("\n".join(lines) + "\n")
     return folder
+
+
+def killing_trainer(real, step: int, max_steps: int | None = None):
+    """A stand-in for ``qexp.train.pretrain._trainer_class`` (pass the real one): its Trainer raises KeyboardInterrupt
+    at the end of training step ``step`` -- a kill between two checkpoints -- of the training with ``max_steps`` (None:
+    any; a head warm-up and the continued training are two trainings in one run)."""
+    from transformers import TrainerCallback
+
+    class Kill(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == step and max_steps in (None, args.max_steps):
+                raise KeyboardInterrupt("killed")
+
+    def factory():
+        class Killed(real()):
+            def __init__(self, *a, **kw):
+                super().__init__(*a, **kw)
+                self.add_callback(Kill())
+        return Killed
+
+    return factory

@@ -11,7 +11,7 @@ from qexp.cli import compose
 from qexp.experiment.pipeline import run
 from qexp.kinds.base import KindError
 
-from .helpers import write_corpus
+from .helpers import killing_trainer, write_corpus
 
 SHORT = ["task.seq_length=32", "task.train.max_steps=6", "task.train.batch_size=4", "task.train.warmup_steps=2",
          "task.train.eval_steps=3", "task.train.save_steps=3", "task.train.eval_batches=1", "task.eval.batch_size=4",
@@ -124,27 +124,12 @@ def test_continued_training_caches_feeds_ptq_and_saves_the_gates(tmp_path, corpu
 
 
 def test_a_killed_continued_training_resumes_to_the_uninterrupted_result(tmp_path, corpus, llama_dir, monkeypatch):
-    from transformers import TrainerCallback
-
     from qexp.train import pretrain as training
-
-    class Kill(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            if state.global_step == 4:
-                raise KeyboardInterrupt("killed")
 
     att = "+model/attention=gated_finetune"
     whole = _run(tmp_path / "a", corpus, llama_dir, att)
     real = training._trainer_class
-
-    def killing():
-        class Killed(real()):
-            def __init__(self, *a, **kw):
-                super().__init__(*a, **kw)
-                self.add_callback(Kill())
-        return Killed
-
-    monkeypatch.setattr(training, "_trainer_class", killing)
+    monkeypatch.setattr(training, "_trainer_class", killing_trainer(real, step=4))
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path / "b", corpus, llama_dir, att)
     assert not list((tmp_path / "b" / "runs").glob("*.json"))

@@ -14,7 +14,7 @@ from qexp.experiment.pipeline import run
 from qexp.kinds.base import KindError
 from qexp.models import continued
 
-from .helpers import write_corpus
+from .helpers import killing_trainer, write_corpus
 
 SHORT = ["task.seq_length=32", "task.train.max_steps=6", "task.train.batch_size=4", "task.train.warmup_steps=2",
          "task.train.eval_steps=3", "task.train.save_steps=3", "task.train.eval_batches=1", "task.eval.batch_size=4",
@@ -214,27 +214,13 @@ def test_a_killed_continued_mlm_training_resumes_without_repeating_or_skipping_a
     after the checkpoint were drawn *before* the checkpoint's RNG state was saved (between two steps' dropout), and
     no restored state can reproduce them (the causal LM, whose collator draws nothing, resumes bit for bit:
     tests/test_continued.py)."""
-    from transformers import TrainerCallback
-
     from qexp.train import pretrain as training
-
-    class Kill(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            if state.global_step == 4 and args.max_steps == 6:   # the continued training, not the head warm-up
-                raise KeyboardInterrupt("killed")
 
     att = "+model/attention=gated_finetune"
     whole = _run(tmp_path / "a", corpus, bert_dir, att)
     real = training._trainer_class
-
-    def killing():
-        class Killed(real()):
-            def __init__(self, *a, **kw):
-                super().__init__(*a, **kw)
-                self.add_callback(Kill())
-        return Killed
-
-    monkeypatch.setattr(training, "_trainer_class", killing)
+    # the continued training (6 steps), not the head warm-up (4)
+    monkeypatch.setattr(training, "_trainer_class", killing_trainer(real, step=4, max_steps=6))
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path / "b", corpus, bert_dir, att)
     assert not list((tmp_path / "b" / "runs").glob("*.json"))

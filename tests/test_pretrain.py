@@ -10,7 +10,7 @@ import torch
 from qexp.cli import compose
 from qexp.experiment.pipeline import run
 
-from .helpers import write_corpus
+from .helpers import killing_trainer, write_corpus
 
 TINY = ["model.architecture.num_hidden_layers=2", "model.architecture.hidden_size=32",
         "model.architecture.num_attention_heads=2", "model.architecture.intermediate_size=64"]
@@ -113,29 +113,12 @@ def test_outlier_metrics_match_a_numpy_reference(tmp_path):
 
 def test_a_killed_training_resumes_to_the_uninterrupted_result(tmp_path, corpus, monkeypatch):
     """Kill after step 4 (checkpoint at 3), rerun: the final weights equal an uninterrupted run's, bit for bit."""
-    from transformers import TrainerCallback
-
     from qexp.train import pretrain as training
-
-    class Kill(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            if state.global_step == 4:
-                raise KeyboardInterrupt("killed")
 
     base = ["task=pretrain_clm", "task.train.logging_steps=1"]
     whole = _run(tmp_path / "a", corpus, *base)
     real = training._trainer_class
-
-    def killing():
-        cls = real()
-
-        class Killed(cls):
-            def __init__(self, *a, **kw):
-                super().__init__(*a, **kw)
-                self.add_callback(Kill())
-        return Killed
-
-    monkeypatch.setattr(training, "_trainer_class", killing)
+    monkeypatch.setattr(training, "_trainer_class", killing_trainer(real, step=4))
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path / "b", corpus, *base)
     assert not list((tmp_path / "b" / "runs").glob("*.json"))          # no record for a killed run
