@@ -102,8 +102,12 @@ class QAttention(nn.Module):
 
     def forward(self, x, mask):
         q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
-        scores = self.softmax_input(torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.d_head))
-        probs = self.softmax_output(self.variant.probabilities(scores + mask))
+        # in place where the tensor is the forward's own (the product; the scores at inference while nothing holds
+        # them): the same values, two passes and two allocations of (B, H, T, T) fewer (issue 31 #5)
+        scores = self.softmax_input(torch.matmul(q, k.transpose(-1, -2)).div_(math.sqrt(self.d_head)))
+        site = self.softmax_input
+        owned = not torch.is_grad_enabled() and site.state in ("off", "fixed") and not site.observed
+        probs = self.softmax_output(self.variant.probabilities(scores.add_(mask) if owned else scores + mask))
         ctx = torch.matmul(self.probs_dropout(probs), v)
         if self.gate is not None:  # per (head, token), before the context quantizer (the authors' BERT)
             ctx = ctx * self.gate(x)

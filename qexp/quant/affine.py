@@ -123,17 +123,18 @@ class _FakeQuantizeSTE(torch.autograd.Function):
             y = torch.sub(x, zp).div_(scale).round_()
         else:
             y = torch.div(x, scale).round_().add_(zero_point)
-        inside = (y >= q_min) & (y <= q_max)   # torch.clamp's backward mask, on the clamp's input
+        outside = (y < q_min).logical_or_(y > q_max)   # where torch.clamp's backward is 0, on the clamp's input
         y.clamp_(q_min, q_max)
         out = y.mul_(scale).add_(zp) if offset_first else y.sub_(zero_point).mul_(scale)
-        ctx.save_for_backward(inside, scale)
+        ctx.save_for_backward(outside, scale)
         ctx.x_dtype = x.dtype
         return out
 
     @staticmethod
     def backward(ctx, g):
-        inside, scale = ctx.saved_tensors
-        gx = torch.where(inside, g * scale, torch.zeros((), dtype=g.dtype, device=g.device)) / scale
+        # the chain's ``where(inside, g * s, 0) / s`` in one new tensor instead of three (the same bits: +0 outside)
+        outside, scale = ctx.saved_tensors
+        gx = torch.mul(g, scale).masked_fill_(outside, 0.0).div_(scale)
         return gx.to(ctx.x_dtype), None, None, None, None, None, None
 
 
@@ -172,6 +173,23 @@ def _chain_offset_first(x, scale, zp, q_min: float, q_max: float):
     return torch.clamp(torch.round((x - zp) / scale), q_min, q_max).mul(scale).add(zp)
 
 
+# the same chains writing into ``x`` (``overwrite``): Inductor turns the copy into the loop's own store, so one pass over
+# memory the caller already owns, and no new tensor
+def _chain_into(x, scale, zero_point, q_min: float, q_max: float):
+    return x.copy_(_chain(x, scale, zero_point, q_min, q_max))
+
+
+def _chain_zero_into(x, scale, q_min: float, q_max: float):
+    return x.copy_(_chain_zero(x, scale, q_min, q_max))
+
+
+def _chain_offset_first_into(x, scale, zp, q_min: float, q_max: float):
+    return x.copy_(_chain_offset_first(x, scale, zp, q_min, q_max))
+
+
+_INTO = {_chain: _chain_into, _chain_zero: _chain_zero_into, _chain_offset_first: _chain_offset_first_into}
+
+
 # Issue 31 #5: the inference chain compiled into one loop (torch.compile, Inductor): one pass over x instead of six.
 # Every step is exactly rounded in both (IEEE division, round-half-to-even, clamp, subtract, multiply), so the values
 # are the eager chain's bit for bit (tests/quant/test_affine.py checks ties and every grid).  Off by default: the first
@@ -193,22 +211,26 @@ def _compiled_fn(fn):
 
 
 @torch.no_grad()
-def fake_quantize_inplace(x: torch.Tensor, p: QParams, zero_point_is_zero: bool = False) -> torch.Tensor:
+def fake_quantize_inplace(x: torch.Tensor, p: QParams, zero_point_is_zero: bool = False,
+                          overwrite: bool = False) -> torch.Tensor:
     """:func:`fake_quantize` for inference (no gradient): the same operations in the same order, so the same values
     bit for bit (``x + (round(x) - x)`` is exactly ``round(x)`` in floating point), but one new tensor instead of
     eight and no straight-through bookkeeping.  ``zero_point_is_zero`` skips the two zero-point passes.  With
-    :data:`COMPILED` the chain runs as one compiled loop (same values)."""
+    :data:`COMPILED` the chain runs as one compiled loop (same values).  ``overwrite``: the result is written into ``x``
+    itself (no new tensor: for a caller that owns ``x`` and reads it no more, :attr:`Quantizer.owns_input`)."""
     if COMPILED and x.device.type == "cpu":
         lo, hi = float(p.q_min), float(p.q_max)
+        into = (lambda fn: _INTO[fn]) if overwrite else (lambda fn: fn)
         if p.offset_first:
-            return _compiled_fn(_chain_offset_first)(x, p.scale, _zp_value(p), lo, hi)
+            return _compiled_fn(into(_chain_offset_first))(x, p.scale, _zp_value(p), lo, hi)
         if zero_point_is_zero:
-            return _compiled_fn(_chain_zero)(x, p.scale, lo, hi)
-        return _compiled_fn(_chain)(x, p.scale, p.zero_point, lo, hi)
+            return _compiled_fn(into(_chain_zero))(x, p.scale, lo, hi)
+        return _compiled_fn(into(_chain))(x, p.scale, p.zero_point, lo, hi)
     if p.offset_first:
         zp = _zp_value(p)
-        return torch.sub(x, zp).div_(p.scale).round_().clamp_(p.q_min, p.q_max).mul_(p.scale).add_(zp)
-    y = torch.div(x, p.scale)
+        y = x.sub_(zp) if overwrite else torch.sub(x, zp)
+        return y.div_(p.scale).round_().clamp_(p.q_min, p.q_max).mul_(p.scale).add_(zp)
+    y = x.div_(p.scale) if overwrite else torch.div(x, p.scale)
     y.round_()
     if zero_point_is_zero:
         return y.clamp_(p.q_min, p.q_max).mul_(p.scale)

@@ -16,15 +16,18 @@ from .quantizer import QuantSpec, Quantizer
 _OFF = QuantSpec(enabled=False)
 
 
-def act_quantizer(name: str, group: str = "activations") -> Quantizer:
+def act_quantizer(name: str, group: str = "activations", owns_input: bool = True) -> Quantizer:
+    """An activation site.  ``owns_input``: the caller passes a tensor made for this site alone (an operation's output)
+    that it reads no more, so inference may quantize it in place (:attr:`Quantizer.owns_input`)."""
     q = Quantizer(name, _OFF)
-    q.kind, q.group = "activation", group
+    q.kind, q.group, q.owns_input = "activation", group, owns_input
     return q
 
 
 def input_quantizer(name: str) -> Quantizer:
-    """The input of a linear layer (``<linear>.input``), configured from the ``inputs`` default (ZeroQuant's sites)."""
-    return act_quantizer(name, "inputs")
+    """The input of a linear layer (``<linear>.input``), configured from the ``inputs`` default (ZeroQuant's sites).
+    It never owns its input: the layer input is read again (the residual; q, k and v read the same tensor)."""
+    return act_quantizer(name, "inputs", owns_input=False)
 
 
 def weight_quantizer(name: str) -> Quantizer:

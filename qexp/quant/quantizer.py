@@ -77,6 +77,11 @@ class Quantizer(nn.Module):
     kind = "activation"      # "activation" (calibrated from data) or "weight" (from itself)
     fast_inference = True    # the in-place no-grad path (qexp bench fakequant turns it off to time the old path)
     group = "activations"    # the default spec it takes from a quant config (sites.GROUPS)
+    # Whether the caller hands over a tensor it made for this site and reads no more (an operation's output: a linear's,
+    # a LayerNorm's, a sum's, the attention scores), so inference may write the result into it instead of a new tensor
+    # (issue 31 #5: one allocation and one pass fewer per site).  Never for a linear's input (ZeroQuant: q, k and v read
+    # the same tensor).  Only under no_grad and while nothing observes the site (a forward hook reads its input).
+    owns_input = False
 
     def __init__(self, name: str, spec: QuantSpec):
         super().__init__()
@@ -180,7 +185,16 @@ class Quantizer(nn.Module):
         if self.spec.granularity.dynamic:
             slots = self.slots(x)
             return self._quantize(x, slots.amin(dim=1), slots.amax(dim=1))
-        return self._quantize(x, self.x_min, self.x_max)
+        return self._quantize(x, self.x_min, self.x_max, static=True)
+
+    def _static_qparams(self, x: torch.Tensor) -> QParams:
+        """The fixed range's grid broadcast to ``x`` at inference, computed once per range and input shape (issue 31
+        #5: ten small tensor operations per site and forward).  Keyed by everything it reads: the generation (a new
+        range, permutation or spec), the ranges' in-place versions (``load_state_dict``), and x's shape and dtype."""
+        key = (self.generation, self.x_min._version, self.x_max._version, tuple(x.shape), x.dtype, x.device)
+        if getattr(self, "_qp_key", None) != key:
+            self._qp, self._qp_key = self.qparams_for(x), key
+        return self._qp
 
     def grid(self, x: torch.Tensor | None = None) -> QParams:
         """This site's integer grid: scale, zero point, q_min, q_max -- the one place QAT, AdaRound, the integer
@@ -201,8 +215,12 @@ class Quantizer(nn.Module):
         lo, hi = self.expand(x_min, x).to(x.dtype), self.expand(x_max, x).to(x.dtype)
         return qparams(lo, hi, self.spec.bits, self.spec.symmetric, self.spec.grid)
 
-    def _quantize(self, x: torch.Tensor, x_min: torch.Tensor, x_max: torch.Tensor) -> torch.Tensor:
-        p = self.qparams_for(x, x_min, x_max)
+    def _quantize(self, x: torch.Tensor, x_min: torch.Tensor, x_max: torch.Tensor,
+                  static: bool = False) -> torch.Tensor:
+        if static and self.state == "fixed" and not torch.is_grad_enabled():
+            p = self._static_qparams(x)
+        else:
+            p = self.qparams_for(x, x_min, x_max)
         if self.rounding is not None:  # AdaRound: floor plus the learned decision instead of round-to-nearest
             if self.rounding.shape != x.shape:
                 raise ValueError(f"quantizer {self.name!r}: AdaRound decisions of shape {tuple(self.rounding.shape)} "
@@ -211,8 +229,17 @@ class Quantizer(nn.Module):
         if Quantizer.fast_inference and not (torch.is_grad_enabled() and (x.requires_grad or p.scale.requires_grad)):
             # inference (evaluation, calibration passes): the same values without the autograd path
             zero = self.spec.symmetric and p.q_min < 0   # a signed symmetric grid: zero point 0
-            return fake_quantize_inplace(x, p, zero_point_is_zero=zero).to(x.dtype)
+            overwrite = self.owns_input and not torch.is_grad_enabled() and not self.observed
+            return fake_quantize_inplace(x, p, zero_point_is_zero=zero, overwrite=overwrite).to(x.dtype)
         return fake_quantize(x, p).to(x.dtype)
+
+    @property
+    def observed(self) -> bool:
+        """Whether a forward hook (this module's or a global one) may read this site's input after the call."""
+        from torch.nn.modules import module as nn_module
+
+        return bool(self._forward_hooks or self._forward_pre_hooks or nn_module._global_forward_hooks
+                    or nn_module._global_forward_pre_hooks)
 
     def extra_repr(self) -> str:
         return f"{self.name}: {self.spec.describe()}, state={self.state}"

@@ -117,3 +117,63 @@ def test_a_cached_quantized_weight_survives_a_state_toggle_but_not_new_ranges():
         wq.x_min, wq.x_max = wq.x_min * 0.5, wq.x_max * 0.5   # new ranges: recomputed, different
         q(ids, mask)
         assert layer._wq_cache is not cached and not torch.equal(layer._wq_cache, cached)
+
+
+def _w8a8_encoder(inputs_too: bool = True):
+    torch.manual_seed(0)
+    hf = BertForSequenceClassification(BertConfig(num_labels=2, **SMALL)).eval()
+    q = QuantEncoder(hf).eval()
+    cfg = {"weights": {"bits": 8, "symmetric": True}, "activations": {"bits": 8}}
+    if inputs_too:   # ZeroQuant-style linear-input sites: they must never write into the shared layer input
+        cfg["inputs"] = {"bits": 8}
+    configure(q, cfg)
+    ids, mask = _inputs()
+    calibrate(q, lambda: [{"input_ids": ids, "attention_mask": mask}], 1, progress=False)
+    return q, ids, mask
+
+
+def test_inference_in_place_quantization_gives_the_same_bits_as_new_tensors(monkeypatch):
+    """Issue 31 #5: owned sites (an operation's output) quantize into their input at inference, the attention scales
+    and masks its own scores in place.  The logits are the ones of the path that makes a new tensor at every site, bit
+    for bit (the switch below turns ownership off everywhere); so are the gradients of a training forward."""
+    from qexp.quant.quantizer import Quantizer
+
+    q, ids, mask = _w8a8_encoder()
+    assert any(x.owns_input for x in quantizers(q)) and not any(x.owns_input for x in quantizers(q, group="inputs"))
+    with torch.no_grad():
+        fast = q(ids, mask).logits
+    for x in quantizers(q):
+        monkeypatch.setattr(x, "owns_input", False)
+    monkeypatch.setattr(Quantizer, "owns_input", False)
+    with torch.no_grad():
+        plain = q(ids, mask).logits
+    assert torch.equal(fast.view(torch.int32), plain.view(torch.int32))
+    assert not torch.equal(fast, q.hf_model(input_ids=ids, attention_mask=mask).logits)   # it quantizes
+
+
+def test_a_site_that_is_observed_or_does_not_own_its_input_leaves_the_input_alone():
+    """A forward hook reads the site's input after the call (ZeroQuant's relative error compares output and input):
+    then, under autograd, and at a linear-input site, the quantizer makes a new tensor."""
+    from qexp.quant.analysis import quantization_errors
+
+    q, ids, mask = _w8a8_encoder()
+    site = q.layers[0].attn.residual_sum
+    linear_input = q.layers[0].attn.query.input_quantizer
+    x = torch.randn(3, 11, 32)
+    with torch.no_grad():
+        kept = x.clone()
+        linear_input(x)
+        assert torch.equal(x, kept)                  # not owned: untouched
+        seen = []
+        h = site.register_forward_hook(lambda m, args, out: seen.append(args[0] is out))
+        y = site(x)
+        h.remove()
+        assert seen == [False] and torch.equal(x, kept) and not torch.equal(y, x)
+        y = site(x)                                  # owned, unobserved: the result is written into x
+        assert y.data_ptr() == x.data_ptr() and not torch.equal(x, kept)
+    z = torch.randn(3, 11, 32)
+    before = z.clone()
+    site(z)                                          # grad mode on: a new tensor
+    assert torch.equal(z, before)
+    errors = quantization_errors(q, {"input_ids": ids, "attention_mask": mask})
+    assert errors["sites"]["encoder.layer.0.attn.residual_sum"] > 0 and errors["sites"]["encoder.layer.0.output"] > 0

@@ -145,3 +145,9 @@ def test_the_compiled_inference_chain_equals_the_eager_one_bit_for_bit(symmetric
         monkeypatch.setattr(affine, "COMPILED", True)
         compiled = affine.fake_quantize_inplace(x.clone(), p, zero_point_is_zero=zero)
         assert torch.equal(eager.view(torch.int32), compiled.view(torch.int32))   # bits, signed zeros included
+        for on in (False, True):   # written into the input (an owned site): the same bits, in x's own storage
+            monkeypatch.setattr(affine, "COMPILED", on)
+            owned = x.clone()
+            into = affine.fake_quantize_inplace(owned, p, zero_point_is_zero=zero, overwrite=True)
+            assert into.data_ptr() == owned.data_ptr() and torch.equal(eager.view(torch.int32), owned.view(torch.int32))
+

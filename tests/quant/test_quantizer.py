@@ -105,3 +105,35 @@ def test_spec_validation():
         QuantSpec.from_config({"bits": 0})
     with pytest.raises(ValueError, match="grid='tensorrt' is not a quantization grid; valid: qexp, deepspeed"):
         QuantSpec.from_config({"grid": "tensorrt"})
+
+
+def test_the_inference_grid_is_recomputed_whenever_a_range_or_shape_changes():
+    """Issue 31 #5 keeps a fixed site's grid between inference forwards; it must follow a new range (assigned or
+    changed in place, as load_state_dict does), a new spec and an input of another shape (per-group grids expand to
+    it) -- each checked against a quantizer built fresh with the same range."""
+    from qexp.quant.granularity import PerGroup
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 8, generator=g)
+
+    def fresh(q, v):
+        r = Quantizer("r", q.spec)
+        r.x_min, r.x_max = q.x_min.clone(), q.x_max.clone()
+        r.set_state("fixed")
+        return r(v)
+
+    q = Quantizer("s", QuantSpec(bits=4, granularity=PerGroup(n_groups=2)))
+    q.set_state("estimating")
+    q(x)
+    q.compute_encodings()
+    q.set_state("fixed")
+    with torch.no_grad():
+        assert torch.equal(q(x), fresh(q, x))
+        q.x_max.mul_(0.5)                          # in place
+        assert torch.equal(q(x), fresh(q, x))
+        q.x_min = q.x_min * 2                      # assigned
+        assert torch.equal(q(x), fresh(q, x))
+        y = torch.randn(2, 8, generator=g)         # another shape: per-group expansion differs
+        assert torch.equal(q(y), fresh(q, y))
+        q.spec = q.spec.updated(bits=3)
+        assert torch.equal(q(x), fresh(q, x))
