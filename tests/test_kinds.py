@@ -183,3 +183,29 @@ def test_a_new_kind_is_one_class(tmp_path, monkeypatch):
     rec = run_cfg(tmp_path, "task.kind=toy", "+recipe=w8a8_ptq", "calibration.num_batches=2")
     assert rec["data_source"] == "random:toy" and rec["score"] == rec["metrics"]["mean_abs"] > 0
     assert run_cfg(tmp_path, "task.kind=toy", "+recipe=w8a8_ptq", "calibration.num_batches=2")["skipped"]
+
+
+def test_every_data_draw_has_a_named_seed_stream():
+    """Issue 26 #3: calibration, AdaRound, LKD (training and held-out) and the search objective draw from named streams
+    (the offsets every committed record was made with); the pre-training kinds start every stream -- LKD's too, which
+    used the training seed before -- from calibration.seed, so one trained model is calibrated under several seeds."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from qexp.kinds.base import SEED_STREAMS
+    from qexp.kinds.pretrain import Pretrain
+
+    def kind_of(cls, seed, cal_seed):
+        k = cls.__new__(cls)
+        k.ctx = SimpleNamespace(seed=seed, calibration=OmegaConf.create({"seed": cal_seed}))
+        return k
+
+    glue = kind_of(load_kinds().get("glue"), 7, None)
+    assert {s: glue.stream_seed(s) for s in SEED_STREAMS} == {"calibration": 7, "adaround": 8, "lkd_train": 9,
+                                                              "lkd_eval": 10, "objective": 11}
+    pre = kind_of(Pretrain, 7, 3)
+    assert [pre.stream_seed(s) for s in SEED_STREAMS] == [3, 4, 5, 6, 7]
+    assert kind_of(Pretrain, 7, None).stream_seed("lkd_train") == 9
+    with pytest.raises(KeyError, match="valid: calibration, adaround, lkd_train, lkd_eval, objective"):
+        glue.stream_seed("lkd")

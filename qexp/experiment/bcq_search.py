@@ -262,7 +262,8 @@ def search(model, cfg: BCQConfig, scfg: SearchConfig, kind, storage: Path, study
     return {
         "mode": mode, "sampler": scfg.sampler if mode != "manual" else "enqueued (manual sets)",
         "objective": scfg.objective, "metric_name": first["metric_name"], "direction": direction,
-        "data": {"samples": int(first["n"]), "source": "training data (objective_data: seed + 4)"},
+        "data": {"samples": int(first["n"]),
+                 "source": "training data (objective_data: the objective seed stream, seed + 4)"},
         "trials_requested": scfg.trials if mode != "manual" else len(manual), "trials": trace,
         "storage": str(storage),
         "best": {"trial": best.number, "objective": best.value, "params": best.params, **best.user_attrs,

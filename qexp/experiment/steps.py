@@ -136,7 +136,8 @@ class PostWeightSteps:
             sampler = random_token_sampler(len(tokenizer), length, ctx.device)
         else:
             sampler = window_sampler(perplexity.tokenize(tokenizer, read_text(cfg.text_file)), length, ctx.device)
-        g_train, g_eval = torch.Generator().manual_seed(ctx.seed + 2), torch.Generator().manual_seed(ctx.seed + 3)
+        g_train = torch.Generator().manual_seed(kind.stream_seed("lkd_train"))
+        g_eval = torch.Generator().manual_seed(kind.stream_seed("lkd_eval"))
 
         def batches():
             while True:

@@ -25,6 +25,13 @@ class KindError(ValueError):
     pass
 
 
+# Named seed streams: every draw a run makes from the task's data (calibration batches, AdaRound's samples, LKD's
+# training and held-out batches, the search objective's examples) has its own stream, seeded
+# ``TaskKind.data_seed() + offset``, so no two steps share draws and adding a step never shifts another's.  The offsets
+# are the ones every committed record was made with (calibration 0, AdaRound +1, LKD +2/+3, objective +4).
+SEED_STREAMS = {"calibration": 0, "adaround": 1, "lkd_train": 2, "lkd_eval": 3, "objective": 4}
+
+
 @dataclass
 class RunContext:
     """One run's resolved inputs, computed once by the pipeline."""
@@ -110,6 +117,17 @@ class TaskKind:
                 raise KindError(f"recipe.lkd.seq_length={asked} cannot apply to task {self.task.name!r}: its own "
                                 f"sequences have {fixed} tokens (LKD on task data uses them); valid: "
                                 f"recipe.lkd.seq_length={fixed} or null, or recipe.lkd.data=random|text")
+
+    def data_seed(self) -> int:
+        """The seed every data stream starts from: the run's seed (the pre-training kinds: ``calibration.seed``, so one
+        trained model is calibrated under several seeds)."""
+        return self.ctx.seed
+
+    def stream_seed(self, stream: str) -> int:
+        """The seed of one named draw (:data:`SEED_STREAMS`); an unknown name lists the streams."""
+        if stream not in SEED_STREAMS:
+            raise KeyError(f"unknown seed stream {stream!r}; valid: {', '.join(SEED_STREAMS)}")
+        return self.data_seed() + SEED_STREAMS[stream]
 
     def check_search_data(self) -> None:
         """Refuse a search whose objective data would be the evaluated data."""

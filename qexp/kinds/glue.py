@@ -149,11 +149,11 @@ class Glue(TaskKind):
     def calibration_batches(self):
         cal, tok, device = self.ctx.calibration, self.loaded.tokenizer, self.ctx.device
         n = int(cal.batch_size) * int(cal.num_batches)
-        data = self._encode(sample(self.train_raw, n, self.ctx.seed), bool(cal.pad_to_max_length))
+        data = self._encode(sample(self.train_raw, n, self.stream_seed("calibration")), bool(cal.pad_to_max_length))
         return lambda: (to_device(b, device) for b in loader(data, tok, int(cal.batch_size)))
 
     def adaround_batches(self, n: int):
-        data = self._encode(sample(self.train_raw, n, self.ctx.seed + 1))
+        data = self._encode(sample(self.train_raw, n, self.stream_seed("adaround")))
         return lambda: (to_device(b, self.ctx.device) for b in loader(data, self.loaded.tokenizer, 64))
 
     def lkd_length(self) -> int:
@@ -166,7 +166,7 @@ class Glue(TaskKind):
         return lambda n, g: {c: v[torch.randint(len(v), (n,), generator=g)].to(device) for c, v in table.items()}
 
     def objective_data(self, n: int):
-        return self._encode(sample(self.train_raw, min(n, len(self.train_raw)), self.ctx.seed + 4))  # no repeats
+        return self._encode(sample(self.train_raw, min(n, len(self.train_raw)), self.stream_seed("objective")))  # no repeats
 
     @torch.no_grad()
     def objective(self, model, data) -> dict:

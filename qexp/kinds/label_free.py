@@ -30,7 +30,7 @@ class LabelFree(TaskKind):
         return self.loaded
 
     def calibration_batches(self):
-        cal, seed, device, ids = self.ctx.calibration, self.ctx.seed, self.ctx.device, self.cal_ids
+        cal, seed, device, ids = self.ctx.calibration, self.stream_seed("calibration"), self.ctx.device, self.cal_ids
         bs, n = int(cal.batch_size), int(cal.batch_size) * int(cal.num_batches)
 
         def batches():  # the same windows each call: the order is redrawn from the seed
@@ -42,7 +42,7 @@ class LabelFree(TaskKind):
 
     def adaround_batches(self, n: int):
         ids = self.cal_ids
-        data = ids[torch.randint(len(ids), (n,), generator=torch.Generator().manual_seed(self.ctx.seed + 1))]
+        data = ids[torch.randint(len(ids), (n,), generator=torch.Generator().manual_seed(self.stream_seed("adaround")))]
         return lambda: ({"input_ids": data[i:i + 64].to(self.ctx.device)} for i in range(0, len(data), 64))
 
     def lkd_length(self) -> int:

@@ -58,7 +58,7 @@ class LanguageModelKind(TaskKind):
         return min(length, max_positions(self.loaded.model.config) or length, self.cal_ids.shape[1])
 
     def calibration_batches(self):
-        cal, seed, device = self.ctx.calibration, self.ctx.seed, self.ctx.device
+        cal, seed, device = self.ctx.calibration, self.stream_seed("calibration"), self.ctx.device
         bs, nb, length = int(cal.batch_size), int(cal.num_batches), self.calibration_length()
 
         def batches():
@@ -70,14 +70,14 @@ class LanguageModelKind(TaskKind):
 
     def adaround_batches(self, n: int):
         data = perplexity.random_windows(self.cal_ids, n, self.calibration_length(),
-                                         torch.Generator().manual_seed(self.ctx.seed + 1))
+                                         torch.Generator().manual_seed(self.stream_seed("adaround")))
         return lambda: ({"input_ids": data[i:i + 8].to(self.ctx.device)} for i in range(0, n, 8))
 
     def objective_data(self, n: int):
         """``n`` windows of the calibration text (the task's training text where it has one; for the local
         WikiText-2/PTB files the validation split, never the test split that is evaluated)."""
         return perplexity.random_windows(self.cal_ids, n, self.calibration_length(),
-                                         torch.Generator().manual_seed(self.ctx.seed + 4))
+                                         torch.Generator().manual_seed(self.stream_seed("objective")))
 
     def objective(self, model, data) -> dict:
         """Mean next-token cross-entropy over the windows (the perplexity module's batched evaluation of the windows

@@ -244,9 +244,12 @@ class Pretrain(TaskKind):
         s = self.ctx.calibration.get("seed")
         return self.ctx.seed if s is None else int(s)
 
+    def data_seed(self) -> int:   # every data stream (calibration, AdaRound, LKD, objective) from the calibration seed
+        return self.calibration_seed()
+
     def calibration_batches(self):
         cal, device = self.ctx.calibration, self.ctx.device
-        bs, nb, seed = int(cal.batch_size), int(cal.num_batches), self.calibration_seed()
+        bs, nb, seed = int(cal.batch_size), int(cal.num_batches), self.stream_seed("calibration")
         g = torch.Generator().manual_seed(seed)
         rows = torch.randperm(len(self.blocks["train"]), generator=g)[:bs * nb]
         data = pretraining.fixed_batches(self.blocks["train"], self.tokenizer, self.lm_objective, bs, seed,
@@ -259,10 +262,10 @@ class Pretrain(TaskKind):
         return batches
 
     def adaround_batches(self, n: int):
-        g = torch.Generator().manual_seed(self.calibration_seed() + 1)
-        rows = torch.randperm(len(self.blocks["train"]), generator=g)[:n]
-        data = pretraining.fixed_batches(self.blocks["train"], self.tokenizer, self.lm_objective, 8,
-                                         self.calibration_seed() + 1, self.mlm_probability(), indices=rows)
+        seed = self.stream_seed("adaround")
+        rows = torch.randperm(len(self.blocks["train"]), generator=torch.Generator().manual_seed(seed))[:n]
+        data = pretraining.fixed_batches(self.blocks["train"], self.tokenizer, self.lm_objective, 8, seed,
+                                         self.mlm_probability(), indices=rows)
         return lambda: ({k: v.to(self.ctx.device) for k, v in b.items() if k in ("input_ids", "attention_mask")}
                         for b in data)
 
@@ -284,8 +287,8 @@ class Pretrain(TaskKind):
     # -- search objective (recipe.bcq.search, train_objective) ------------------------------------------------------
     def objective_data(self, n: int) -> list[dict]:
         """``n`` training blocks (never the valid split or the held-out texts), another draw than calibration's and
-        AdaRound's (calibration seed + 4), collated once in batches of 8 (the MLM masks drawn once from that seed)."""
-        seed = self.calibration_seed() + 4
+        AdaRound's (the ``objective`` seed stream), collated once in batches of 8 (the MLM masks drawn once from it)."""
+        seed = self.stream_seed("objective")
         g = torch.Generator().manual_seed(seed)
         train = self.blocks["train"]
         rows = torch.randperm(len(train), generator=g)[:min(n, len(train))]
