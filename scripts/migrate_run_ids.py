@@ -8,7 +8,8 @@ For each record in RUNS (default results/runs), in one pass:
   * recompute the run id with ``qexp.experiment.records.run_id`` (issue 27 #6: a data folder's fingerprint covers the
     files the task reads, not every file beside them);
 then write the record under its new file name (atomically), keep the old id in ``previous_run_ids`` and remove the old
-file.  Idempotent (a record already current is left alone) and resumable (a run interrupted between writing the new
+file.  Records that now share an id because they differed only in evaluation-only settings (issue 26 #2) become one
+(:func:`merge_evaluations`).  Idempotent (a record already current is left alone) and resumable (a run interrupted between writing the new
 file and removing the old one finishes the move).  Run it from the checkout (data fingerprints read the files).
 
     python scripts/migrate_run_ids.py [--runs results/runs] [--dry-run]
@@ -20,7 +21,8 @@ import json
 import sys
 from pathlib import Path
 
-from qexp.experiment.records import portable, record_path, run_id, write_atomic
+from qexp.experiment.records import (EVALUATION_ONLY, evaluation_settings, portable, record_path, replacing,
+                                     run_id, write_atomic)
 
 
 def current(rec: dict) -> dict:
@@ -35,6 +37,26 @@ def current(rec: dict) -> dict:
     return rec
 
 
+def merge_evaluations(a: dict, b: dict) -> dict | None:
+    """Two records that now share a run id because they differed only in evaluation-only settings (issue 26 #2: a
+    re-evaluation with ``task.downstream`` wrote a second record): one record, the one with more evaluations (else the
+    newer), holding the other's id in ``previous_run_ids`` and, where it had other evaluation settings, its metrics in
+    ``previous_evaluations``.  None when they differ in anything else of their configs."""
+    strip = {k for keys in EVALUATION_ONLY for k in [keys[-1]]}
+    same = ({k: v for k, v in a["config"]["task"].items() if k not in strip} ==
+            {k: v for k, v in b["config"]["task"].items() if k not in strip}
+            and {k: v for k, v in a["config"].items() if k != "task"} == {k: v for k, v in b["config"].items()
+                                                                          if k != "task"})
+    if not same:
+        return None
+    rank = (lambda r: (len(evaluation_settings(r["config"])), str(r.get("finished"))))
+    keep, drop = (a, b) if rank(a) >= rank(b) else (b, a)
+    keep = replacing(keep, drop) if evaluation_settings(drop["config"]) != evaluation_settings(keep["config"]) else keep
+    ids = [*keep.get("previous_run_ids", []), *drop.get("previous_run_ids", []), drop.get("run_id")]
+    keep["previous_run_ids"] = [i for i in dict.fromkeys(ids) if i and i != keep["run_id"]]
+    return keep
+
+
 def migrate(path: Path, dry_run: bool) -> Path | None:
     rec = json.loads(path.read_text())
     new = current(rec)
@@ -42,11 +64,18 @@ def migrate(path: Path, dry_run: bool) -> Path | None:
     if new == rec and target == path:
         return None
     if target.exists() and target != path:
-        if json.loads(target.read_text()) == new:  # an interrupted migration wrote it and stopped before the unlink
+        other = json.loads(target.read_text())
+        if other == new:  # an interrupted migration wrote it and stopped before the unlink
             if not dry_run:
                 path.unlink()
             return target
-        raise SystemExit(f"{path}: {target.name} already exists and differs; resolve the duplicate by hand")
+        merged = merge_evaluations(new, other)
+        if merged is None:
+            raise SystemExit(f"{path}: {target.name} already exists and differs; resolve the duplicate by hand")
+        if not dry_run:
+            write_atomic(target, merged)
+            path.unlink()
+        return target
     if not dry_run:
         write_atomic(target, new)
         if target != path:

@@ -146,3 +146,48 @@ def test_keys_no_code_reads_do_not_change_the_run_id():
     faster = json.loads(json.dumps(running))
     faster["calibration"]["momentum"] = 0.5
     assert run_id(faster) != run_id(running)                            # read by running min-max
+
+
+def _eval_record(runs: Path, downstream: dict | None, finished: str, rid: str, score=2.0) -> Path:
+    cfg = {"model": {"name": "m"}, "task": {"name": "qpt_clm", "seq_length": 32}, "seed": 0, "recipe": {"name": "fp32"}}
+    if downstream is not None:
+        cfg["task"]["downstream"] = downstream
+    metrics = {"valid": {"perplexity": score}, **({"downstream": {"t": {"acc": 0.5}}} if (downstream or {}).get(
+        "enabled") else {})}
+    path = runs / f"m__qpt_clm__fp32__seed0__{rid}.json"
+    write_atomic(path, {"schema": 1, "run_id": rid, "config": cfg, "score": score, "metrics": metrics,
+                        "finished": finished})
+    return path
+
+
+def test_records_that_differed_only_in_an_evaluation_become_one(tmp_path):
+    """Issue 26 #2: a re-evaluation with task.downstream wrote a second record under another id; the migration keeps
+    one record under the id without it -- the one with the downstream metrics -- and the other id in its history."""
+    a = _eval_record(tmp_path, {"enabled": False, "num_fewshot": 5}, "2026-12-01", "aaaaaaaaaaaa")
+    b = _eval_record(tmp_path, {"enabled": True, "num_fewshot": 5}, "2026-12-02", "bbbbbbbbbbbb")
+    for p in sorted(tmp_path.glob("*.json")):
+        migrate_run_ids.migrate(p, dry_run=False)
+    (left,) = tmp_path.glob("*.json")
+    rec = json.loads(left.read_text())
+    assert not a.exists() and not b.exists() and "downstream" in rec["metrics"]
+    assert set(rec["previous_run_ids"]) == {"aaaaaaaaaaaa", "bbbbbbbbbbbb"} and rec["run_id"] == run_id(rec["config"])
+    assert "previous_evaluations" not in rec            # the dropped record had no downstream evaluation to keep
+    other = _eval_record(tmp_path, {"enabled": True, "num_fewshot": 2}, "2026-12-03", "cccccccccccc")
+    migrate_run_ids.migrate(other, dry_run=False)       # two downstream settings: the newer kept, the older in history
+    (left,) = tmp_path.glob("*.json")
+    rec = json.loads(left.read_text())
+    assert rec["config"]["task"]["downstream"]["num_fewshot"] == 2
+    assert rec["previous_evaluations"][0]["settings"]["task.downstream"]["num_fewshot"] == 5
+
+
+def test_records_that_differ_in_results_settings_are_never_merged(tmp_path, monkeypatch):
+    a = _eval_record(tmp_path, {"enabled": True}, "2026-12-01", "aaaaaaaaaaaa")
+    migrate_run_ids.migrate(a, dry_run=False)
+    b = _eval_record(tmp_path, None, "2026-12-02", "bbbbbbbbbbbb")
+    rec = json.loads(b.read_text())
+    rec["config"]["task"]["seq_length"] = 64           # a result-changing key: another run
+    monkeypatch.setattr(migrate_run_ids, "record_path", lambda runs, cfg: next(p for p in tmp_path.glob("*.json")
+                                                                                if p != b))
+    write_atomic(b, rec)
+    with pytest.raises(SystemExit, match="already exists and differs"):
+        migrate_run_ids.migrate(b, dry_run=False)

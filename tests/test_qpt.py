@@ -180,3 +180,32 @@ def test_an_exploded_loss_gives_an_infinite_perplexity_not_a_crash():
     ids = torch.full((1, 40), 3)
     out = evaluate_batched(Exploded(), ids, 16, "cpu")
     assert out["nll"] > 709 and out["perplexity"] == math.inf
+
+
+def test_a_re_evaluation_replaces_the_record_instead_of_writing_another(tmp_path, corpus, heldout, monkeypatch):
+    """Issue 26 #2: task.downstream is evaluation-only -- no part of the run id.  A run that asks for a downstream
+    evaluation the record lacks re-evaluates and replaces that record (same file); one that asks for less or the same
+    skips; other downstream settings replace it again, the earlier evaluation kept under previous_evaluations."""
+    from qexp.tasks import zeroshot
+
+    calls = []
+
+    def fake_evaluate(model, tokenizer, ds, device, progress):   # lm-eval itself: test_downstream_few_shot_... (slow)
+        calls.append(int(ds.num_fewshot))
+        return {"qexp_glue_rte_local": {"acc": 0.25 * int(ds.num_fewshot)}}
+
+    monkeypatch.setattr(zeroshot, "evaluate", fake_evaluate)
+    monkeypatch.setattr(zeroshot, "score", lambda res, ds: 100 * res["qexp_glue_rte_local"]["acc"])
+    ds = ["task.downstream.enabled=true", f"task.downstream.data_dir={tmp_path}",
+          "task.downstream.tasks=[qexp_glue_rte_local]"]
+    first = _run(tmp_path, corpus, heldout, "+recipe=qpt_w8a8")
+    runs = list((tmp_path / "runs").glob("*.json"))
+    again = _run(tmp_path, corpus, heldout, "+recipe=qpt_w8a8", *ds, "task.downstream.num_fewshot=1")
+    assert list((tmp_path / "runs").glob("*.json")) == runs and again["run_id"] == first["run_id"]
+    assert again["metrics"]["downstream_avg"] == 25.0 and again["metrics"]["valid"] == first["metrics"]["valid"]
+    assert _run(tmp_path, corpus, heldout, "+recipe=qpt_w8a8", *ds, "task.downstream.num_fewshot=1")["skipped"]
+    assert _run(tmp_path, corpus, heldout, "+recipe=qpt_w8a8")["skipped"]          # asks for less
+    third = _run(tmp_path, corpus, heldout, "+recipe=qpt_w8a8", *ds, "task.downstream.num_fewshot=2")
+    assert calls == [1, 2] and third["metrics"]["downstream_avg"] == 50.0
+    assert third["previous_evaluations"][0]["metrics"]["downstream_avg"] == 25.0
+    assert list((tmp_path / "runs").glob("*.json")) == runs

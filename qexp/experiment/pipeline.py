@@ -216,12 +216,18 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, cwd: Path | None = 
     cfg = prepare(cfg, Path(cwd or Path.cwd()), overrides)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     path = records.record_path(Path(cfg.results_dir), resolved)
+    previous = None
     if path.exists() and not cfg.force:
         if records.readable(path):
-            log.info("skip: a record for this config and seed exists: %s (force=true re-runs it)", path)
-            return {"skipped": True, "path": str(path)}
-        aside = records.set_aside(path)   # truncated or hand-broken: not done (issue 27 #5); kept for inspection
-        log.warning("the record %s is unreadable; moved it to %s and running again", path, aside)
+            previous = records.read(path)
+            if not records.evaluates_more(previous, resolved):
+                log.info("skip: a record for this config and seed exists: %s (force=true re-runs it)", path)
+                return {"skipped": True, "path": str(path)}
+            log.info("re-evaluating %s: it lacks the requested %s; the record is replaced (its earlier evaluation "
+                     "kept under previous_evaluations)", path, ", ".join(records.evaluation_settings(resolved)))
+        else:
+            aside = records.set_aside(path)   # truncated or hand-broken: not done (issue 27 #5); kept for inspection
+            log.warning("the record %s is unreadable; moved it to %s and running again", path, aside)
 
     from ..common import dist
 
@@ -259,6 +265,8 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, cwd: Path | None = 
     from ..common import dist
 
     record["launch"] = dist.describe()   # recorded, not hashed: a 2-process run resumes or skips like a 1-process run
+    if previous is not None:
+        record = records.replacing(record, previous)
     if dist.is_main():
         records.write_atomic(path, records.portable(record))
     dist.barrier()

@@ -18,8 +18,13 @@ OPERATIONAL_KEYS = ("force", "results_dir", "cache_dir", "progress", "device", "
 
 
 # the config keys that name data a run reads: the run id hashes their content, not their path (issue 14 #1)
-DATA_PATHS = (("task", "data_dir"), ("task", "heldout", "*", "data_dir"), ("task", "downstream", "data_dir"),
-              ("task", "calibration_source"), ("recipe", "lkd", "text_file"), ("recipe", "bcq", "params_from"))
+DATA_PATHS = (("task", "data_dir"), ("task", "heldout", "*", "data_dir"), ("task", "calibration_source"),
+              ("recipe", "lkd", "text_file"), ("recipe", "bcq", "params_from"))
+
+# Evaluation-only settings (issue 26 #2): an evaluation added to a trained and quantized model changes none of its
+# weights, ranges or other scores, so it is no part of the run id.  A run that asks for more of it than the record
+# holds re-evaluates and replaces that record (:func:`evaluates_more`); it never writes a second one.
+EVALUATION_ONLY = (("task", "downstream"),)   # the few-shot lm-eval suite on a pre-trained model (Tables 6-9)
 
 
 def read_files(node: dict) -> list[str] | None:
@@ -91,10 +96,13 @@ def _without_inert(cfg: dict) -> dict:
     ``recipe.paper``; a pre-training task's ``objective`` (its kind's ``lm_objective`` decides) and, for the causal
     LM, ``mlm_probability``; continued pre-training's ``task.train.gate_lr`` at null (the gates learn at the model's
     rate, which is what every run before the key existed did); ``calibration.momentum`` when no estimator of the calibration or the recipe is
-    ``running_minmax`` (the only one that reads it)."""
+    ``running_minmax`` (the only one that reads it); the evaluation-only settings (:data:`EVALUATION_ONLY`)."""
     out = dict(cfg)
     task, recipe = dict(out.get("task") or {}), dict(out.get("recipe") or {})
     task.pop("paper", None)
+    for group, key in EVALUATION_ONLY:
+        if group == "task":
+            task.pop(key, None)
     recipe.pop("paper", None)
     kind = str(task.get("kind", ""))
     if kind.startswith("pretrain") or kind == "qpt_clm":
@@ -117,6 +125,35 @@ def _without_inert(cfg: dict) -> dict:
     if "recipe" in out:
         out["recipe"] = recipe
     return out
+
+
+def evaluation_settings(cfg: dict) -> dict:
+    """The evaluation-only settings a config asks for, by dotted key: a block counts only while it is enabled."""
+    out = {}
+    for keys in EVALUATION_ONLY:
+        node = cfg
+        for k in keys:
+            node = node.get(k) if isinstance(node, dict) else None
+        if isinstance(node, dict) and node.get("enabled", True):
+            out[".".join(keys)] = node
+    return out
+
+
+def evaluates_more(record: dict, cfg: dict) -> bool:
+    """Whether a run of ``cfg`` would add an evaluation the existing ``record`` (same run id) lacks: its
+    evaluation-only settings are on and differ from the record's.  A run that asks for less (or the same) skips."""
+    asked = evaluation_settings(cfg)
+    return bool(asked) and asked != evaluation_settings(record.get("config") or {})
+
+
+def replacing(new: dict, old: dict) -> dict:
+    """``new`` (a re-evaluation of ``old``'s run id) keeping what ``old`` measured under other evaluation settings:
+    its settings and metrics in ``previous_evaluations`` (newest last)."""
+    history = list(old.get("previous_evaluations") or [])
+    if evaluation_settings(old.get("config") or {}):
+        history.append({"settings": evaluation_settings(old["config"]), "metrics": old.get("metrics"),
+                        "finished": old.get("finished"), "git": old.get("git")})
+    return {**new, "previous_evaluations": history} if history else new
 
 
 def run_id(cfg: dict) -> str:
@@ -148,6 +185,11 @@ def malformed(rec: dict) -> str | None:
     if not isinstance(rec.get("metrics"), dict):
         return f"its metrics {type(rec.get('metrics')).__name__} is not a mapping"
     return None
+
+
+def read(path: Path) -> dict:
+    with open(path) as f:
+        return json.load(f)
 
 
 def readable(path: Path) -> bool:
