@@ -245,7 +245,7 @@ def test_glue_batches_that_do_not_split_are_refused_in_the_check(monkeypatch, fi
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     kind = SimpleNamespace(task=OmegaConf.create({"finetune": {"batch_size": finetune_bs}}),
-                           cfg=OmegaConf.create({"recipe": {"qat": {"batch_size": qat_bs}}}))
+                           ctx=SimpleNamespace(spec=SimpleNamespace(qat={"batch_size": qat_bs})))
     if message is None:
         Glue._check_parallel_batches(kind)
         return

@@ -123,7 +123,7 @@ def test_a_kind_refuses_the_wrong_model_family(tmp_path, wikitext_like):
 
 def test_effective_calibration_and_configure_run_once_per_run(tmp_path, rte_like, monkeypatch):
     from qexp.config import quant as qcfg
-    from qexp.experiment import pipeline
+    from qexp.experiment import spec
     from qexp.kinds import glue
     from qexp.quant import sites
 
@@ -138,13 +138,16 @@ def test_effective_calibration_and_configure_run_once_per_run(tmp_path, rte_like
 
         monkeypatch.setattr(module, name, wrapper)
 
-    counted(pipeline, "effective_calibration")
+    counted(spec, "effective_calibration")
     counted(qcfg, "effective_calibration")
+    counted(spec, "quant_config")
+    counted(spec, "training_quant")
     counted(glue, "configure")
     counted(sites, "configure")
     run_cfg(tmp_path, "task=rte", f"task.data_dir={rte_like}", "+recipe=qat_w8a8", "recipe.qat.max_steps=1",
             "recipe.qat.batch_size=4")
-    assert calls == {"effective_calibration": 1, "configure": 1}
+    # the recipe is interpreted once (qexp.experiment.spec.RunSpec.parse), the model configured once
+    assert calls == {"effective_calibration": 1, "quant_config": 1, "training_quant": 1, "configure": 1}
 
 
 def test_a_new_kind_is_one_class(tmp_path, monkeypatch):

@@ -14,19 +14,15 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from ..config.paths import absolute_paths
-from ..config.quant import FP32, effective_calibration, enabled, quant_config
+from ..config.quant import FP32
 from ..kinds.base import RunContext, kind
 from . import records
-from .steps import PostWeightSteps, check_group_size
+from .spec import NoOpRecipeError, RunSpec, backend_name  # noqa: F401  (NoOpRecipeError, backend_name: re-exported)
+from .steps import check_group_size
 from .summary import memory_footprint, relative_errors, site_summary
 from .timer import Timer, pick_device
 
 log = logging.getLogger("qexp")
-
-
-def backend_name(cfg) -> str:
-    """``inference.backend`` (fake quantization unless a config says otherwise)."""
-    return str((cfg.get("inference") or {}).get("backend", "fake"))
 
 
 class SeedError(ValueError):
@@ -70,48 +66,6 @@ def where(cwd: Path, cfg) -> None:
                     "results_dir=/path and cache_dir=/path to choose", cwd, cwd, REPO)
 
 
-class NoOpRecipeError(ValueError):
-    pass
-
-
-def trains_quantized(recipe) -> bool:
-    """Whether the recipe's ``qpt`` block is on: judged by the same parser the pre-training kind uses
-    (:func:`~qexp.config.training_quant.training_quant`), so ``qpt.enabled=false`` is off here too (issue 26/27: the
-    guard took any ``qpt`` block as quantizing and recorded an FP run under the recipe's name)."""
-    from ..config.training_quant import training_quant
-
-    return training_quant(recipe) is not None
-
-
-def check_recipe_enables_something(recipe, quant: dict) -> None:
-    """The static half of :func:`check_quantizes_something`, before anything loads: no group enabled and no site rule
-    that enables a site."""
-    if recipe.name == FP32["name"] or trains_quantized(recipe):
-        return
-    from ..quant.sites import GROUPS
-
-    groups_on = any((quant.get(g) or {}).get("enabled") for g in GROUPS)
-    rules_on = any(rule.get("enabled") is True for rule in quant.get("sites") or [])
-    if not (groups_on or rules_on):
-        raise NoOpRecipeError(f"recipe {recipe.name!r} quantizes nothing: recipe.quant.weights, .activations and "
-                              f".inputs are all disabled and no site rule enables a site; for a floating-point run "
-                              f"use recipe fp32 (or no recipe)")
-
-
-def check_quantizes_something(recipe, model) -> None:
-    """A recipe other than ``fp32`` that leaves every site in floating point (every group disabled, or a rule such
-    as ``{match: "*", enabled: false}``) would score as a perfect quantization: refused (issue 14 #2).  Recipes that
-    quantize during training (``qpt``) are judged by their training block instead."""
-    if recipe.name == FP32["name"] or trains_quantized(recipe):
-        return
-    from ..quant.sites import quantizers
-
-    if not any(q.spec.enabled for q in quantizers(model)):
-        raise NoOpRecipeError(f"recipe {recipe.name!r} quantizes nothing: every site of this model is left in "
-                              f"floating point (check recipe.quant.*.enabled and its site rules); for a "
-                              f"floating-point run use recipe fp32 (or no recipe)")
-
-
 def train_objective(task, model, options) -> dict:
     """The quantized model's loss and task metric on ``options.samples`` training examples (Kwon et al. 2021, Tables
     1/15: training loss and accuracy; the same data and measure as the BCQ search's objective)."""
@@ -136,33 +90,25 @@ def weight_mse(model) -> float | None:
 
 
 def validated(cfg: DictConfig, resolved: dict, cwd: Path | None = None):
-    """Every check that needs no model, before anything expensive: (context, task, post-weight steps, backend)."""
+    """Every check that needs no model, before anything expensive: (context, task, post-weight steps, backend).  The
+    recipe is interpreted once, into the context's :class:`~qexp.experiment.spec.RunSpec`; the kind checks what it
+    allows from that spec."""
     writable(Path(cfg.results_dir), "results_dir")
     writable(Path(cfg.cache_dir), "cache_dir")
     where(Path(cwd or Path.cwd()), cfg)
     from ..integer.backends import check_backend
 
-    kind_cls, backend, device = kind(str(cfg.task.kind)), backend_name(cfg), pick_device(str(cfg.device))
-    check_backend(backend, device)
-    calibration = effective_calibration(cfg)
-    rid, timer = records.run_id(resolved), Timer()
+    kind_cls, device = kind(str(cfg.task.kind)), pick_device(str(cfg.device))
+    check_backend(backend_name(cfg), device)
     from ..train.reporting import check as check_reporting
 
     check_reporting(cfg.get("report_to"))
-    ctx = RunContext(cfg, quant_config(resolved["recipe"], calibration), calibration, device, timer, rid)
-    check_recipe_enables_something(cfg.recipe, ctx.quant)
-    steps = PostWeightSteps.from_recipe(cfg.recipe)   # the steps' own values first, then what the task allows
+    spec = RunSpec.parse(cfg, resolved)
+    ctx = RunContext(cfg, spec, device, Timer(), records.run_id(resolved))
     task = kind_cls(ctx)
     task.check()
-    check_group_size(steps.bcq, cfg.model)
-    from ..integer.backends import check_recipe
-
-    check_recipe(backend, ctx.quant, str(cfg.recipe.name), steps.bcq is not None)
-    if enabled(cfg.recipe, "qat"):
-        from ..train.qat import hyperparameters
-
-        hyperparameters(cfg.recipe.qat)
-    return ctx, task, steps, backend
+    check_group_size(spec.steps.bcq, cfg.model)
+    return ctx, task, spec.steps, spec.backend
 
 
 class DistributedError(ValueError):
@@ -202,7 +148,7 @@ def load_and_calibrate(ctx: RunContext, task, steps: PostWeightSteps, report: di
     with ctx.timer.stage("load"):
         loaded = task.load()
     model = loaded.model
-    check_quantizes_something(ctx.cfg.recipe, model)
+    ctx.spec.check_quantizes(model)
     with ctx.timer.stage("calibrate"):
         batches = task.calibration_batches()
         calibrate(model, batches, int(ctx.calibration.num_batches), progress=ctx.progress,
@@ -243,10 +189,10 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, cwd: Path | None = 
     with timer.stage("total"):
         loaded = load_and_calibrate(ctx, task, steps, report)
         model = loaded.model
-        if cfg.recipe.get("train_objective") and task.searches:
+        if ctx.spec.train_objective and task.searches:
             with timer.stage("train_objective"):
-                report["train_objective"] = train_objective(task, model, cfg.recipe.train_objective)
-        if enabled(cfg.recipe, "qat"):
+                report["train_objective"] = train_objective(task, model, ctx.spec.train_objective)
+        if ctx.spec.qat is not None:
             with timer.stage("qat"):
                 report["qat"] = task.train(model)
         report["inference"] = attach(model, backend)
@@ -255,7 +201,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, cwd: Path | None = 
     record = {
         "schema": records.SCHEMA, "run_id": rid, "started": started, "finished": records.now(),
         "model": cfg.model.name, "task": cfg.task.name, "task_version": cfg.task.version,
-        "recipe": cfg.recipe.name, "seed": int(cfg.seed),
+        "recipe": ctx.spec.recipe, "seed": int(cfg.seed),
         "metrics": result.metrics, "score": result.score, "data_source": result.data_source,
         "model_identity": loaded.identity, **loaded.record,
         "sites": site_summary(model), "memory": memory_footprint(model), **report,
@@ -271,6 +217,6 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, cwd: Path | None = 
         records.write_atomic(path, records.portable(record))
     dist.barrier()
     score = "none (diverged)" if record["score"] is None else f"{record['score']:.2f}"
-    log.info("%s / %s / %s / seed %s: score %s -> %s", cfg.model.name, cfg.task.name, cfg.recipe.name, cfg.seed,
+    log.info("%s / %s / %s / seed %s: score %s -> %s", cfg.model.name, cfg.task.name, ctx.spec.recipe, cfg.seed,
              score, path)
     return record

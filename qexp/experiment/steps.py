@@ -101,7 +101,7 @@ class PostWeightSteps:
                            f"{rid}.journal", rid, self.options["bcq"].get("manual_sets"), kind.ctx.progress)
             out = Path(cfg.results_dir) / "bcq_search" / f"{rid}.json"
             write_atomic(out, {"run_id": rid, "model": cfg.model.name, "task": cfg.task.name,
-                               "recipe": cfg.recipe.name, "bits": self.bcq_quant_bits(model),
+                               "recipe": kind.ctx.spec.recipe, "bits": self.bcq_quant_bits(model),
                                "layers": found["best"]["layers"], "best": found["best"]})
             report.update(layers=found.pop("layers"), search={**found, "params_file": str(out)})
         else:

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Iterable
 
 from ..common.registry import Registry
-from ..config.quant import enabled
 from ..models.families import family_of
 
 Batches = Callable[[], Iterable[dict]]          # a fresh iterable of model inputs each call
@@ -35,12 +34,21 @@ SEED_STREAMS = {"calibration": 0, "adaround": 1, "lkd_train": 2, "lkd_eval": 3, 
 @dataclass
 class RunContext:
     """One run's resolved inputs, computed once by the pipeline."""
-    cfg: object                 # the composed DictConfig (paths absolute)
-    quant: dict                 # qexp.config.quant.quant_config(...)
-    calibration: object         # the effective calibration group (QAT's init_calibration merged)
+    cfg: object                 # the composed DictConfig (paths absolute): the task's and model's own settings
+    spec: object                # qexp.experiment.spec.RunSpec: the recipe, calibration and backend, interpreted once
     device: str
     timer: object               # qexp.experiment.timer.Timer
     run_id: str
+
+    @property
+    def quant(self) -> dict:
+        """The quant config every site takes its spec from (:attr:`RunSpec.quant`)."""
+        return self.spec.quant
+
+    @property
+    def calibration(self):
+        """The effective calibration group (QAT's init_calibration merged; :attr:`RunSpec.calibration`)."""
+        return self.spec.calibration
 
     @property
     def seed(self) -> int:
@@ -96,23 +104,23 @@ class TaskKind:
         for split, n in dict(self.task.get("limit") or {}).items():   # issue 27 #14: TypeError deep in the loader
             if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
                 raise KindError(f"task.limit.{split}={n!r} must be a positive integer or null (all examples)")
-        recipe = self.cfg.recipe
-        if enabled(recipe, "qat") and not self.trains:
-            raise KindError(f"recipe {recipe.name!r} trains (QAT) on labelled data, but task {self.task.name!r} is a "
+        spec = self.ctx.spec
+        if spec.qat is not None and not self.trains:
+            raise KindError(f"recipe {spec.recipe!r} trains (QAT) on labelled data, but task {self.task.name!r} is a "
                             f"{self.name} task; valid: the GLUE tasks (`qexp ls tasks`)")
-        if recipe.get("qpt") is not None and recipe.qpt.get("enabled", True) and not self.quantized_training:
-            raise KindError(f"recipe {recipe.name!r} quantizes training from scratch (qpt), but task "
+        if spec.training is not None and not self.quantized_training:
+            raise KindError(f"recipe {spec.recipe!r} quantizes training from scratch (qpt), but task "
                             f"{self.task.name!r} is a {self.name} task; valid: the pre-training tasks "
                             f"(pretrain_clm, qpt_clm, ...: `qexp ls tasks`)")
-        search = (recipe.get("bcq") or {}).get("search") or {}
-        if enabled(recipe, "bcq") and search.get("mode", "none") != "none":
+        if spec.steps.bcq is not None and spec.steps.bcq_search.enabled:
             if not self.searches:
-                raise KindError(f"recipe.bcq.search.mode={search.mode} needs an objective on the task's training "
-                                f"data, which task {self.task.name!r} ({self.name}) has not; valid: the GLUE, "
-                                f"perplexity and pre-training tasks (`qexp ls tasks`)")
+                raise KindError(f"recipe.bcq.search.mode={spec.steps.bcq_search.mode} needs an objective on the "
+                                f"task's training data, which task {self.task.name!r} ({self.name}) has not; valid: "
+                                f"the GLUE, perplexity and pre-training tasks (`qexp ls tasks`)")
             self.check_search_data()
-        if enabled(recipe, "lkd") and recipe.lkd.get("data", "task") == "task":
-            fixed, asked = self.lkd_fixed_length(), recipe.lkd.get("seq_length")
+        lkd = spec.steps.lkd
+        if lkd is not None and lkd.data == "task":
+            fixed, asked = self.lkd_fixed_length(), lkd.seq_length
             if fixed is not None and asked is not None and int(asked) != fixed:
                 raise KindError(f"recipe.lkd.seq_length={asked} cannot apply to task {self.task.name!r}: its own "
                                 f"sequences have {fixed} tokens (LKD on task data uses them); valid: "

@@ -88,9 +88,9 @@ class Glue(TaskKind):
 
         try:
             check_batch(int(self.task.finetune.batch_size), "task.finetune.batch_size")
-            qat = self.cfg.recipe.get("qat")
-            if qat is not None and qat.get("enabled", True):
-                check_batch(int(qat.batch_size), "recipe.qat.batch_size")
+            qat = self.ctx.spec.qat
+            if qat is not None:
+                check_batch(int(qat["batch_size"]), "recipe.qat.batch_size")
         except ParallelError as e:
             raise KindError(str(e)) from None
 
@@ -187,10 +187,10 @@ class Glue(TaskKind):
         from ..train import qat
 
         ctx, cfg = self.ctx, self.cfg
-        hp = qat.hyperparameters(cfg.recipe.qat)
+        hp = ctx.spec.qat
         train = self._encode(self.train_raw)
         folder = (Path(cfg.cache_dir) / "qat" /
-                  f"{cfg.model.name}__{self.task.name}__{cfg.recipe.name}__seed{ctx.seed}__{ctx.run_id}")
+                  f"{cfg.model.name}__{self.task.name}__{ctx.spec.recipe}__seed{ctx.seed}__{ctx.run_id}")
         with tempfile.TemporaryDirectory(prefix="qexp-qat-") as work:
             meta = qat.train_qat(model, train, self.loaded.tokenizer, hp, ctx.seed, ctx.device, ctx.progress,
                                  Path(work), regression=bool(self.task.regression), report=ctx.report(ctx.run_id))

@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from ..config.training_quant import TrainingQuantConfigError, training_quant
 from ..models import scratch
 from ..models.families import family_of
 from ..quant import training_linear
@@ -58,14 +57,11 @@ class Pretrain(TaskKind):
     def check(self) -> None:
         super().check()
         model, task = self.cfg.model, self.task
-        try:
-            self.tq = training_quant(self.cfg.recipe)
-        except TrainingQuantConfigError as e:
-            raise KindError(str(e)) from None
+        self.tq = self.ctx.spec.training
         if self.tq is not None:
-            on = [g for g in ("weights", "activations", "inputs") if self.ctx.quant.get(g, {}).get("enabled")]
+            on = self.ctx.spec.ptq_groups_on
             if on:
-                raise KindError(f"recipe {self.cfg.recipe.name!r} has both a qpt block (quantized training) and PTQ "
+                raise KindError(f"recipe {self.ctx.spec.recipe!r} has both a qpt block (quantized training) and PTQ "
                                 f"quantizers ({', '.join(on)}); use one: qpt.during=eval quantizes a trained model")
         ds = task.get("downstream")
         if ds is not None and ds.get("enabled"):
