@@ -3,6 +3,8 @@
 
 For each record in RUNS (default results/runs), in one pass:
   * drop ``config.recipe.table_row`` (issue 10: the table specs name their rows);
+  * write the layer selectors in the one site-glob dialect (issue 26 #4: ``bcq.layers`` -> ``bcq.sites``,
+    ``adaround.layers`` -> ``adaround.sites``, ``qpt.include``/``exclude`` -> ``qpt.sites``/``exclude_sites``);
   * write absolute paths inside the checkout's parent folder relative to the checkout (issue 27: records held one
     machine's layout, e.g. ``/work/main/cache``; now ``cache``, ``../shared/data/glue/RTE``);
   * recompute the run id with ``qexp.experiment.records.run_id`` (issue 27 #6: a data folder's fingerprint covers the
@@ -25,10 +27,33 @@ from qexp.experiment.records import (EVALUATION_ONLY, evaluation_settings, porta
                                      run_id, write_atomic)
 
 
+def _weight_globs(value) -> list[str]:
+    globs = [value] if isinstance(value, str) else list(value or [])
+    return [g if g.endswith(".weight") or g == "*" else f"{g}.weight" for g in map(str, globs)]
+
+
+def site_glob_selectors(recipe: dict) -> None:
+    """Issue 26 #4, in place: the selector keys in the one site-glob dialect.  ``bcq.layers`` and ``qpt.include`` /
+    ``exclude`` matched linear names (``encoder.layer.*``); ``bcq.sites``, ``qpt.sites`` / ``exclude_sites`` match the
+    weight site (``encoder.layer.*.weight``: the same layers).  ``adaround.layers`` already matched weight sites."""
+    bcq, ada, qpt = (recipe.get(k) for k in ("bcq", "adaround", "qpt"))
+    if isinstance(bcq, dict) and "layers" in bcq:
+        bcq["sites"] = _weight_globs(bcq.pop("layers"))
+    if isinstance(ada, dict) and "layers" in ada:
+        layers = ada.pop("layers")
+        ada["sites"] = [layers] if isinstance(layers, str) else list(layers)
+    if isinstance(qpt, dict):
+        if "include" in qpt:
+            qpt["sites"] = _weight_globs(qpt.pop("include"))
+        if "exclude" in qpt:
+            qpt["exclude_sites"] = _weight_globs(qpt.pop("exclude"))
+
+
 def current(rec: dict) -> dict:
     """The record as the current code writes it (without touching its results)."""
     rec = json.loads(json.dumps(rec))
     ((rec.get("config") or {}).get("recipe") or {}).pop("table_row", None)
+    site_glob_selectors((rec.get("config") or {}).get("recipe") or {})
     rec = portable(rec)
     new = run_id(rec["config"])
     if new != rec.get("run_id"):

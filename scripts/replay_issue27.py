@@ -45,7 +45,7 @@ def cases(tmp: Path):
     yield "1", "tables --runs results/run (typo)", ["tables", "--runs", str(tmp / "results" / "run"),
                                                      "--out", str(tmp / "tables")]
     yield "2", "qpt exclude=[*] (quantizes nothing)", ["run", "task=qpt_clm", "model=gpt2_cpu", "+recipe=qpt_w8a8",
-                                                        "recipe.qpt.exclude=[*]", *smoke[2:], *heldout,
+                                                        "recipe.qpt.exclude_sites=[*]", *smoke[2:], *heldout,
                                                         "task.data_dir=../shared/data/brown_austen"]
     yield "2b", "qpt.enabled=false", ["run", "task=qpt_clm", "model=gpt2_cpu", "+recipe=qpt_w8a8",
                                       "++recipe.qpt.enabled=false", *smoke[2:], *heldout,

@@ -54,7 +54,7 @@ def test_every_qpt_recipe_composes_and_trains_one_step(recipe):
     tq = training_quant(compose(["task=qpt_clm", f"+recipe={recipe}"]).recipe)
     model = _tiny_decoder()
     spec = tq.linear if tq.trains else None
-    layers = attach(model, spec, list(tq.include), list(tq.exclude))
+    layers = attach(model, spec, list(tq.sites), list(tq.exclude_sites))
     assert len(layers) == 2 * 6 and all(n.startswith("decoder.layer.") for n in layers)  # q k v out fc1 fc2
     opt = QuantizedAdamW(model.parameters(), m1=tq.m1, m2=tq.m2, timing=tq.timing, lr=1e-3)
     ids = torch.randint(0, 64, (2, 16))
@@ -67,9 +67,9 @@ def test_every_qpt_recipe_composes_and_trains_one_step(recipe):
 
 def test_attach_names_the_layers_and_refuses_a_typo():
     model = _tiny_decoder()
-    with pytest.raises(ValueError, match=r"'decoder\.layr\.\*' matches no linear layer.*decoder\.layer\.0\.attn"):
+    with pytest.raises(ValueError, match=r"'decoder\.layr\.\*' matches no linear weight site.*decoder\.layer\.0\.attn"):
         attach(model, None, ["decoder.layr.*"], [])
-    got = attach(model, None, ["decoder.layer.*"], ["*.fc2"])
+    got = attach(model, None, ["decoder.layer.*.weight"], ["*.fc2.weight"])
     assert "decoder.layer.0.ffn.fc2" not in got and "decoder.layer.1.ffn.fc1" in got
     assert not any(m.training_quant for m in model.modules() if isinstance(m, QLinear))
 
@@ -120,7 +120,9 @@ def test_held_out_windows_batched_equal_one_at_a_time():
     (["+recipe=w8a8_ptq", "+recipe.qpt={weights: {bits: 8}}"], r"both a qpt block .* and PTQ quantizers"),
     # issue 27 #2 / issue 26: both recorded an FP run under the name qpt_w8a8
     (["+recipe=qpt_w8a8", "++recipe.qpt.enabled=false"], r"recipe 'qpt_w8a8' quantizes nothing"),
-    (["+recipe=qpt_w8a8", "recipe.qpt.exclude=[*]"], r"leaves no linear layer: the recipe would quantize nothing"),
+    (["+recipe=qpt_w8a8", "recipe.qpt.exclude_sites=[*]"], r"leaves no linear layer: the recipe would quantize nothing"),
+    (["+recipe=qpt_w8a8", "++recipe.qpt.exclude=[*]"],     # issue 26 #4: the old dialect, with the new spelling
+     r"recipe.qpt.exclude is now recipe.qpt.exclude_sites.*write recipe.qpt.exclude_sites=\[\*\]"),
 ])
 def test_bad_qpt_settings_are_refused_before_any_work(overrides, match, tmp_path, corpus, heldout):
     with pytest.raises(ValueError, match=match):

@@ -26,7 +26,7 @@ def _step_fn(model_name: str, recipe: str | None, batch: int, seq: int, vocab: i
     model = family_of(cfg.model).wrap(hf).train()
     tq = training_quant(cfg.recipe) if recipe else None
     if tq is not None:
-        attach(model, tq.linear, list(tq.include), list(tq.exclude))
+        attach(model, tq.linear, list(tq.sites), list(tq.exclude_sites))
     opt = QuantizedAdamW(model.parameters(), m1=tq and tq.m1, m2=tq and tq.m2, lr=1e-4)
     ids = torch.randint(5, vocab, (batch, seq), generator=torch.Generator().manual_seed(0))
 

@@ -9,8 +9,8 @@
       grad_path: weight             # which GEMM takes Q(dY): weight (paper) | input (authors' flag) | both (Fig. 10)
       saved: quantized              # backward operands: quantized (paper's formulas) | original (authors' code)
       adam: {m1: {bits: 8, granularity: per_channel}, m2: null, timing: after_update}   # per_tensor | per_channel
-      include: ["decoder.layer.*"]  # linear-layer site globs (qexp.models.quant_decoder names); lm_head excluded
-      exclude: []
+      sites: ["decoder.layer.*.weight"]   # weight site globs (quant.sites' dialect); lm_head left out
+      exclude_sites: []
 
 Absent components are off.  Only the pre-training kinds honour it (they train); every other kind refuses it.
 """
@@ -19,11 +19,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..quant.dynamic import FormatError, TensorFormat, make_format
+from ..quant.sites import SelectorError, site_globs
 from ..quant.optim import TIMINGS
 from ..quant.training_linear import GRAD_PATHS, SAVED, LinearQuant
 
 DURING = ("train", "eval")
-KEYS = ("during", "weights", "activations", "gradients", "grad_path", "saved", "adam", "include", "exclude", "enabled",
+KEYS = ("during", "weights", "activations", "gradients", "grad_path", "saved", "adam", "sites", "exclude_sites", "enabled",
         "code")
 CODES = ("paper", "authors")
 SCOPES = ("all", "linear_weights")
@@ -58,8 +59,8 @@ class TrainingQuant:
     m2: TensorFormat | None = None
     timing: str = "after_update"
     during: str = "train"
-    include: tuple = ("decoder.layer.*",)
-    exclude: tuple = field(default_factory=tuple)
+    sites: tuple = ("decoder.layer.*.weight",)
+    exclude_sites: tuple = field(default_factory=tuple)
     adam_scope: str = "all"       # all (qexp: every parameter's states) | linear_weights (the authors' code)
     code: str = "paper"           # paper | authors: the one switch that selects every authors' behaviour below
 
@@ -69,8 +70,8 @@ class TrainingQuant:
         return self.during == "train"
 
     def describe(self) -> dict:
-        out = {"during": self.during, **self.linear.describe(), "include": list(self.include),
-               "exclude": list(self.exclude),
+        out = {"during": self.during, **self.linear.describe(), "sites": list(self.sites),
+               "exclude_sites": list(self.exclude_sites),
                "adam": {"m1": str(self.m1) if self.m1 else None, "m2": str(self.m2) if self.m2 else None,
                         "timing": self.timing}}
         if self.code != "paper" or self.adam_scope != "all":   # absent for the paper's semantics: old keys unchanged
@@ -90,6 +91,12 @@ def training_quant(recipe) -> TrainingQuant | None:
     if q is None or not q.get("enabled", True):
         return None
     q = dict(q)
+    for old, new in (("include", "sites"), ("exclude", "exclude_sites")):   # issue 26 #4: one selector dialect
+        if old in q:
+            try:
+                site_globs(None, f"recipe.qpt.{new}", f"recipe.qpt.{old}", q[old])
+            except SelectorError as e:
+                raise TrainingQuantConfigError(str(e)) from None
     unknown = sorted(set(q) - set(KEYS))
     if unknown:
         raise TrainingQuantConfigError(f"recipe.qpt: unknown key(s) {unknown}; valid: {', '.join(KEYS)}")
@@ -126,7 +133,11 @@ def training_quant(recipe) -> TrainingQuant | None:
     if not (linear.active or m1 or m2):
         raise TrainingQuantConfigError("recipe.qpt quantizes nothing: set weights, activations, gradients or "
                                        "adam.m1/m2 (or drop the qpt block)")
-    include, exclude = q.get("include", ["decoder.layer.*"]), q.get("exclude", [])
+    try:
+        sites = site_globs(q.get("sites", ["decoder.layer.*.weight"]), "recipe.qpt.sites")
+        exclude = site_globs(q.get("exclude_sites", []), "recipe.qpt.exclude_sites")
+    except SelectorError as e:
+        raise TrainingQuantConfigError(str(e)) from None
     return TrainingQuant(linear, m1, m2, _choice(str(adam.get("timing", "after_update")), TIMINGS,
                                                  "recipe.qpt.adam.timing"),
-                         during, tuple(str(p) for p in include), tuple(str(p) for p in exclude), scope, code)
+                         during, sites, exclude, scope, code)

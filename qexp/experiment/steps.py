@@ -17,12 +17,12 @@ from ..train.lkd import LKDConfig
 def check_group_size(bcq: BCQConfig | None, model_cfg) -> None:
     """Refuse a BCQ ``group_size`` that does not divide the rows of the model's block linears before anything loads
     (or fine-tunes), where the model config tells the row lengths (:func:`qexp.models.loading.linear_row_lengths`);
-    elsewhere, and for a narrowed ``recipe.bcq.layers``, the quantizer's own check after loading applies."""
+    elsewhere, and for a narrowed ``recipe.bcq.sites``, the quantizer's own check after loading applies."""
     import math
 
     from ..models.loading import linear_row_lengths
 
-    if bcq is None or bcq.group_size is None or bcq.layers != BCQConfig.layers or bcq.group_dim != "row":
+    if bcq is None or bcq.group_size is None or bcq.sites != BCQConfig.sites or bcq.group_dim != "row":
         return
     lengths, g = linear_row_lengths(model_cfg), int(bcq.group_size)
     if lengths and any(n % g for n in lengths.values()):

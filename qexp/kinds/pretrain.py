@@ -214,7 +214,7 @@ class Pretrain(TaskKind):
 
     def _attach(self, model, spec: LinearQuant | None) -> int:
         try:
-            return len(training_linear.attach(model, spec, list(self.tq.include), list(self.tq.exclude)))
+            return len(training_linear.attach(model, spec, list(self.tq.sites), list(self.tq.exclude_sites)))
         except training_linear.TrainingQuantError as e:
             raise KindError(f"recipe.qpt: {e}") from None
 

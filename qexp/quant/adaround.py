@@ -47,12 +47,18 @@ class AdaRoundConfig:
     warmup: float = 0.2          # fraction of iterations without the rounding regulariser
     zeta: float = 1.1
     gamma: float = -0.1
-    layers: str = "*"            # glob over weight site names, e.g. "encoder.layer.*.ffn.*.weight"
+    sites: tuple = ("*",)        # weight site globs (quant.sites' dialect), e.g. ["encoder.layer.*.ffn.*.weight"]
 
     @classmethod
     def from_config(cls, cfg) -> "AdaRoundConfig":
         cfg = dict(cfg or {})
         cfg.pop("enabled", None)
+        from .sites import site_globs
+
+        if "layers" in cfg:   # issue 26 #4: one selector dialect
+            site_globs(None, "recipe.adaround.sites", "recipe.adaround.layers", cfg["layers"])
+        if "sites" in cfg:
+            cfg["sites"] = site_globs(cfg["sites"], "recipe.adaround.sites")
         valid = {f.name for f in fields(cls)}
         unknown = set(cfg) - valid
         if unknown:
@@ -148,9 +154,10 @@ def apply_adaround(model: nn.Module, batches: Callable[[], Iterable[dict]], cfg:
                    progress: bool = True) -> list[dict]:
     """AdaRound every selected linear layer (weights calibrated and ``fixed``) of ``model``, in forward order."""
     layers = [m for m in model.modules() if isinstance(m, QLinear) and m.weight_quantizer.spec.enabled
-              and m.weight_quantizer.state == "fixed" and fnmatchcase(m.weight_quantizer.name, cfg.layers)]
+              and m.weight_quantizer.state == "fixed" and any(fnmatchcase(m.weight_quantizer.name, g)
+                                                              for g in cfg.sites)]
     if not layers:
-        raise ValueError(f"adaround.layers={cfg.layers!r} selects no quantized linear weight; "
+        raise ValueError(f"recipe.adaround.sites={list(cfg.sites)} selects no quantized linear weight; "
                          f"list the sites with `qexp ls sites model=...`")
     gen = torch.Generator().manual_seed(int(seed))
     was_training = model.training

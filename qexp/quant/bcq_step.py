@@ -20,7 +20,7 @@ from .bcq import BCQ, BCQError, Importance
 
 SCHEMES = ("bcq", "uniform_minmax", "uniform_weighted_mse")
 GROUP_DIMS = ("row", "column")
-KEYS = ("enabled", "scheme", "rounds", "E", "C", "P", "group_size", "solver", "layers", "group_dim",
+KEYS = ("enabled", "scheme", "rounds", "E", "C", "P", "group_size", "solver", "sites", "group_dim",
         "set", "manual_sets",   # pwq_manual: which of Table 5's sets gave E, C, P (for the record)
         "search", "params_from")  # read by the search step (qexp.experiment.bcq_search)
 
@@ -34,7 +34,7 @@ class BCQConfig:
     P: float = 0.0
     group_size: int | None = None
     solver: str = "cg"
-    layers: tuple = ("encoder.layer.*", "decoder.layer.*")
+    sites: tuple = ("encoder.layer.*.weight", "decoder.layer.*.weight")   # weight site globs (quant.sites' dialect)
     # row: binary codes and alphas along each output row of W (out, in) -- qexp, the paper's "row-wise";
     # column: along the output dimension, one set per input channel -- Kwon's quant_model_bcq.py (in_ch_wise=True)
     group_dim: str = "row"
@@ -42,6 +42,15 @@ class BCQConfig:
     @classmethod
     def from_config(cls, cfg: dict, bits: int) -> "BCQConfig":
         cfg = dict(cfg)
+        from .sites import SelectorError, site_globs
+
+        try:
+            if "layers" in cfg:   # issue 26 #4: one selector dialect
+                site_globs(None, "recipe.bcq.sites", "recipe.bcq.layers", cfg["layers"])
+            if "sites" in cfg:
+                cfg["sites"] = site_globs(cfg["sites"], "recipe.bcq.sites")
+        except SelectorError as e:
+            raise BCQError(str(e)) from None
         unknown = sorted(set(cfg) - set(KEYS))
         if unknown:
             raise BCQError(f"recipe.bcq: unknown key(s) {unknown}; valid: {', '.join(KEYS)}")
@@ -50,9 +59,6 @@ class BCQConfig:
             raise BCQError(f"recipe.bcq.set={cfg['set']!r} is not one of the manual sets; valid: {', '.join(sets)}")
         for key in ("enabled", "set", "manual_sets", "search", "params_from"):
             cfg.pop(key, None)
-        if "layers" in cfg:
-            layers = cfg["layers"]
-            cfg["layers"] = (layers,) if isinstance(layers, str) else tuple(layers)
         out = cls(**{f.name: cfg[f.name] for f in fields(cls) if f.name in cfg})
         if out.scheme not in SCHEMES:
             raise BCQError(f"recipe.bcq.scheme={out.scheme!r}; valid: {', '.join(SCHEMES)}")
@@ -77,16 +83,16 @@ class BCQConfig:
 
 
 def bcq_layers(model: nn.Module, cfg: BCQConfig) -> list[tuple[str, nn.Module]]:
-    """(name, QLinear) of every linear whose weight is quantized and whose name matches ``cfg.layers``, in model
-    order; none is an error naming the layers."""
+    """(name, QLinear) of every linear whose weight is quantized and whose weight site matches ``cfg.sites``, in model
+    order (the name without ``.weight``, as the records report layers); none is an error naming the sites."""
     from .modules import QLinear
 
-    layers = [(m.weight_quantizer.name.removesuffix(".weight"), m) for m in model.modules()
+    layers = [(m.weight_quantizer.name, m) for m in model.modules()
               if isinstance(m, QLinear) and m.weight_quantizer.spec.enabled]
-    chosen = [(n, m) for n, m in layers if any(fnmatchcase(n, p) for p in cfg.layers)]
+    chosen = [(n.removesuffix(".weight"), m) for n, m in layers if any(fnmatchcase(n, p) for p in cfg.sites)]
     if not chosen:
-        raise BCQError(f"recipe.bcq.layers={list(cfg.layers)} matches no linear layer with a quantized weight; the "
-                       f"layers are: {', '.join(n for n, _ in layers[:8])}{' ...' if len(layers) > 8 else ''}")
+        raise BCQError(f"recipe.bcq.sites={list(cfg.sites)} matches no linear weight site that is quantized; the "
+                       f"sites are: {', '.join(n for n, _ in layers[:8])}{' ...' if len(layers) > 8 else ''}")
     check_rows(chosen, cfg.group_size, 0 if cfg.group_dim == "column" else 1)
     return chosen
 

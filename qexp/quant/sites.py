@@ -49,6 +49,33 @@ def site_names(model: nn.Module, group: str | None = None) -> list[str]:
     return [q.name for q in quantizers(model, group=group)]
 
 
+class SelectorError(ValueError):
+    pass
+
+
+def site_globs(value, key: str, old: str | None = None, old_value=None) -> tuple[str, ...]:
+    """One selector dialect (issue 26 #4): a glob or a list of globs over site names, as ``recipe.quant.sites[].match``
+    spells them (a linear layer is selected by its weight site, ``encoder.layer.0.attn.query.weight``).  ``old``: the
+    key this one replaced, refused with the new spelling of ``old_value``."""
+    if old is not None and old_value is not None:
+        globs = [old_value] if isinstance(old_value, str) else list(old_value)
+        new = [g if g.endswith(".weight") or g == "*" else f"{g}.weight" for g in map(str, globs)]
+        raise SelectorError(f"{old} is now {key}: globs over weight site names, the recipe.quant.sites[].match "
+                            f"dialect; write {key}=[{', '.join(new)}]")
+    if isinstance(value, str):
+        value = [value]
+    globs = tuple(str(v) for v in (value or ()))
+    if not all(globs):
+        raise SelectorError(f"{key}={list(globs)} holds an empty glob")
+    return globs
+
+
+def matching(names: Iterable[str], globs: Iterable[str]) -> list[str]:
+    """The names (in order) that match any of ``globs``."""
+    globs = tuple(globs)
+    return [n for n in names if any(fnmatchcase(n, g) for g in globs)]
+
+
 def _dynamic(spec: dict) -> bool:
     from .granularity import make_granularity
 

@@ -98,21 +98,22 @@ class _QuantLinear(torch.autograd.Function):
         return dx, dw, db, None
 
 
-def attach(model: nn.Module, spec: LinearQuant | None, include: list[str], exclude: list[str]) -> list[str]:
-    """Set ``spec`` on every :class:`~.modules.QLinear` whose site name matches a glob of ``include`` and none of
-    ``exclude`` (``None`` detaches); returns the names.  A pattern that matches nothing is an error (a typo)."""
+def attach(model: nn.Module, spec: LinearQuant | None, sites: list[str], exclude: list[str]) -> list[str]:
+    """Set ``spec`` on every :class:`~.modules.QLinear` whose weight site matches a glob of ``sites`` and none of
+    ``exclude`` (``None`` detaches); returns the layer names (without ``.weight``).  A glob that matches nothing is an
+    error (a typo)."""
     from .modules import QLinear
 
-    layers = {m.weight_quantizer.name.removesuffix(".weight"): m for m in model.modules() if isinstance(m, QLinear)}
-    for pattern in (*include, *exclude):
+    layers = {m.weight_quantizer.name: m for m in model.modules() if isinstance(m, QLinear)}
+    for pattern in (*sites, *exclude):
         if not any(fnmatchcase(n, pattern) for n in layers):
-            raise TrainingQuantError(f"training-quantization pattern {pattern!r} matches no linear layer; the layers "
-                                     f"are: {', '.join(sorted(layers)[:8])}{' ...' if len(layers) > 8 else ''}")
-    chosen = [n for n in layers if any(fnmatchcase(n, p) for p in include)
+            raise TrainingQuantError(f"training-quantization glob {pattern!r} matches no linear weight site; the "
+                                     f"sites are: {', '.join(sorted(layers)[:8])}{' ...' if len(layers) > 8 else ''}")
+    chosen = [n for n in layers if any(fnmatchcase(n, p) for p in sites)
               and not any(fnmatchcase(n, p) for p in exclude)]
     if spec is not None and not chosen:   # issue 27 #2: `exclude=[*]` recorded an FP run under a qpt recipe's name
-        raise TrainingQuantError(f"include {list(include)} minus exclude {list(exclude)} leaves no linear layer: the "
-                                 f"recipe would quantize nothing (for a floating-point run use recipe fp32)")
+        raise TrainingQuantError(f"sites {list(sites)} minus exclude_sites {list(exclude)} leaves no linear layer: "
+                                 f"the recipe would quantize nothing (for a floating-point run use recipe fp32)")
     for name in chosen:
         layers[name].training_quant = spec
-    return sorted(chosen)
+    return sorted(n.removesuffix(".weight") for n in chosen)

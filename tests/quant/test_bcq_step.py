@@ -68,7 +68,7 @@ def test_with_narrowed_layers_the_quantizer_checks_the_group_size_after_loading(
     with pytest.raises(BCQError, match=r"group_size=32 does not divide every row length of the quantized layers "
                                        r"\(48, 96\); valid: null \(one row\) or 1, 2, 3, 4, 6, 8, 12, 16, 24, 48$"):
         run_cfg(tmp_path, "+recipe=pwq_alternating", "recipe.bcq.group_size=32",
-                "recipe.bcq.layers=[encoder.layer.0.*]")
+                "recipe.bcq.sites=[encoder.layer.0.*.weight]")
 
 
 def test_row_lengths_come_from_the_model_config_without_loading():

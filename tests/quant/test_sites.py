@@ -61,3 +61,26 @@ def test_bad_value_names_the_site():
 def test_optional_rules_may_match_nothing():
     s = resolve_specs(SITES, {**BASE, "sites": [{"match": "pooler", "bits": 16, "optional": True}]})
     assert all(spec.bits == 8 for spec in s.values())
+
+
+def test_every_layer_selector_speaks_the_site_glob_dialect():
+    """Issue 26 #4: BCQ, AdaRound and quantized training select linears by weight-site globs, as quant.sites[].match
+    does; their old keys (globs over linear names) are refused with the new spelling, before anything loads."""
+    from qexp.config.training_quant import TrainingQuantConfigError, training_quant
+    from qexp.quant.adaround import AdaRoundConfig
+    from qexp.quant.bcq import BCQError
+    from qexp.quant.bcq_step import BCQConfig
+    from qexp.quant.sites import SelectorError, matching
+
+    assert BCQConfig.from_config({"sites": "encoder.layer.0.*.weight"}, 4).sites == ("encoder.layer.0.*.weight",)
+    assert AdaRoundConfig.from_config({"sites": ["*.ffn.*.weight"]}).sites == ("*.ffn.*.weight",)
+    with pytest.raises(BCQError, match=r"recipe.bcq.layers is now recipe.bcq.sites.*write recipe.bcq.sites="
+                                       r"\[encoder.layer.\*.weight, decoder.layer.\*.weight\]"):
+        BCQConfig.from_config({"layers": ["encoder.layer.*", "decoder.layer.*"]}, 4)
+    with pytest.raises(SelectorError, match=r"recipe.adaround.layers is now recipe.adaround.sites"):
+        AdaRoundConfig.from_config({"layers": "*"})
+    with pytest.raises(TrainingQuantConfigError, match=r"recipe.qpt.include is now recipe.qpt.sites.*"
+                                                       r"\[decoder.layer.\*.weight\]"):
+        training_quant({"qpt": {"weights": {"bits": 8}, "include": ["decoder.layer.*"]}})
+    names = ["encoder.layer.0.attn.query.weight", "encoder.layer.0.ffn.output.weight", "classifier.weight"]
+    assert matching(names, ["encoder.layer.*.weight"]) == names[:2] and matching(names, ["*.ffn.*"]) == [names[1]]
