@@ -115,11 +115,13 @@ def _run(argv: list[str]) -> None:
         except Exception as e:  # noqa: BLE001 - anything else a job raises is that job's failure, not the sweep's
             _record_failure(cfg, overrides, f"{type(e).__name__}: {e}")
 
-    from .config.compose import UnknownKeyError, check_added_keys, check_group_choices, sweep_safe
+    from .config.compose import (UnknownKeyError, check_added_keys, check_group_choices, sweep_safe,
+                                 with_default_calibration)
 
     try:
         check_group_choices([a for a in argv if not a.startswith("-")])
         check_added_keys([a for a in argv if a.startswith("+")])
+        argv = with_default_calibration(argv)
     except UnknownKeyError as e:
         fail(str(e))
     if "-m" in argv or "--multirun" in argv:

@@ -181,6 +181,7 @@ def test_a_new_kind_is_one_class(tmp_path, monkeypatch):
                 h = model(self.ids).last_hidden_state
             return Evaluation({"mean_abs": float(h.abs().mean())}, float(h.abs().mean()), "random:toy")
 
+    load_kinds()   # register the real kinds first: the copy below is what the test adds to (and is thrown away)
     monkeypatch.setattr(KINDS, "_items", dict(KINDS._items))
     register(Toy)
     rec = run_cfg(tmp_path, "task.kind=toy", "+recipe=w8a8_ptq", "calibration.num_batches=2")
@@ -212,3 +213,29 @@ def test_every_data_draw_has_a_named_seed_stream():
     assert kind_of(Pretrain, 7, None).stream_seed("lkd_train") == 9
     with pytest.raises(KeyError, match="valid: calibration, adaround, lkd_train, lkd_eval, objective"):
         glue.stream_seed("lkd")
+
+
+def test_a_new_task_needs_no_per_task_calibration_file(tmp_path, monkeypatch):
+    """Issue 26 #3: a new kind is one module and its task YAML -- a task without conf/calibration/per_task/<task>.yaml
+    calibrates with calibration/default; an explicit calibration= wins; a sweep mixing tasks with and without a file
+    is refused with what to do; an experiment's own task choice is left alone (its calibration is the task's)."""
+    import shutil
+
+    from qexp.cli import compose, conf_dir
+    from qexp.config.compose import UnknownKeyError, with_default_calibration
+
+    conf = tmp_path / "conf"
+    shutil.copytree(conf_dir(), conf)
+    (conf / "task" / "toy_text.yaml").write_text((conf / "task" / "text_outliers.yaml").read_text()
+                                                 .replace("name: text_outliers", "name: toy_text"))
+    monkeypatch.setenv("QEXP_CONF", str(conf))
+    assert not (conf / "calibration" / "per_task" / "toy_text.yaml").exists()
+    cfg = compose(["task=toy_text"])
+    assert cfg.task.name == "toy_text" and cfg.calibration.activations.name == "current_minmax"
+    assert compose(["task=toy_text", "calibration=mse"]).calibration.activations.name == "mse"
+    assert compose(["task=rte"]).calibration.batch_size == 1 and compose(["task=cola"]).calibration.num_batches == 4
+    with pytest.raises(UnknownKeyError, match="toy_text have no conf/calibration/per_task"):
+        with_default_calibration(["task=rte,toy_text"])
+    assert with_default_calibration(["+experiment=bondarenko2021/table1"]) == ["+experiment=bondarenko2021/table1"]
+    rec = run_cfg(tmp_path, "task=toy_text", "+recipe=w8a8_ptq")
+    assert rec["task"] == "toy_text" and rec["config"]["calibration"]["activations"]["name"] == "current_minmax"

@@ -32,6 +32,7 @@ def compose(overrides: list[str]):
 
     check_group_choices(list(overrides))   # `model=nope`: the public choices, not Hydra's traceback (issue 27 #15)
     check_added_keys([o for o in overrides if o.startswith("+")])
+    overrides = with_default_calibration(list(overrides))
     try:
         with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir())):
             return hcompose("config", overrides=overrides)
@@ -114,6 +115,28 @@ def check_top_level(cfg) -> None:
 
 
 GROUPS = ("model", "task", "recipe", "calibration", "debug")
+
+
+def with_default_calibration(overrides: list[str]) -> list[str]:
+    """``conf/config.yaml`` picks ``calibration/per_task/<task>``; a task without such a file (a new kind's task YAML)
+    calibrates with ``calibration/default`` instead of failing to compose (issue 26 #3: a new kind is one module and
+    its task YAML).  Only for a task named on the command line (the default task and the experiments' tasks have
+    their files); an explicit ``calibration=`` wins; a sweep that mixes tasks with and without a per-task file is
+    refused with what to do (one ``calibration=`` cannot serve both)."""
+    keys = [o.lstrip("+~").partition("=") for o in overrides]
+    if any(k == "calibration" for k, _, _ in keys):
+        return overrides
+    chosen = [v for k, eq, v in keys if k == "task" and eq]
+    if not chosen or "(" in chosen[-1]:
+        return overrides   # the default task or an experiment's choice (both have their files); a sweep function
+    tasks = chosen[-1].split(",")
+    missing = [t for t in tasks if t and not (conf_dir() / "calibration" / "per_task" / f"{t}.yaml").exists()]
+    if not missing:
+        return overrides
+    if len(missing) != len(tasks):
+        raise UnknownKeyError(f"task(s) {', '.join(missing)} have no conf/calibration/per_task/<task>.yaml and the "
+                              f"others do: sweep them apart, or give one calibration=NAME for all")
+    return [*overrides, "calibration=default"]
 
 
 def check_group_choices(overrides: list[str]) -> None:
