@@ -23,13 +23,9 @@ import json
 import sys
 from pathlib import Path
 
-from qexp.experiment.records import (EVALUATION_ONLY, evaluation_settings, portable, record_path, replacing,
-                                     run_id, write_atomic)
-
-
-def _weight_globs(value) -> list[str]:
-    globs = [value] if isinstance(value, str) else list(value or [])
-    return [g if g.endswith(".weight") or g == "*" else f"{g}.weight" for g in map(str, globs)]
+from qexp.experiment.records import (evaluation_settings, portable, record_path, replacing, run_id,
+                                     without_evaluation, write_atomic)
+from qexp.quant.sites import weight_globs
 
 
 def site_glob_selectors(recipe: dict) -> None:
@@ -38,15 +34,15 @@ def site_glob_selectors(recipe: dict) -> None:
     weight site (``encoder.layer.*.weight``: the same layers).  ``adaround.layers`` already matched weight sites."""
     bcq, ada, qpt = (recipe.get(k) for k in ("bcq", "adaround", "qpt"))
     if isinstance(bcq, dict) and "layers" in bcq:
-        bcq["sites"] = _weight_globs(bcq.pop("layers"))
+        bcq["sites"] = weight_globs(bcq.pop("layers"))
     if isinstance(ada, dict) and "layers" in ada:
         layers = ada.pop("layers")
         ada["sites"] = [layers] if isinstance(layers, str) else list(layers)
     if isinstance(qpt, dict):
         if "include" in qpt:
-            qpt["sites"] = _weight_globs(qpt.pop("include"))
+            qpt["sites"] = weight_globs(qpt.pop("include"))
         if "exclude" in qpt:
-            qpt["exclude_sites"] = _weight_globs(qpt.pop("exclude"))
+            qpt["exclude_sites"] = weight_globs(qpt.pop("exclude"))
 
 
 def current(rec: dict) -> dict:
@@ -67,12 +63,7 @@ def merge_evaluations(a: dict, b: dict) -> dict | None:
     re-evaluation with ``task.downstream`` wrote a second record): one record, the one with more evaluations (else the
     newer), holding the other's id in ``previous_run_ids`` and, where it had other evaluation settings, its metrics in
     ``previous_evaluations``.  None when they differ in anything else of their configs."""
-    strip = {k for keys in EVALUATION_ONLY for k in [keys[-1]]}
-    same = ({k: v for k, v in a["config"]["task"].items() if k not in strip} ==
-            {k: v for k, v in b["config"]["task"].items() if k not in strip}
-            and {k: v for k, v in a["config"].items() if k != "task"} == {k: v for k, v in b["config"].items()
-                                                                          if k != "task"})
-    if not same:
+    if without_evaluation(a["config"]) != without_evaluation(b["config"]):
         return None
     rank = (lambda r: (len(evaluation_settings(r["config"])), str(r.get("finished"))))
     keep, drop = (a, b) if rank(a) >= rank(b) else (b, a)

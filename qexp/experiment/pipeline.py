@@ -164,8 +164,8 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, cwd: Path | None = 
     path = records.record_path(Path(cfg.results_dir), resolved)
     previous = None
     if path.exists() and not cfg.force:
-        if records.readable(path):
-            previous = records.read(path)
+        previous = records.read_done(path)
+        if previous is not None:
             if not records.evaluates_more(previous, resolved):
                 log.info("skip: a record for this config and seed exists: %s (force=true re-runs it)", path)
                 return {"skipped": True, "path": str(path)}

@@ -97,12 +97,9 @@ def _without_inert(cfg: dict) -> dict:
     LM, ``mlm_probability``; continued pre-training's ``task.train.gate_lr`` at null (the gates learn at the model's
     rate, which is what every run before the key existed did); ``calibration.momentum`` when no estimator of the calibration or the recipe is
     ``running_minmax`` (the only one that reads it); the evaluation-only settings (:data:`EVALUATION_ONLY`)."""
-    out = dict(cfg)
+    out = without_evaluation(cfg)
     task, recipe = dict(out.get("task") or {}), dict(out.get("recipe") or {})
     task.pop("paper", None)
-    for group, key in EVALUATION_ONLY:
-        if group == "task":
-            task.pop(key, None)
     recipe.pop("paper", None)
     kind = str(task.get("kind", ""))
     if kind.startswith("pretrain") or kind == "qpt_clm":
@@ -124,6 +121,21 @@ def _without_inert(cfg: dict) -> dict:
         out["task"] = task
     if "recipe" in out:
         out["recipe"] = recipe
+    return out
+
+
+def without_evaluation(cfg: dict) -> dict:
+    """``cfg`` without its evaluation-only settings (:data:`EVALUATION_ONLY`); the nodes on the way are copied."""
+    out = dict(cfg)
+    for keys in EVALUATION_ONLY:
+        node = out
+        for k in keys[:-1]:
+            if not isinstance(node.get(k), dict):
+                break
+            node[k] = dict(node[k])
+            node = node[k]
+        else:
+            node.pop(keys[-1], None)
     return out
 
 
@@ -187,21 +199,18 @@ def malformed(rec: dict) -> str | None:
     return None
 
 
-def read(path: Path) -> dict:
-    with open(path) as f:
-        return json.load(f)
-
-
-def readable(path: Path) -> bool:
-    """Whether ``path`` holds a record :func:`load_records` would read: what "this run is done" means (issue 27 #5:
-    a truncated record is not done)."""
+def read_done(path: Path) -> dict | None:
+    """The record at ``path`` if :func:`load_records` would read it, else None: what "this run is done" means (issue
+    27 #5: a truncated record is not done)."""
     try:
         with open(path) as f:
             rec = json.load(f)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return (isinstance(rec, dict) and rec.get("schema") == SCHEMA and all(k in rec for k in REQUIRED)
-            and malformed(rec) is None)
+        return None
+    ok = (isinstance(rec, dict) and rec.get("schema") == SCHEMA and all(k in rec for k in REQUIRED)
+          and malformed(rec) is None)
+    return rec if ok else None
+
 
 
 def set_aside(path: Path) -> Path:

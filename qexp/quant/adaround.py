@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from fnmatch import fnmatchcase
 from typing import Callable, Iterable
 
 import torch
@@ -33,6 +32,7 @@ from tqdm.auto import tqdm
 
 from .analysis import full_precision
 from .modules import QLinear
+from .sites import matching, site_globs
 
 
 @dataclass(frozen=True)
@@ -53,8 +53,6 @@ class AdaRoundConfig:
     def from_config(cls, cfg) -> "AdaRoundConfig":
         cfg = dict(cfg or {})
         cfg.pop("enabled", None)
-        from .sites import site_globs
-
         if "layers" in cfg:   # issue 26 #4: one selector dialect
             site_globs(None, "recipe.adaround.sites", "recipe.adaround.layers", cfg["layers"])
         if "sites" in cfg:
@@ -153,9 +151,10 @@ def _capture_input(model: nn.Module, layer: nn.Module, batches: Iterable[dict]) 
 def apply_adaround(model: nn.Module, batches: Callable[[], Iterable[dict]], cfg: AdaRoundConfig, seed: int,
                    progress: bool = True) -> list[dict]:
     """AdaRound every selected linear layer (weights calibrated and ``fixed``) of ``model``, in forward order."""
-    layers = [m for m in model.modules() if isinstance(m, QLinear) and m.weight_quantizer.spec.enabled
-              and m.weight_quantizer.state == "fixed" and any(fnmatchcase(m.weight_quantizer.name, g)
-                                                              for g in cfg.sites)]
+    candidates = [m for m in model.modules() if isinstance(m, QLinear) and m.weight_quantizer.spec.enabled
+                  and m.weight_quantizer.state == "fixed"]
+    picked = set(matching((m.weight_quantizer.name for m in candidates), cfg.sites))
+    layers = [m for m in candidates if m.weight_quantizer.name in picked]
     if not layers:
         raise ValueError(f"recipe.adaround.sites={list(cfg.sites)} selects no quantized linear weight; "
                          f"list the sites with `qexp ls sites model=...`")

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, fields
-from fnmatch import fnmatchcase
 
 import torch
 from torch import nn
 
 from .bcq import BCQ, BCQError, Importance
+from .sites import SelectorError, matching, site_globs
 
 SCHEMES = ("bcq", "uniform_minmax", "uniform_weighted_mse")
 GROUP_DIMS = ("row", "column")
@@ -42,8 +42,6 @@ class BCQConfig:
     @classmethod
     def from_config(cls, cfg: dict, bits: int) -> "BCQConfig":
         cfg = dict(cfg)
-        from .sites import SelectorError, site_globs
-
         try:
             if "layers" in cfg:   # issue 26 #4: one selector dialect
                 site_globs(None, "recipe.bcq.sites", "recipe.bcq.layers", cfg["layers"])
@@ -89,7 +87,8 @@ def bcq_layers(model: nn.Module, cfg: BCQConfig) -> list[tuple[str, nn.Module]]:
 
     layers = [(m.weight_quantizer.name, m) for m in model.modules()
               if isinstance(m, QLinear) and m.weight_quantizer.spec.enabled]
-    chosen = [(n.removesuffix(".weight"), m) for n, m in layers if any(fnmatchcase(n, p) for p in cfg.sites)]
+    picked = set(matching((n for n, _ in layers), cfg.sites))
+    chosen = [(n.removesuffix(".weight"), m) for n, m in layers if n in picked]
     if not chosen:
         raise BCQError(f"recipe.bcq.sites={list(cfg.sites)} matches no linear weight site that is quantized; the "
                        f"sites are: {', '.join(n for n, _ in layers[:8])}{' ...' if len(layers) > 8 else ''}")

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules import module as nn_module
 
 from .affine import (GRIDS, QParams, check_bits, fake_quantize, fake_quantize_inplace, fake_quantize_rounded,
                      qparams)
@@ -236,8 +237,6 @@ class Quantizer(nn.Module):
     @property
     def observed(self) -> bool:
         """Whether a forward hook (this module's or a global one) may read this site's input after the call."""
-        from torch.nn.modules import module as nn_module
-
         return bool(self._forward_hooks or self._forward_pre_hooks or nn_module._global_forward_hooks
                     or nn_module._global_forward_pre_hooks)
 

@@ -58,8 +58,7 @@ def site_globs(value, key: str, old: str | None = None, old_value=None) -> tuple
     spells them (a linear layer is selected by its weight site, ``encoder.layer.0.attn.query.weight``).  ``old``: the
     key this one replaced, refused with the new spelling of ``old_value``."""
     if old is not None and old_value is not None:
-        globs = [old_value] if isinstance(old_value, str) else list(old_value)
-        new = [g if g.endswith(".weight") or g == "*" else f"{g}.weight" for g in map(str, globs)]
+        new = weight_globs(old_value)
         raise SelectorError(f"{old} is now {key}: globs over weight site names, the recipe.quant.sites[].match "
                             f"dialect; write {key}=[{', '.join(new)}]")
     if isinstance(value, str):
@@ -68,6 +67,13 @@ def site_globs(value, key: str, old: str | None = None, old_value=None) -> tuple
     if not all(globs):
         raise SelectorError(f"{key}={list(globs)} holds an empty glob")
     return globs
+
+
+def weight_globs(layer_globs) -> list[str]:
+    """Globs over linear names (the old selector dialect) as globs over their weight sites: ``P`` selects the linear
+    ``N`` exactly when ``P.weight`` selects ``N.weight``; ``*`` stays ``*``."""
+    globs = [layer_globs] if isinstance(layer_globs, str) else list(layer_globs or [])
+    return [g if g.endswith(".weight") or g == "*" else f"{g}.weight" for g in map(str, globs)]
 
 
 def matching(names: Iterable[str], globs: Iterable[str]) -> list[str]:

@@ -20,13 +20,13 @@ whose site names match, so one forward -- HF's own -- trains with quantization.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .dynamic import TensorFormat
+from .sites import matching
 
 GRAD_PATHS = ("weight", "input", "both")
 SAVED = ("quantized", "original")
@@ -106,11 +106,11 @@ def attach(model: nn.Module, spec: LinearQuant | None, sites: list[str], exclude
 
     layers = {m.weight_quantizer.name: m for m in model.modules() if isinstance(m, QLinear)}
     for pattern in (*sites, *exclude):
-        if not any(fnmatchcase(n, pattern) for n in layers):
+        if not matching(layers, [pattern]):
             raise TrainingQuantError(f"training-quantization glob {pattern!r} matches no linear weight site; the "
                                      f"sites are: {', '.join(sorted(layers)[:8])}{' ...' if len(layers) > 8 else ''}")
-    chosen = [n for n in layers if any(fnmatchcase(n, p) for p in sites)
-              and not any(fnmatchcase(n, p) for p in exclude)]
+    dropped = set(matching(layers, exclude))
+    chosen = [n for n in matching(layers, sites) if n not in dropped]
     if spec is not None and not chosen:   # issue 27 #2: `exclude=[*]` recorded an FP run under a qpt recipe's name
         raise TrainingQuantError(f"sites {list(sites)} minus exclude_sites {list(exclude)} leaves no linear layer: "
                                  f"the recipe would quantize nothing (for a floating-point run use recipe fp32)")
